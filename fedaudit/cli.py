@@ -1,0 +1,122 @@
+"""`fedaudit run | report | compare | bench`. Bad input: one line on standard error, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tomllib
+from pathlib import Path
+
+from fedaudit.errors import ConfigError, FedAuditError
+from fedaudit.federation.runtime import quiet_environment
+
+BENCHES = ("federation", "signals", "attacks", "auditor")
+
+
+def _parse_set(items: list[str]) -> dict:
+    """``--set federation.rounds=3`` (values in TOML syntax; bare words are strings)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set federation.rounds=3")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def cmd_run(args) -> int:
+    from fedaudit.config import load_scenario, read_toml
+
+    overrides = {"federation.rounds": args.rounds, "federation.clients": args.clients,
+                 "federation.seed": args.seed, "ray.address": args.address}
+    overrides.update(_parse_set(args.set))
+    if "suite" in read_toml(args.scenario):
+        from fedaudit.suite import run_suite
+
+        out = run_suite(args.scenario, out=args.out, overrides=overrides, progress=not args.quiet)
+        print(out)
+        return 0
+    from fedaudit.run import run_scenario
+
+    scenario = load_scenario(args.scenario, overrides)
+    run_dir = run_scenario(scenario, out=args.out, progress=not args.quiet)
+    print(run_dir)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from fedaudit.report import build_report
+
+    print(build_report(args.run_dir))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from fedaudit.report.compare import build_comparison
+
+    print(build_comparison(args.run_dirs, args.out))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import importlib
+
+    module = importlib.import_module(f"fedaudit.bench.{args.what}")
+    module.run(json_path=args.json, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedaudit", description="Membership-inference risk audits for federated learning.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a scenario (or a suite of scenarios) and write a run directory")
+    r.add_argument("scenario", help="a scenario or suite TOML file")
+    r.add_argument("--rounds", type=int, help="override federation.rounds")
+    r.add_argument("--clients", type=int, help="override federation.clients")
+    r.add_argument("--seed", type=int, help="override federation.seed")
+    r.add_argument("--address", help="join the Ray cluster at this address instead of starting a local Ray")
+    r.add_argument("--out", help="the run directory (default: runs/<scenario>-<timestamp>)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any key, e.g. audit.enabled=true")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="(re)build report.html and plots from a run directory")
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=cmd_report)
+
+    c = sub.add_parser("compare", help="compare existing run directories side by side")
+    c.add_argument("run_dirs", nargs="+")
+    c.add_argument("--out", required=True, help="folder for comparison.html")
+    c.set_defaults(func=cmd_compare)
+
+    b = sub.add_parser("bench", help="benchmarks: ratios measured in one command")
+    b.add_argument("what", choices=BENCHES)
+    b.add_argument("--json", help="also write the figures to this JSON file")
+    b.add_argument("--quick", action="store_true", help="a smaller workload (for smoke tests)")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_environment()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except FedAuditError as exc:
+        print(f"fedaudit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedaudit: interrupted; files written so far are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

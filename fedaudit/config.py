@@ -1,0 +1,299 @@
+"""Scenarios: typed, validated, loaded from TOML. Every error names the key path and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fedaudit.errors import ConfigError
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedavgm")
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+THREAT_MODELS = ("server", "participant")
+ATTACKS = ("whitebox", "blackbox", "loss", "population", "reference", "lira", "rmia")
+DP_MODES = ("none", "server", "client")
+PARTITION_RE = re.compile(r"^(iid|dirichlet:[0-9.eE+-]+|dirichlet|shards:\d+|shards)$")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"
+    population_fraction: float = 0.25
+    test_fraction: float = 0.2
+    options: dict = field(default_factory=dict)   # passed to the dataset loader
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    options: dict = field(default_factory=dict)   # passed to the model builder
+
+
+@dataclass
+class FederationConfig:
+    clients: int = 10
+    rounds: int = 5
+    fraction: float = 1.0
+    local_epochs: int = 5
+    batch_size: int = 32
+    learning_rate: float = 0.001
+    optimizer: str = "adam"
+    strategy: str = "fedavg"
+    partition: str = "iid"
+    seed: int = 0
+    proximal_mu: float = 0.01
+    server_learning_rate: float = 0.1
+    server_momentum: float = 0.9
+
+
+@dataclass
+class DPConfig:
+    mode: str = "none"
+    noise_multiplier: float = 0.5
+    clipping_norm: float = 1.0
+    delta: float = 1e-5
+
+
+@dataclass
+class AuditConfig:
+    enabled: bool = False
+    threat_models: list = field(default_factory=lambda: ["server", "participant"])
+    attack_fraction: float = 0.5
+    attacks: list = field(default_factory=lambda: ["whitebox", "blackbox", "loss"])
+    reference_models: int = 0
+    folds: int = 5
+    layers: list = field(default_factory=list)      # layers whose outputs the whitebox attack exploits (1-based)
+    gradients: list = field(default_factory=list)   # layers whose kernel gradients it exploits (1-based)
+    epochs: int = 30
+
+
+@dataclass
+class RayConfig:
+    address: str = ""          # empty: start a local Ray bound to 127.0.0.1
+    num_cpus: int = 0          # CPUs of the local Ray (0: all of this machine's)
+    client_cpus: float = 1.0
+    client_gpus: float = 0.0
+    auditor_gpus: float = 0.0
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "federation": FederationConfig,
+    "dp": DPConfig,
+    "audit": AuditConfig,
+    "ray": RayConfig,
+}
+# Sections whose unknown keys are options for a registered component rather than errors.
+OPEN_SECTIONS = {"data": ("dataset", "options"), "model": ("name", "options")}
+
+
+@dataclass
+class Scenario:
+    name: str = "scenario"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("source")
+        for section, (_, opts) in OPEN_SECTIONS.items():
+            d[section].update(d[section].pop(opts))
+        return d
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Scenario":
+        """A copy with dotted-path overrides applied (``{"federation.rounds": 3}``), validated again."""
+        raw = self.to_dict()
+        for path, value in overrides.items():
+            if value is None:
+                continue
+            set_path(raw, path, value)
+        return scenario_from_dict(raw, source=self.source)
+
+
+def set_path(raw: dict, path: str, value) -> None:
+    parts = path.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{path}: {part!r} is not a table")
+    node[parts[-1]] = value
+
+
+def _type_name(t) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            list: "a list", dict: "a table"}[t]
+
+
+def _coerce(path: str, value, default):
+    t = type(default)
+    if t is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if t is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if t is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        return float(value)
+    if not isinstance(value, t):
+        raise ConfigError(f"{path}: expected {_type_name(t)}, got {value!r}")
+    return copy.deepcopy(value)
+
+
+def _section(name: str, raw, cls):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a table, got {raw!r}")
+    defaults = cls()
+    known = {f.name for f in fields(cls)}
+    values, options = {}, {}
+    open_keys = OPEN_SECTIONS.get(name)
+    for key, value in raw.items():
+        path = f"{name}.{key}"
+        if open_keys and key == open_keys[1]:
+            options.update(_coerce(path, value, {}))
+        elif key in known:
+            values[key] = _coerce(path, value, getattr(defaults, key))
+        elif open_keys:
+            options[key] = value
+        else:
+            raise ConfigError(f"{path}: unknown key; allowed in [{name}]: {', '.join(sorted(known))}")
+    if open_keys:
+        values[open_keys[1]] = options
+    return cls(**values)
+
+
+def _check(cond: bool, path: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{path}: {message}")
+
+
+def validate(s: Scenario) -> Scenario:
+    f = s.federation
+    _check(f.clients >= 1, "federation.clients", f"must be at least 1, got {f.clients}")
+    _check(f.rounds >= 1, "federation.rounds", f"must be at least 1, got {f.rounds}")
+    _check(0 < f.fraction <= 1, "federation.fraction", f"must be in (0, 1], got {f.fraction}")
+    _check(f.local_epochs >= 1, "federation.local_epochs", f"must be at least 1, got {f.local_epochs}")
+    _check(f.batch_size >= 1, "federation.batch_size", f"must be at least 1, got {f.batch_size}")
+    _check(f.learning_rate > 0, "federation.learning_rate", f"must be positive, got {f.learning_rate}")
+    _check(f.optimizer in OPTIMIZERS, "federation.optimizer",
+           f"unknown optimizer {f.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+    _check(f.strategy in STRATEGIES, "federation.strategy",
+           f"unknown strategy {f.strategy!r}; allowed: {', '.join(STRATEGIES)}")
+    _check(bool(PARTITION_RE.match(f.partition)), "federation.partition",
+           f"got {f.partition!r}; allowed: 'iid', 'dirichlet:ALPHA' (ALPHA > 0), 'shards:N' (N >= 1)")
+    _check(f.proximal_mu >= 0, "federation.proximal_mu", f"must be >= 0, got {f.proximal_mu}")
+    _check(f.seed >= 0, "federation.seed", f"must be >= 0, got {f.seed}")
+    d = s.data
+    _check(0 <= d.population_fraction < 1, "data.population_fraction", f"must be in [0, 1), got {d.population_fraction}")
+    _check(0 < d.test_fraction < 1, "data.test_fraction", f"must be in (0, 1), got {d.test_fraction}")
+    _check(d.population_fraction + d.test_fraction < 1, "data.test_fraction",
+           "data.population_fraction + data.test_fraction must be below 1 (clients need records)")
+    dp = s.dp
+    _check(dp.mode in DP_MODES, "dp.mode", f"got {dp.mode!r}; allowed: {', '.join(DP_MODES)}")
+    _check(dp.noise_multiplier >= 0, "dp.noise_multiplier", f"must be >= 0, got {dp.noise_multiplier}")
+    _check(dp.clipping_norm > 0, "dp.clipping_norm", f"must be positive, got {dp.clipping_norm}")
+    _check(0 < dp.delta < 1, "dp.delta", f"must be in (0, 1), got {dp.delta}")
+    a = s.audit
+    for tm in a.threat_models:
+        _check(tm in THREAT_MODELS, "audit.threat_models", f"unknown threat model {tm!r}; allowed: {', '.join(THREAT_MODELS)}")
+    _check(len(a.threat_models) > 0 or not a.enabled, "audit.threat_models", "must name at least one threat model")
+    for at in a.attacks:
+        _check(at in ATTACKS, "audit.attacks", f"unknown attack {at!r}; allowed: {', '.join(ATTACKS)}")
+    _check(0 < a.attack_fraction < 1, "audit.attack_fraction", f"must be in (0, 1), got {a.attack_fraction}")
+    _check(a.reference_models >= 0, "audit.reference_models", f"must be >= 0, got {a.reference_models}")
+    _check(a.folds >= 2, "audit.folds", f"must be at least 2, got {a.folds}")
+    _check(a.epochs >= 1, "audit.epochs", f"must be at least 1, got {a.epochs}")
+    for key in ("layers", "gradients"):
+        for v in getattr(a, key):
+            _check((isinstance(v, int) and not isinstance(v, bool) and v >= 1) or isinstance(v, str),
+                   f"audit.{key}", f"entries are 1-based layer indices or layer names, got {v!r}")
+    r = s.ray
+    _check(r.num_cpus >= 0, "ray.num_cpus", f"must be >= 0, got {r.num_cpus}")
+    _check(r.client_cpus > 0, "ray.client_cpus", f"must be positive, got {r.client_cpus}")
+    for key in ("client_gpus", "auditor_gpus"):
+        _check(getattr(r, key) >= 0, f"ray.{key}", f"must be >= 0, got {getattr(r, key)}")
+    _check(bool(re.match(r"^[A-Za-z0-9_.-]+$", s.name)), "name",
+           f"got {s.name!r}; allowed: letters, digits, '.', '_' and '-'")
+    return s
+
+
+def scenario_from_dict(raw: dict, source: str = "", default_name: str = "scenario") -> Scenario:
+    raw = dict(raw)
+    name = raw.pop("name", default_name)
+    if not isinstance(name, str):
+        raise ConfigError(f"name: expected a string, got {name!r}")
+    sections = {}
+    for key, value in raw.items():
+        if key not in SECTIONS:
+            raise ConfigError(f"{key}: unknown key; allowed at the top level: name, {', '.join(SECTIONS)}")
+        sections[key] = _section(key, value, SECTIONS[key])
+    return validate(Scenario(name=name, source=source, **sections))
+
+
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such scenario file")
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+
+
+def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
+    """Read, validate and (optionally) override a scenario file."""
+    path = Path(path)
+    raw = read_toml(path)
+    if "suite" in raw:
+        raise ConfigError(f"{path}: this is a suite (it has a [suite] table), not a single scenario")
+    try:
+        scenario = scenario_from_dict(raw, source=str(path), default_name=path.stem)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return scenario.with_overrides(overrides) if overrides else scenario
+
+
+# --- a small TOML writer for resolved scenarios (tomllib only reads) ---
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise ConfigError(f"cannot write {v!r} to TOML")
+
+
+def dumps_toml(d: dict) -> str:
+    lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append(f"\n[{k}]")
+            lines += [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if not isinstance(vv, dict)]
+            for kk, vv in v.items():
+                if isinstance(vv, dict):
+                    lines.append(f"\n[{k}.{kk}]")
+                    lines += [f"{kkk} = {_toml_value(vvv)}" for kkk, vvv in vv.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,51 @@
+"""Ray for a federation run: a local head bound to 127.0.0.1 by default, or an existing cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+LOCAL_IP = "127.0.0.1"
+
+
+def quiet_environment() -> None:
+    """No telemetry or usage reports leave this machine; keep TensorFlow's start-up chatter down."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def init_ray(address: str = "", num_cpus: int = 0, num_gpus: float | None = None) -> dict:
+    """Start (or join) Ray for one run and return the cluster's resources.
+
+    With no address and no ``RAY_ADDRESS`` in the environment, a local Ray starts bound to 127.0.0.1 with no
+    dashboard. With an address (or inside ``ray job submit``, which sets ``RAY_ADDRESS``), the run joins it.
+    """
+    import ray
+
+    quiet_environment()
+    env = {"env_vars": {k: os.environ[k] for k in ("FLWR_TELEMETRY_ENABLED", "RAY_USAGE_STATS_ENABLED",
+                                                   "TF_CPP_MIN_LOG_LEVEL")}}
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        log.info("joining the Ray cluster at %s", address)
+        ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=True)
+    else:
+        kwargs = {"num_cpus": num_cpus or os.cpu_count() or 1}
+        if num_gpus is not None:
+            kwargs["num_gpus"] = num_gpus
+        ray.init(_node_ip_address=LOCAL_IP, include_dashboard=False, runtime_env=env,
+                 logging_level=logging.WARNING, log_to_driver=True, **kwargs)
+    return ray.cluster_resources()
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,65 @@
+import pytest
+
+from fedaudit.config import Scenario, load_scenario, scenario_from_dict
+from fedaudit.errors import ConfigError
+
+from conftest import SCENARIOS
+
+
+def test_quickstart_loads_and_round_trips(tmp_path):
+    s = load_scenario(SCENARIOS / "quickstart.toml")
+    assert s.name == "quickstart" and s.federation.clients == 10 and s.data.dataset == "digits"
+    path = tmp_path / "resolved.toml"
+    path.write_text(s.to_toml())
+    again = load_scenario(path)
+    assert again.to_dict() == s.to_dict()
+
+
+def test_overrides_apply_and_are_validated():
+    s = load_scenario(SCENARIOS / "quickstart.toml", {"federation.rounds": 2, "federation.clients": 3})
+    assert (s.federation.rounds, s.federation.clients) == (2, 3)
+    with pytest.raises(ConfigError, match="federation.clients"):
+        s.with_overrides({"federation.clients": 0})
+
+
+def test_open_sections_forward_options():
+    s = scenario_from_dict({"data": {"dataset": "synthetic-purchase", "records": 300, "classes": 5},
+                            "model": {"name": "mlp", "hidden": [16]}})
+    assert s.data.options == {"records": 300, "classes": 5}
+    assert s.model.options == {"hidden": [16]}
+    assert scenario_from_dict(s.to_dict()).to_dict() == s.to_dict()
+
+
+@pytest.mark.parametrize("raw, path", [
+    ({"federation": {"clientz": 3}}, "federation.clientz"),
+    ({"federation": {"clients": 0}}, "federation.clients"),
+    ({"federation": {"clients": -4}}, "federation.clients"),
+    ({"federation": {"rounds": "five"}}, "federation.rounds"),
+    ({"federation": {"fraction": 1.5}}, "federation.fraction"),
+    ({"federation": {"strategy": "fedsgd"}}, "federation.strategy"),
+    ({"federation": {"optimizer": "lbfgs"}}, "federation.optimizer"),
+    ({"federation": {"partition": "dirichlet:x"}}, "federation.partition"),
+    ({"audit": {"threat_models": ["insider"]}}, "audit.threat_models"),
+    ({"audit": {"attack_fraction": 1.0}}, "audit.attack_fraction"),
+    ({"dp": {"mode": "local"}}, "dp.mode"),
+    ({"data": {"test_fraction": 0.6, "population_fraction": 0.5}}, "data.test_fraction"),
+    ({"unknown": {}}, "unknown"),
+    ({"audit": {"enabled": "yes"}}, "audit.enabled"),
+])
+def test_bad_values_name_the_key(raw, path):
+    with pytest.raises(ConfigError) as info:
+        scenario_from_dict(raw)
+    assert str(info.value).startswith(path)
+
+
+def test_malformed_toml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[federation\nclients = 3\n")
+    with pytest.raises(ConfigError, match="malformed TOML"):
+        load_scenario(bad)
+    with pytest.raises(ConfigError, match="no such scenario file"):
+        load_scenario(tmp_path / "missing.toml")
+
+
+def test_defaults_are_valid():
+    assert isinstance(scenario_from_dict({}), Scenario)

@@ -1,0 +1,81 @@
+"""Federation runs on Ray (each starts and stops its own Ray session), plus the strategy set-up without Ray."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedaudit.config import load_scenario, scenario_from_dict
+from fedaudit.data import Ledger
+from fedaudit.federation.strategy import build_strategy
+
+from conftest import REPO, SCENARIOS
+
+
+@pytest.mark.parametrize("strategy, cls", [("fedavg", "FedAvg"), ("fedprox", "FedProx"), ("fedadam", "FedAdam"),
+                                           ("fedavgm", "FedAvgM")])
+def test_strategies_sample_every_client_they_ask_for(strategy, cls):
+    s = scenario_from_dict({"federation": {"strategy": strategy, "clients": 8, "fraction": 0.5}})
+    built = build_strategy(s, 4)
+    assert type(built).__name__ == cls
+    assert built.min_train_nodes == 4 and built.min_available_nodes == 8
+
+
+def test_dp_wraps_the_strategy():
+    s = scenario_from_dict({"dp": {"mode": "server", "noise_multiplier": 0.3}})
+    assert type(build_strategy(s, 10)).__name__ == "DifferentialPrivacyServerSideFixedClipping"
+
+
+@pytest.mark.ray
+def test_fedprox_run_with_partial_participation(tmp_path):
+    from fedaudit.run import run_scenario
+
+    s = load_scenario(SCENARIOS / "quickstart.toml", {
+        "federation.clients": 4, "federation.rounds": 2, "federation.fraction": 0.5, "federation.local_epochs": 1,
+        "federation.strategy": "fedprox", "federation.partition": "dirichlet:1.0", "audit.enabled": False})
+    run_dir = run_scenario(s, out=tmp_path / "run", progress=False, report=False)
+    rows = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(len(r["clients"]) == 2 and r["failed"] == [] for r in rows)
+    assert all(0 <= r["accuracy"] <= 1 and r["loss"] > 0 for r in rows)
+    ledger = Ledger.load(run_dir / "ledger.npz")
+    assert ledger.num_clients == 4
+    assert load_scenario(run_dir / "scenario.toml").federation.strategy == "fedprox"
+
+
+@pytest.mark.ray
+def test_quickstart_as_a_ray_cluster_job(tmp_path):
+    """`ray job submit` against a head bound to 127.0.0.1, exactly as the README says."""
+    bin_dir = Path(sys.executable).parent
+    ray = shutil.which("ray", path=str(bin_dir)) or shutil.which("ray")
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    out = tmp_path / "job-run"
+    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+                    "--num-cpus=2", "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=180)
+    try:
+        submit = [ray, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", str(REPO), "--",
+                  "fedaudit", "run", "scenarios/quickstart.toml", "--out", str(out), "--set", "audit.enabled=false",
+                  "-q"]
+        for _ in range(60):  # the head's job agent comes up a few seconds after `ray start` returns
+            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
+            if "No available agent" not in job.stderr:
+                break
+            time.sleep(2)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "succeeded" in job.stdout
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5]
+    assert all(r["clients"] == list(range(10)) for r in rows)
+    assert rows[-1]["accuracy"] >= 0.85
+    assert str(out) in job.stdout                     # the run directory is the job's last line of output
+    owner = np.load(out / "ledger.npz")["owner"]
+    assert set(np.unique(owner[owner >= 0])) == set(range(10))

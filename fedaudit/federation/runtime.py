@@ -15,7 +15,14 @@ def quiet_environment() -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    logging.getLogger("flwr").addFilter(_drop_flower_notices)
+
+
+def _drop_flower_notices(record: logging.LogRecord) -> bool:
+    """Flower warns on every run that run_simulation is deprecated and that client evaluation is off; we know."""
+    message = record.getMessage()
+    return "DEPRECATED FEATURE" not in message and "fraction_evaluate is set to 0.0" not in message
 
 
 def init_ray(address: str = "", num_cpus: int = 0, num_gpus: float | None = None) -> dict:

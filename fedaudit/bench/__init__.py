@@ -1,0 +1,1 @@
+"""Benchmarks behind `fedaudit bench`: each measures a baseline in the same command and prints ratios."""

@@ -22,8 +22,12 @@ def resolve_run_dir(scenario: Scenario, out: str | Path | None) -> Path:
 
 
 def run_scenario(scenario: Scenario, out: str | Path | None = None, progress: bool = True,
-                 fail_clients: dict | None = None, report: bool = True) -> Path:
-    """Run ``scenario`` and return its run directory. Nothing is written before the inputs are checked."""
+                 fail_clients: dict | None = None, report: bool = True,
+                 kill_auditor_after_round: int | None = None) -> Path:
+    """Run ``scenario`` and return its run directory. Nothing is written before the inputs are checked.
+
+    ``kill_auditor_after_round`` (a test hook) kills the auditor actor after that round is handed to it.
+    """
     from fedaudit.federation.driver import prepare, run_federation, write_inputs
 
     run_dir = resolve_run_dir(scenario, out)
@@ -34,6 +38,10 @@ def run_scenario(scenario: Scenario, out: str | Path | None = None, progress: bo
         from fedaudit.auditor import auditor_sink
 
         sink_factory = auditor_sink
+        if kill_auditor_after_round is not None:
+            import functools
+
+            sink_factory = functools.partial(auditor_sink, kill_auditor_after_round=kill_auditor_after_round)
     run_federation(prepared, run_dir, sink_factory=sink_factory, progress=progress, fail_clients=fail_clients)
     if report:
         try:

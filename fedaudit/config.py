@@ -15,7 +15,9 @@ from fedaudit.errors import ConfigError
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedavgm")
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 THREAT_MODELS = ("server", "participant")
-ATTACKS = ("whitebox", "blackbox", "loss", "population", "reference", "lira", "rmia")
+# The trained attack networks, then the score attacks registered in fedaudit.attacks (and their aliases).
+ATTACKS = ("whitebox", "blackbox", "loss", "confidence", "entropy", "modified-entropy", "population", "reference",
+           "lira-offline", "lira-online", "rmia-offline", "rmia-online", "lira", "rmia")
 DP_MODES = ("none", "server", "client")
 PARTITION_RE = re.compile(r"^(iid|dirichlet:[0-9.eE+-]+|dirichlet|shards:\d+|shards)$")
 

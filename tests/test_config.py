@@ -63,3 +63,12 @@ def test_malformed_toml_and_missing_file(tmp_path):
 
 def test_defaults_are_valid():
     assert isinstance(scenario_from_dict({}), Scenario)
+
+
+def test_every_score_attack_a_scenario_names_is_registered():
+    from fedaudit.attacks import resolve
+    from fedaudit.config import ATTACKS
+
+    for name in ATTACKS:
+        if name not in ("whitebox", "blackbox"):
+            resolve(name)

@@ -46,7 +46,8 @@ def init_ray(address: str = "", num_cpus: int = 0, num_gpus: float | None = None
         kwargs = {"num_cpus": num_cpus or os.cpu_count() or 1}
         if num_gpus is not None:
             kwargs["num_gpus"] = num_gpus
-        ray.init(_node_ip_address=LOCAL_IP, include_dashboard=False, runtime_env=env,
+        # address="local": always a new Ray of our own, never a cluster that happens to run on this machine
+        ray.init(address="local", _node_ip_address=LOCAL_IP, include_dashboard=False, runtime_env=env,
                  logging_level=logging.WARNING, log_to_driver=True, **kwargs)
     return ray.cluster_resources()
 

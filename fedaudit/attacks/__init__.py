@@ -1,0 +1,45 @@
+"""Membership-inference attacks.
+
+Score attacks (NumPy only; see :mod:`fedaudit.attacks.base`): ``loss``, ``population`` (P), ``reference``
+(R), ``lira-offline``/``lira-online``, ``rmia-offline``/``rmia-online`` (``lira`` and ``rmia`` are the
+offline ones). Run one with :func:`run_score_attack` on an :class:`AttackInputs`, or audit a Keras model
+with :func:`audit_model`, which trains or reuses reference models and summarizes every attack.
+
+Importing this package imports no TensorFlow; :func:`audit_model` and
+:mod:`fedaudit.attacks.reference_models` import it when called. ``WhiteBoxAttack`` (Nasr et al. 2019) and the
+``meminf`` module (ML Privacy Meter's API) are loaded on first access.
+"""
+
+from fedaudit.attacks.base import (
+    ALIASES, SCORE_ATTACKS, AttackInputs, ScoreAttack, register_score_attack, resolve, run_score_attack,
+)
+from fedaudit.attacks.base import _load_builtin
+
+_load_builtin()
+
+from fedaudit.attacks.audit import audit_model  # noqa: E402  (imports TensorFlow only when called)
+
+__all__ = [
+    "SCORE_ATTACKS", "ALIASES", "AttackInputs", "ScoreAttack", "register_score_attack", "resolve",
+    "run_score_attack", "audit_model", "WhiteBoxAttack", "meminf",
+]
+
+
+def __getattr__(name: str):
+    """Load the whitebox attack and the meminf module on first access (they import TensorFlow)."""
+    if name == "WhiteBoxAttack":
+        from fedaudit.attacks.whitebox import WhiteBoxAttack
+
+        globals()["WhiteBoxAttack"] = WhiteBoxAttack
+        return WhiteBoxAttack
+    if name == "meminf":
+        import importlib
+
+        module = importlib.import_module("fedaudit.attacks.meminf")
+        globals()["meminf"] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "WhiteBoxAttack", "meminf"])

@@ -1,0 +1,180 @@
+"""Audit one trained Keras model with the score attacks, the way ML Privacy Meter audited a single model.
+
+:func:`audit_model` computes the target's logits on members, non-members and population records, trains
+(or loads from a cache) the reference models the chosen attacks need, runs every attack and summarizes
+it with :func:`fedaudit.metrics.summarize`. Two sets of reference models, each of ``reference_models``
+models, are trained only when needed:
+
+- offline set (``reference``, ``lira-offline``, ``rmia-offline``): trained on random subsets of the
+  population records only (the target's training-set size, at most three quarters of the population),
+  so none of them saw an audited record;
+- online set (``lira-online``, ``rmia-online``): trained on the audited records (members and
+  non-members, each IN for half the models) topped up with population records to the target's
+  training-set size.
+
+TensorFlow is imported when the function runs, not when this module is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from fedaudit.attacks.base import AttackInputs, resolve, run_score_attack
+from fedaudit.attacks.scores import correct as _correct
+from fedaudit.attacks.scores import loss as _loss
+from fedaudit.errors import AttackError, ConfigError
+from fedaudit.metrics import Summary, summarize
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ATTACKS = ("loss", "population", "reference", "lira-offline", "lira-online", "rmia-offline", "rmia-online")
+
+
+@dataclass
+class AuditData:
+    """What the attacks saw: inputs per reference set, and which audited record is a member."""
+
+    offline: AttackInputs | None
+    online: AttackInputs | None
+    plain: AttackInputs          # no reference models: loss and population
+    is_member: np.ndarray        # (n,) bool over the audited records (members first)
+
+
+def _arrays(x, y, name):
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y)
+    if x.shape[0] != y.shape[0]:
+        raise AttackError(f"{name}: {x.shape[0]} records but {y.shape[0]} labels")
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        raise AttackError(f"{name}: labels must be integers (class indices), got {y.dtype}")
+    return x, y.astype(np.int64)
+
+
+def prepare_audit(model, x_members, y_members, x_nonmembers, y_nonmembers, *, x_population, y_population,
+                  attacks=DEFAULT_ATTACKS, reference_models: int = 4, model_name: str | None = None,
+                  model_options: dict | None = None, num_classes: int | None = None, epochs: int = 20,
+                  batch_size: int = 64, learning_rate: float = 1e-3, optimizer: str = "adam", seed: int = 0,
+                  cache_dir=None, parallel: bool = True, train_size: int | None = None,
+                  from_probabilities: bool = False) -> AuditData:
+    """Logits of the target and of the reference models the attacks need, as :class:`AttackInputs`."""
+    from fedaudit.attacks.reference_models import logits_function, ray_session
+
+    xm, ym = _arrays(x_members, y_members, "members")
+    xn, yn = _arrays(x_nonmembers, y_nonmembers, "nonmembers")
+    xp, yp = _arrays(x_population, y_population, "population")
+    if xm.shape[0] == 0 or xn.shape[0] == 0:
+        raise AttackError("members, nonmembers: need at least one member and one non-member record to audit")
+    x_audit = np.concatenate([xm, xn])
+    y_audit = np.concatenate([ym, yn])
+    is_member = np.r_[np.ones(len(ym), dtype=bool), np.zeros(len(yn), dtype=bool)]
+    run = logits_function(model)
+    to_logits = (lambda p: np.log(np.clip(p, 1e-30, None))) if from_probabilities else (lambda z: z)
+    target_audit = to_logits(run(x_audit))
+    target_pop = to_logits(run(xp)) if len(xp) else None
+    c = int(num_classes or target_audit.shape[1])
+    if target_audit.shape[1] != c:
+        raise AttackError(f"num_classes: model outputs {target_audit.shape[1]} classes, num_classes is {c}")
+    pop = {"population_logits": target_pop, "population_labels": yp if len(xp) else None}
+    plain = AttackInputs(target_audit, y_audit, **pop)
+
+    specs = [resolve(a) for a in attacks]
+    need_offline = any(s.uses_reference_models and not s.online for s in specs)
+    need_online = any(s.online for s in specs)
+    offline = online = None
+    if need_offline or need_online:
+        if not model_name:
+            raise ConfigError(
+                f"model_name: attacks {', '.join(s.name for s in specs if s.uses_reference_models)} train "
+                f"reference models of the audited architecture; pass model_name= a registered model "
+                f"(see fedaudit.models.MODELS)")
+        if int(reference_models) < 1:
+            raise ConfigError(
+                f"reference_models: attacks with reference models need at least 1, got {reference_models}")
+        if len(xp) == 0:
+            raise AttackError("x_population: reference models train on population records; got none")
+    common = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer,
+                  seed=seed, cache_dir=cache_dir, parallel=parallel)
+    target_size = int(train_size) if train_size is not None else len(xm)
+    with ray_session(parallel and (need_offline or need_online)):
+        offline, online = _reference_inputs(
+            need_offline, need_online, model_name, model_options, c, reference_models, target_size,
+            x_audit, y_audit, target_audit, xp, yp, pop, common)
+    return AuditData(offline=offline, online=online, plain=plain, is_member=is_member)
+
+
+def _reference_inputs(need_offline, need_online, model_name, model_options, c, reference_models, target_size,
+                      x_audit, y_audit, target_audit, xp, yp, pop, common):
+    from fedaudit.attacks.reference_models import prepare_reference_logits
+
+    offline = online = None
+    args = (model_name, model_options, x_audit, y_audit, xp, yp, c, int(reference_models))
+    if need_offline:
+        # match the target's training-set size, but leave a quarter of the population OUT of every model
+        # (RMIA offline tunes a on them; the models differ from each other)
+        size = max(1, min(target_size, (3 * len(xp)) // 4))
+        refs = prepare_reference_logits(*args, online=False, train_size=size, **common)
+        offline = refs.inputs(target_audit, y_audit, pop["population_logits"], pop["population_labels"])
+    if need_online:
+        extra = int(np.clip(target_size - len(x_audit) // 2, 0, len(xp)))
+        refs = prepare_reference_logits(*args, online=True, train_size=extra, **common)
+        online = refs.inputs(target_audit, y_audit, pop["population_logits"], pop["population_labels"])
+    return offline, online
+
+
+def score_all(data: AuditData, attacks=DEFAULT_ATTACKS, attack_options: dict | None = None) -> dict:
+    """Scores of each attack on the audited records (members first), from prepared inputs."""
+    attack_options = attack_options or {}
+    out = {}
+    for name in attacks:
+        spec = resolve(name)
+        inputs = data.plain
+        if spec.uses_reference_models:
+            inputs = data.online if spec.online else data.offline
+        out[name] = run_score_attack(name, inputs, **attack_options.get(name, {}))
+    return out
+
+
+def audit_model(model, x_members, y_members, x_nonmembers, y_nonmembers, *, x_population, y_population,
+                attacks=DEFAULT_ATTACKS, reference_models: int = 4, model_name: str | None = None,
+                model_options: dict | None = None, num_classes: int | None = None, epochs: int = 20,
+                batch_size: int = 64, learning_rate: float = 1e-3, optimizer: str = "adam", seed: int = 0,
+                cache_dir=None, parallel: bool = True, train_size: int | None = None,
+                from_probabilities: bool = False, attack_options: dict | None = None, delta: float = 1e-5,
+                alpha: float = 0.05, slices: bool = False) -> dict[str, Summary]:
+    """Audit a trained Keras model (outputs logits) with each attack; returns {attack: Summary}.
+
+    Members are records the model trained on; non-members and population records it did not see
+    (non-members are scored, population records calibrate P and RMIA and train reference models).
+    Reference models use the registered architecture ``model_name`` with ``model_options`` and the training
+    settings given here (match how the target was trained); they are cached in ``cache_dir`` when given.
+    ``slices``: attach per-class, per-loss-decile and by-correctness metrics to each Summary.
+    """
+    attacks = list(attacks)
+    if not attacks:
+        raise ConfigError("attacks: name at least one attack")
+    for a in attacks:
+        resolve(a)
+    data = prepare_audit(model, x_members, y_members, x_nonmembers, y_nonmembers, x_population=x_population,
+                         y_population=y_population, attacks=attacks, reference_models=reference_models,
+                         model_name=model_name, model_options=model_options, num_classes=num_classes,
+                         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer,
+                         seed=seed, cache_dir=cache_dir, parallel=parallel, train_size=train_size,
+                         from_probabilities=from_probabilities)
+    scores = score_all(data, attacks, attack_options)
+    m = data.is_member
+    results = {}
+    for name, s in scores.items():
+        summary = summarize(s[m], s[~m], delta=delta, alpha=alpha)
+        if slices:
+            from fedaudit.slices import slice_metrics
+
+            logits, labels = data.plain.target_logits, data.plain.labels
+            losses, right = _loss(logits, labels), _correct(logits, labels)
+            summary = replace(summary, slices=slice_metrics(
+                s[m], s[~m], labels[m], labels[~m], losses[m], losses[~m], right[m], right[~m],
+                delta=delta, alpha=alpha))
+        results[name] = summary
+    return results

@@ -24,6 +24,7 @@ def make_client_app(spec: TrainSpec, clip_updates: bool = False) -> ClientApp:
         config = msg.content["config"]
         new_weights, metrics = local_train(spec, partition_id, weights, int(config["server-round"]),
                                            float(config.get("proximal-mu", 0.0)))
+        metrics["uniform-weight"] = 1.0   # lets a DP strategy average updates uniformly (strategy.UNIFORM_WEIGHT_KEY)
         content = RecordDict({"arrays": ArrayRecord(new_weights), "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
 

@@ -16,6 +16,8 @@ from fedaudit.config import Scenario
 
 log = logging.getLogger(__name__)
 
+UNIFORM_WEIGHT_KEY = "uniform-weight"   # every client reports 1.0: uniform averaging (needed under DP)
+
 
 @dataclass
 class RoundUpdate:
@@ -46,6 +48,11 @@ def build_strategy(scenario: Scenario, sampled: int) -> Strategy:
     f = scenario.federation
     common = dict(fraction_train=f.fraction, fraction_evaluate=0.0, min_train_nodes=sampled,
                   min_available_nodes=f.clients, train_metrics_aggr_fn=_train_metrics)
+    if scenario.dp.mode != "none":
+        # DP-FedAvg's noise (noise_multiplier * clipping_norm / sampled) bounds one client's influence only when
+        # the clipped updates are averaged uniformly; weighting by example counts would let a large client move
+        # the average by more than clipping_norm / sampled. Every client echoes a weight of 1 under this key.
+        common["weighted_by_key"] = UNIFORM_WEIGHT_KEY
     lr = f.server_learning_rate
     if f.strategy == "fedavg":
         strategy = FedAvg(**common)

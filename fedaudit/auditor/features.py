@@ -1,0 +1,163 @@
+"""Compact per-record attack features of a model the adversary sees, from one batched pass of signals.extract.
+
+For the audited records and one model theta (a client's returned model, or the global model), relative to
+the global model theta_prev that was sent out in the round:
+
+black-box (outputs of theta and theta_prev only):
+    ``phi`` (logit-scaled confidence z_y - logsumexp of the other logits), ``log_loss``, ``neg_entropy``,
+    ``neg_mentropy`` (Song and Mittal), ``correct``, ``loss_drop`` = loss(theta_prev) - loss(theta),
+    ``phi_gain`` = phi(theta) - phi(theta_prev);
+white-box (adds gradients):
+    ``log_gnorm/<layer>`` (per-example kernel-gradient norm at theta, per layer, and in total) and
+    ``cos/<layer>``, the cosine between minus the record's loss gradient at theta_prev and the update
+    theta - theta_prev, per dense layer (kernel and bias) and over all of them (Li et al. 2023: local
+    training moves the update along the members' negative gradients).
+
+The cosines need the gradient at theta_prev only as the two factors of each dense layer's per-example kernel
+gradient (its input a and the gradient d at its output; the bias gradient is d), so <g, u> per layer is
+``sum((a @ U) * d) + d . u_bias`` and no (records, in, out) tensor is ever built. Layers without that
+factorisation (convolutions) contribute gradient norms only.
+
+``[audit] gradients`` chooses the layers (default: every layer with a kernel). ``[audit] layers`` (layer outputs)
+and ``[audit] epochs`` drive only the full attack network of Nasr et al. (:mod:`fedaudit.attacks.whitebox`),
+which single-model audits use; per round it would cost minutes where these features cost a fraction of a second
+(see :mod:`fedaudit.auditor.attack`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedaudit.attacks.scores import logit_confidence
+from fedaudit.auditor.attack import BLACKBOX
+from fedaudit.attacks.threshold import entropy_scores, loss_scores, modified_entropy_scores
+
+_EPS = 1e-30
+
+
+@dataclass
+class BaseSignals:
+    """Signals of theta_prev: loss, phi and the dense layers' gradient factors."""
+
+    loss: np.ndarray
+    phi: np.ndarray
+    factors: dict           # layer name -> (a (n, in), d (n, out))
+    grad_sq: dict           # layer name -> (n,) squared norm of the record's gradient (kernel + bias)
+
+
+@dataclass
+class ViewSignals:
+    """Features of one model on the audited records."""
+
+    features: np.ndarray    # (n, F) float32, NaN where a feature is unavailable
+    loss: np.ndarray        # (n,)
+    correct: np.ndarray     # (n,) bool
+    logits: np.ndarray      # (n, C)
+
+
+class ModelProbe:
+    """Builds the scenario's model once and computes features for any weights on fixed records."""
+
+    def __init__(self, model_name: str, model_options: dict, input_shape, num_classes: int, x, y,
+                 gradients=(), seed: int = 0):
+        from fedaudit.models import build_model
+        from fedaudit.signals.extract import _gradient_mode
+        from fedaudit.signals.layers import kernel_layers, resolve_gradient_layers
+
+        self.model = build_model(model_name, input_shape, num_classes, seed=seed, **dict(model_options))
+        self.x = np.asarray(x, dtype=np.float32)
+        self.y = np.asarray(y, dtype=np.int64)
+        refs = (resolve_gradient_layers(self.model, list(gradients), "audit.gradients") if gradients else
+                resolve_gradient_layers(self.model, list(range(1, len(kernel_layers(self.model)) + 1))))
+        self.layers = [r.name for r in refs]
+        self.dense = [r.name for r in refs if _gradient_mode(r.layer) == "dense"
+                      and len(r.layer.input.shape) == 2]
+        paths = [w.path for w in self.model.weights]
+        self.slots = {}   # layer name -> (kernel index, bias index or None) in get_weights() order
+        for r in refs:
+            bias = getattr(r.layer, "bias", None)
+            self.slots[r.name] = (paths.index(r.layer.kernel.path),
+                                  paths.index(bias.path) if bias is not None else None)
+        self.feature_names = (list(BLACKBOX) + [f"log_gnorm/{n}" for n in self.layers] + ["log_gnorm/total"]
+                              + [f"cos/{n}" for n in self.dense] + (["cos/total"] if self.dense else []))
+        self.blackbox_columns = np.arange(len(BLACKBOX))
+
+    def _extract(self, weights):
+        from fedaudit.signals.extract import extract
+
+        self.model.set_weights(weights)
+        return extract(self.model, self.x, self.y, gradients=self.dense, factorize=True,
+                       gradient_norms=self.layers, from_logits=True)
+
+    def base(self, weights) -> BaseSignals:
+        s = self._extract(weights)
+        factors, grad_sq = {}, {}
+        for name in self.dense:
+            f = s.factors[name]
+            a, d = f.inputs.astype(np.float32), f.output_grads.astype(np.float32)
+            factors[name] = (a, d)
+            dd = np.einsum("no,no->n", d, d, dtype=np.float64)
+            grad_sq[name] = np.einsum("ni,ni->n", a, a, dtype=np.float64) * dd + \
+                (dd if self.slots[name][1] is not None else 0.0)
+        logits = s.logits.astype(np.float64)
+        return BaseSignals(loss=-loss_scores(logits, self.y), phi=logit_confidence(logits, self.y),
+                           factors=factors, grad_sq=grad_sq)
+
+    def view(self, weights, base: BaseSignals | None, previous=None) -> ViewSignals:
+        """Features of ``weights``; update features need ``base`` (signals of ``previous``) and ``previous``."""
+        s = self._extract(weights)
+        logits = s.logits.astype(np.float64)
+        y = self.y
+        n = len(y)
+        loss = -loss_scores(logits, y)
+        phi = logit_confidence(logits, y)
+        correct = np.argmax(logits, axis=1) == y
+        cols = [phi, np.log(loss + _EPS), entropy_scores(logits), modified_entropy_scores(logits, y),
+                correct.astype(np.float64)]
+        if base is not None:
+            cols += [base.loss - loss, phi - base.phi]
+        else:
+            cols += [np.full(n, np.nan)] * 2
+        sq_total = np.zeros(n)
+        for name in self.layers:
+            norm = s.gradient_norms[name].astype(np.float64)
+            sq_total += norm * norm
+            cols.append(np.log(norm + _EPS))
+        cols.append(0.5 * np.log(sq_total + _EPS))
+        if self.dense:
+            cols += self._cosines(weights, previous, base, n)
+        features = np.stack(cols, axis=1)
+        return ViewSignals(features=features.astype(np.float32), loss=loss, correct=correct,
+                           logits=logits.astype(np.float32))
+
+    def _cosines(self, weights, previous, base, n) -> list:
+        if base is None or previous is None:
+            return [np.full(n, np.nan)] * (len(self.dense) + 1)
+        cols = []
+        dot_total = np.zeros(n)
+        g_total = np.zeros(n)
+        u_total = 0.0
+        for name in self.dense:
+            k, b = self.slots[name]
+            a, d = base.factors[name]
+            u_kernel = (np.asarray(weights[k], np.float64) - np.asarray(previous[k], np.float64)).astype(np.float32)
+            dot = np.einsum("no,no->n", a @ u_kernel, d, dtype=np.float64)   # float32 matmul, float64 sums
+            u_sq = float(np.sum(np.square(u_kernel, dtype=np.float64)))
+            if b is not None:
+                u_bias = np.asarray(weights[b], np.float64) - np.asarray(previous[b], np.float64)
+                dot += d.astype(np.float64) @ u_bias
+                u_sq += float(np.sum(u_bias * u_bias))
+            g_sq = base.grad_sq[name]
+            cols.append(-dot / (np.sqrt(g_sq * u_sq) + _EPS))
+            dot_total += dot
+            g_total += g_sq
+            u_total += u_sq
+        cols.append(-dot_total / (np.sqrt(g_total * u_total) + _EPS))
+        return cols
+
+
+def all_finite(weights) -> bool:
+    """Whether every array of a weight list is finite."""
+    return weights is not None and all(np.isfinite(np.asarray(w)).all() for w in weights)

@@ -1,0 +1,84 @@
+"""The auditor's state in the run dir: per-round arrays under ``audit/`` and the shared ``rounds.jsonl``.
+
+NumPy only. Two processes write ``rounds.jsonl`` (the driver's sink writes each round's utility line as soon
+as the round is aggregated, the auditor actor merges its results into that line when they exist), so every
+read-modify-write holds an exclusive lock on ``.rounds.jsonl.lock`` beside it (both processes run on the
+machine that holds the run dir). Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from pathlib import Path
+
+import numpy as np
+
+from fedaudit.rundir import atomic_save_npz, read_jsonl, upsert_jsonl
+
+AUDIT_DIR = "audit"
+SEP = "__"   # key separator inside the per-round .npz files ("server__score__whitebox")
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock on ``.<name>.lock`` beside ``path`` (released on exit, also on error)."""
+    lock = Path(path).with_name(f".{Path(path).name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def merge_round(run_dir: Path, round_: int, fields: dict, *, keep_existing: bool = False) -> dict:
+    """Merge ``fields`` into round ``round_``'s line of rounds.jsonl (created if absent); return the line.
+
+    ``keep_existing``: keys already in the line win (the driver's late utility line must not erase audit
+    results that were merged first).
+    """
+    path = Path(run_dir) / "rounds.jsonl"
+    with locked(path):
+        row = next((r for r in read_jsonl(path) if r.get("round") == round_), {"round": round_})
+        merged = {**row, **fields, **(row if keep_existing else {})}
+        if "non_finite_clients" in fields and "non_finite_clients" in row:
+            merged["non_finite_clients"] = sorted({*row["non_finite_clients"], *fields["non_finite_clients"]})
+        merged["round"] = round_
+        upsert_jsonl(path, merged)
+    return merged
+
+
+def round_path(run_dir: Path, round_: int) -> Path:
+    return Path(run_dir) / AUDIT_DIR / f"round_{int(round_):04d}.npz"
+
+
+def save_round(run_dir: Path, round_: int, arrays: dict) -> Path:
+    return atomic_save_npz(round_path(run_dir, round_), **arrays)
+
+
+def load_round(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def audited_rounds(run_dir: Path, threat_models) -> set[int]:
+    """Rounds whose arrays are saved and whose rounds.jsonl line holds every threat model's result."""
+    done = set()
+    for row in read_jsonl(Path(run_dir) / "rounds.jsonl"):
+        r = row.get("round")
+        if r is not None and all(tm in row for tm in threat_models) and round_path(run_dir, r).exists():
+            done.add(int(r))
+    return done
+
+
+def saved_rounds(run_dir: Path) -> list[int]:
+    """Rounds with saved per-round arrays, sorted."""
+    out = []
+    for p in (Path(run_dir) / AUDIT_DIR).glob("round_*.npz"):
+        try:
+            out.append(int(p.stem.split("_")[1]))
+        except (IndexError, ValueError):
+            continue
+    return sorted(out)

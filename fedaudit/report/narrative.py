@@ -1,0 +1,252 @@
+"""The plain-language summary of one run, written from its numbers, for a DPIA (GDPR Art. 35).
+
+Each sentence states a measured number and what it means for the people whose records were used; where
+the audit cannot say something (audit off, too few non-members for a low false-positive rate), the text
+says so instead of guessing. Returns HTML fragments (all values escaped).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fedaudit.report.figures import class_results, client_table
+from fedaudit.report.fmt import (LEVEL_TEXT, count, empirical_epsilon, eps, esc, f3, finite, num, one_in, pct, pct_ci,
+                                 risk_level, worst_level)
+from fedaudit.report.rundata import THREAT_MODEL_DESCRIPTIONS, RunData
+
+
+NOUNS = {"server": "the honest-but-curious server", "participant": "a participant (another client)"}
+POSSESSIVE = {"server": "the honest-but-curious server's", "participant": "a participant's"}
+
+
+def _tm_sentence(tm: str, summ: dict, first: bool) -> str:
+    who = THREAT_MODEL_DESCRIPTIONS.get(tm, "")
+    noun = NOUNS.get(tm, f"the {tm} adversary")
+    noun = noun[0].upper() + noun[1:]
+    auc = num(summ.get("auc"))
+    parts = []
+    who = who.replace("the aggregator, who", "who")
+    who = who.replace("a client of the federation, who", "who")
+    if first:
+        parts.append(f"{esc(noun)}, {esc(who)}, recognises whether a record was used in training with an AUC of "
+                     f"<strong>{f3(auc, 2)}</strong> (0.5 is guessing, 1.0 is always right).")
+    else:
+        parts.append(f"{esc(noun)}, {esc(who)}, reaches an AUC of <strong>{f3(auc, 2)}</strong>.")
+    tpr1 = num(summ.get("tpr_at_1pct"))
+    if math.isfinite(tpr1):
+        ratio = tpr1 / 0.01
+        ci = pct_ci(summ.get("tpr_at_1pct_ci"))
+        parts.append(f"Tuned to wrongly accuse only {one_in(0.01)} non-members, it correctly identifies "
+                     f"<strong>{pct(tpr1)}</strong> of the members" + (f" (95% interval {ci})" if ci else "")
+                     + (f", {ratio:.1f} times what guessing achieves." if ratio >= 1.15 else
+                        ", no better than guessing."))
+    tpr01 = num(summ.get("tpr_at_0_1pct"))
+    n0 = num(summ.get("n_nonmembers"))
+    if math.isfinite(tpr01):
+        ci = pct_ci(summ.get("tpr_at_0_1pct_ci"))
+        parts.append(f"At {one_in(0.001)} false accusations it still identifies {pct(tpr01)}"
+                     + (f" ({ci})" if ci else "") + ".")
+    elif math.isfinite(n0) and first:
+        parts.append(f"The audit had {count(n0)} non-member records, too few to measure the rate at "
+                     f"{one_in(0.001)} false accusations (that needs at least 1,000).")
+    return " ".join(parts)
+
+
+def _trend(run: RunData, tm: str) -> str | None:
+    x, y = run.per_round(tm, "auc")
+    ok = np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if y.size < 2:
+        return None
+    peak = int(np.argmax(y))
+    first, last = y[0], y[-1]
+    if last - first >= 0.03 and peak >= y.size - 2:
+        text = (f"Risk grows as training goes on: {esc(POSSESSIVE.get(tm, tm))} AUC rises from {f3(first, 2)} in "
+                f"round {int(x[0])} to {f3(y[peak], 2)} in round {int(x[peak])}, so every further round leaks more.")
+    elif y[peak] - max(first, last) >= 0.03:
+        text = (f"Risk peaks in round {int(x[peak])} (AUC {f3(y[peak], 2)}, from {f3(first, 2)} in round {int(x[0])} "
+                f"and {f3(last, 2)} in round {int(x[-1])}).")
+    elif first - last >= 0.03:
+        text = (f"Risk falls over training: AUC {f3(first, 2)} in round {int(x[0])}, {f3(last, 2)} in round "
+                f"{int(x[-1])}.")
+    else:
+        text = (f"Risk stays about level across rounds (AUC between {f3(np.min(y), 2)} and {f3(np.max(y), 2)}; "
+                f"highest in round {int(x[peak])}).")
+    return text
+
+
+MIN_CLIENT_RECORDS = 10   # fewer records than this: an AUC too noisy to single a client out
+
+
+def _records(n) -> str:
+    return f"{count(n)} record{'s' if num(n) != 1 else ''}"
+
+
+def _clients(run: RunData) -> str | None:
+    table = client_table(run)
+    if table is None or "auc" not in table:
+        return None
+    auc = np.asarray(table["auc"], float)
+    if not np.isfinite(auc).any():
+        return None
+    clients = np.asarray(table["client"], float)
+    records = np.asarray(table.get("records", np.full(auc.size, np.nan)), float)
+    peak = np.asarray(table.get("peak_round", np.full(auc.size, np.nan)), float)
+    small = np.isfinite(records) & (records < MIN_CLIENT_RECORDS)
+    ranked = np.where(small | ~np.isfinite(auc), np.nan, auc)
+    if not np.isfinite(ranked).any():
+        ranked = auc
+    i = int(np.nanargmax(ranked))
+    j = int(np.nanargmin(ranked))
+    text = (f"The most exposed client is <strong>client {int(clients[i])}</strong>"
+            + (f" ({_records(records[i])})" if np.isfinite(records[i]) else "")
+            + f": the server recognises its records with AUC {f3(auc[i], 2)}"
+            + (f", most of all in round {int(peak[i])}" if np.isfinite(peak[i]) else "") + ".")
+    if np.isfinite(ranked).sum() > 1 and i != j:
+        text += f" The least exposed is client {int(clients[j])} (AUC {f3(auc[j], 2)})."
+        ok = np.isfinite(records) & np.isfinite(ranked)
+        if ok.sum() > 2:
+            spread = np.ptp(records[ok]) / max(np.mean(records[ok]), 1.0)
+            if spread > 0.25 and np.std(auc[ok]) > 0:
+                r = float(np.corrcoef(records[ok], auc[ok])[0, 1])
+                if r <= -0.5:
+                    text += " Clients with fewer records are more exposed."
+                elif r >= 0.5:
+                    text += " Clients with more records are more exposed."
+    if small.any():
+        names = ", ".join(f"client {int(c)} ({_records(n)})" for c, n in zip(clients[small], records[small]))
+        text += (f" Some clients hold too few records for a reliable per-client figure: {esc(names)}; "
+                 "a client with a handful of records is easy to attack, so treat them as highly exposed.")
+    return text
+
+
+def _classes(run: RunData, tm: str) -> str | None:
+    res = class_results(run, tm)
+    if res is None or not np.isfinite(res["auc"]).any() or len(res["classes"]) < 2:
+        return None
+    auc = res["auc"]
+    i, j = int(np.nanargmax(auc)), int(np.nanargmin(auc))
+    return (f"By class, records labelled <strong>{esc(res['classes'][i])}</strong> are the most exposed "
+            f"(AUC {f3(auc[i], 2)}); label {esc(res['classes'][j])} the least ({f3(auc[j], 2)}).")
+
+
+def _top_records(run: RunData, n: int = 20) -> str | None:
+    r = run.records
+    if r is None or "risk" not in r or "member" not in r:
+        return None
+    from fedaudit.report.rundata import _as_float_array
+
+    risk = _as_float_array(r["risk"])
+    member = _as_float_array(r["member"])
+    client = _as_float_array(r.get("client", np.full(risk.size, np.nan)))
+    ok = np.isfinite(risk) & (member == 1)
+    if ok.sum() < 3:
+        return None
+    idx = np.flatnonzero(ok)[np.argsort(-risk[ok], kind="mergesort")[:n]]
+    owners, counts = np.unique(client[idx][np.isfinite(client[idx])], return_counts=True)
+    if not owners.size:
+        return None
+    k = int(np.argmax(counts))
+    share = counts[k] / idx.size
+    text = (f"The {idx.size} records at highest risk have membership probabilities from {f3(risk[idx[-1]], 2)} to "
+            f"{f3(risk[idx[0]], 2)}")
+    if share >= 0.3 and owners.size > 1:
+        text += f"; {counts[k]} of them belong to client {int(owners[k])}."
+    else:
+        text += f", spread over {owners.size} client{'s' if owners.size != 1 else ''}."
+    return text
+
+
+def _dp(run: RunData, headlines: dict) -> list[str]:
+    dp = run.dp
+    if run.dp_mode == "none" or dp is None:
+        return []
+    mode = {"server": "server-side clipping", "client": "client-side clipping"}.get(run.dp_mode, run.dp_mode)
+    acc = dp.get("accountant_epsilon")
+    delta = dp.get("delta")
+    out = [f"Training used differential privacy ({esc(mode)}, noise multiplier {esc(dp.get('noise_multiplier'))}, "
+           f"clipping norm {esc(dp.get('clipping_norm'))})."]
+    if finite(acc):
+        out[-1] += (f" Flower's privacy accountant certifies <strong>&epsilon; = {eps(acc)}</strong> at &delta; = "
+                    f"{esc(delta)} for each client's data (a formal upper bound on what any attack can achieve).")
+    else:
+        out[-1] += " With no noise, the accountant gives no finite guarantee."
+    for tm, summ in headlines.items():
+        low, point = empirical_epsilon(summ)
+        if not math.isfinite(low):
+            continue
+        measured = (f"{esc(POSSESSIVE.get(tm, tm + chr(39) + 's'))} attack measured &epsilon; &ge; {eps(low)} (95% confidence"
+                    + (f"; point estimate {eps(point)})" if math.isfinite(point) else ")"))
+        measured = measured[0].upper() + measured[1:]
+        if finite(acc) and low > num(acc):
+            out.append(f"{measured}: <strong>more than the guarantee allows</strong>. "
+                       + ("This is expected for the server, which sees each client's update before noise is added: "
+                          "this form of DP does not protect against the aggregator." if tm == "server" else
+                          "The guarantee does not hold as configured; check the DP settings."))
+        elif finite(acc):
+            out.append(f"{measured}, within the guarantee"
+                       + (" (but the server sees each client's update before noise is added, so the guarantee "
+                          "does not cover it)." if tm == "server" else "."))
+    return out
+
+
+def summarize_run(run: RunData) -> tuple[str | None, list[str]]:
+    """(overall risk level or None, paragraphs of HTML) for the top of the report."""
+    paras: list[str] = []
+    headlines = {}
+    for tm in run.threat_models():
+        summ, _ = run.headline(tm)
+        if summ and finite(summ.get("auc")):
+            headlines[tm] = summ
+    levels = {tm: risk_level(s) for tm, s in headlines.items()}
+    overall = worst_level(levels.values())
+    if not headlines:
+        if run.scenario is not None and not run.scenario.audit.enabled:
+            paras.append("<strong>Not audited.</strong> This run trained with the membership-inference audit switched "
+                         "off (<code>audit.enabled = false</code>), so this report shows what was trained and how "
+                         "useful the model is, but not how much it leaks. Run the scenario again with the audit on "
+                         "before relying on it in a DPIA.")
+        else:
+            paras.append("<strong>Not audited.</strong> The run directory holds no audit results (no summary.json "
+                         "and no attack results in rounds.jsonl); the run may have stopped early.")
+    else:
+        order = sorted(headlines, key=lambda tm: -num(headlines[tm].get("auc")))
+        lead = (f"<strong>Overall membership risk: {esc(LEVEL_TEXT[overall])}.</strong> "
+                if overall else "")
+        paras.append(lead + _tm_sentence(order[0], headlines[order[0]], True))
+        for tm in order[1:]:
+            paras.append(_tm_sentence(tm, headlines[tm], False))
+        exposed = [s for s in (_clients(run), _classes(run, order[0]), _top_records(run)) if s]
+        if exposed:
+            paras.append(" ".join(exposed))
+        si = run.source_inference()
+        if si and finite(si.get("accuracy")):
+            acc_si, chance = num(si.get("accuracy")), num(si.get("chance"))
+            better = math.isfinite(chance) and acc_si > 1.5 * chance
+            paras.append(f"The server can also tell which client a training record came from: it names the right "
+                         f"client for {pct(acc_si)} of members"
+                         + (f" (guessing: {pct(chance)})" if math.isfinite(chance) else "")
+                         + (", which reveals where a person's data is held." if better else
+                            ", little better than guessing." if math.isfinite(chance) else "."))
+        trend = _trend(run, order[0])
+        if trend:
+            paras.append(trend)
+        low, _ = empirical_epsilon(headlines[order[0]])
+        if run.dp_mode == "none" and math.isfinite(low) and low > 0:
+            paras.append(f"In differential-privacy terms, the measured attack rules out any guarantee with &epsilon; below "
+                         f"{eps(low)} (at &delta; = {esc(headlines[order[0]].get('epsilon_delta', '1e-05'))}, 95% "
+                         f"confidence) for this training as configured.")
+    paras.extend(_dp(run, headlines))
+    acc = run.final_accuracy
+    if math.isfinite(acc):
+        paras.append(f"Utility: the global model reaches {pct(acc)} test accuracy after {run.rounds_done} "
+                     f"round{'s' if run.rounds_done != 1 else ''}.")
+    if headlines:
+        paras.append("These are the results of the attacks this audit ran; a stronger or better-informed attacker may "
+                     "do better, so read them as lower bounds on the risk.")
+    return overall, paras
+
+
+__all__ = ["summarize_run"]

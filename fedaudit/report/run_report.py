@@ -1,0 +1,456 @@
+"""``build_report(run_dir)``: report.html, plots/*.png and tensorboard/ from a run directory's files alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from fedaudit.report import figures as F
+from fedaudit.report.fmt import (LEVEL_RULES, LEVEL_TEXT, count, empirical_epsilon, eps, esc, f3, finite, num, pct,
+                                 pct_ci, risk_level)
+from fedaudit.report.html import figure, kv_table, missing, page, section, table, toc
+from fedaudit.report.narrative import summarize_run
+from fedaudit.report.rundata import (THREAT_MODEL_DESCRIPTIONS, THREAT_MODEL_TITLES, RunData, _as_float_array,
+                                     load_run)
+from fedaudit.rundir import atomic_write_text, json_safe
+
+log = logging.getLogger(__name__)
+
+PLOT_NAMES = ("utility", "risk_rounds", "clients", "client_rounds", "classes", "histogram", "roc", "roc_log")
+TOP_RECORDS = 20
+
+
+# ----------------------------------------------------------------------------------------------------
+# DP: the accountant's epsilon in summary.json
+# ----------------------------------------------------------------------------------------------------
+
+
+def ensure_dp(run: RunData, write: bool = True) -> dict | None:
+    """Fill summary.json's ``dp`` object (accountant epsilon) when the run trained with DP and it is absent.
+
+    Written into an existing summary.json only (the auditor owns that file's creation); kept in memory
+    otherwise, so the report shows it either way.
+    """
+    if run.scenario is None or run.scenario.dp.mode == "none":
+        return run.dp
+    dp = dict(run.dp or {})
+    if dp.get("accountant_epsilon") is not None and dp.get("accountant"):
+        return dp
+    from fedaudit.dp import scenario_dp
+
+    try:
+        computed = scenario_dp(run.scenario) or {}
+    except (ImportError, ValueError) as exc:
+        log.warning("accountant epsilon not computed: %s", exc)
+        computed = {"mode": run.scenario.dp.mode, "noise_multiplier": run.scenario.dp.noise_multiplier,
+                    "clipping_norm": run.scenario.dp.clipping_norm, "delta": run.scenario.dp.delta,
+                    "accountant_epsilon": None, "accountant_error": str(exc)}
+    computed.update({k: v for k, v in dp.items() if v is not None})   # what the run recorded wins
+    run.summary["dp"] = computed
+    path = run.path / "summary.json"
+    if write and path.is_file():
+        try:
+            current = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(current, dict):
+                current["dp"] = computed
+                atomic_write_text(path, json.dumps(json_safe(current), indent=2) + "\n")
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("%s: could not add the dp object (%s)", path, exc)
+    return computed
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------------
+
+
+def _ci(ci) -> str:
+    text = pct_ci(ci)
+    return f'<br><span class="ci">95% CI {text}</span>' if text else ""
+
+
+def _eps_cell(summ: dict) -> str:
+    low, point = empirical_epsilon(summ)
+    if not math.isfinite(low) and not math.isfinite(point):
+        return '<span class="na">not computed</span>'
+    delta = summ.get("epsilon_delta")
+    main = f"<strong>&ge; {eps(low)}</strong>" if math.isfinite(low) else f"&ge; {eps(point)}"
+    extra = (f"95% confidence" + (f", &delta; = {esc(delta)}" if delta is not None else "")
+             + (f"; point estimate {eps(point)}" if math.isfinite(point) and math.isfinite(low) else ""))
+    return f'{main}<br><span class="ci">{extra}</span>'
+
+
+def _tpr_cell(summ: dict, key: str, fpr: float) -> str:
+    v = num(summ.get(key))
+    if math.isfinite(v):
+        return pct(v) + _ci(summ.get(key + "_ci"))
+    n0 = num(summ.get("n_nonmembers"))
+    if math.isfinite(n0):
+        return (f'<span class="na">not measurable: {count(n0)} non-members, needs &ge; {int(round(1 / fpr)):,}'
+                "</span>")
+    return '<span class="na">not measured</span>'
+
+
+def headline_rows(run: RunData) -> list[list[str]]:
+    rows = []
+    tms = run.threat_models()
+    configured = run.configured_threat_models()
+    for tm in list(tms) + [t for t in configured if t not in tms]:
+        title = f"<strong>{esc(THREAT_MODEL_TITLES.get(tm, tm))}</strong><br><span class=note>" \
+                f"{esc(THREAT_MODEL_DESCRIPTIONS.get(tm, ''))}</span>"
+        summ, source = run.headline(tm)
+        if not summ:
+            rows.append([title, '<span class="na">not audited</span>'] + [""] * 6)
+            continue
+        level = risk_level(summ)
+        badge = f'<span class="badge {level}">{esc(LEVEL_TEXT[level])}</span>' if level else ""
+        attack = run.headline_attack(tm) or "aggregated"
+        note = f'<br><span class="note">{esc(source)}</span>' if source and not source.startswith("all rounds") else ""
+        rows.append([
+            title,
+            esc(attack) + note,
+            f"<strong>{f3(summ.get('auc'))}</strong>",
+            _tpr_cell(summ, "tpr_at_1pct", 0.01),
+            _tpr_cell(summ, "tpr_at_0_1pct", 0.001),
+            _eps_cell(summ),
+            f"{count(summ.get('n_members'))} / {count(summ.get('n_nonmembers'))}",
+            badge,
+        ])
+    if not rows:
+        rows.append(['<span class="na">no threat model</span>', '<span class="na">not audited</span>']
+                    + [""] * 6)
+    return rows
+
+
+HEADLINE_HEADER = ["Adversary (threat model)", "Headline attack", "AUC", "Members identified at 1% FPR",
+                   "Members identified at 0.1% FPR", "Empirical &epsilon; (lower bound)", "Members / non-members",
+                   "Risk level"]
+
+
+def headline_section(run: RunData) -> str:
+    body = table(HEADLINE_HEADER, headline_rows(run), numeric={2}, id_="headline")
+    body += ('<p class="note">AUC: probability that the attack scores a random member above a random non-member '
+             "(0.5 = guessing). Members identified at x% FPR: the share of training records the attack flags when it "
+             "is allowed to wrongly flag x% of non-members (guessing identifies x%). Empirical &epsilon;: the smallest "
+             "differential-privacy &epsilon; consistent with the attack's success; any DP guarantee for this training "
+             "must be at least this large.</p>")
+    si = run.source_inference()
+    if si and finite(si.get("accuracy")):
+        body += (f"<p><strong>Source inference</strong> (server): the client a member record came from is named "
+                 f"correctly for {pct(si.get('accuracy'))} of members"
+                 + (f" (guessing: {pct(si.get('chance'))})" if finite(si.get("chance")) else "") + ".</p>")
+    if not run.audited:
+        body += missing(_not_audited_text(run))
+    return section("headline-section", "Headline risk per threat model", body)
+
+
+def _not_audited_text(run: RunData) -> str:
+    if run.scenario is not None and not run.scenario.audit.enabled:
+        return "Not audited: this run had the audit switched off (audit.enabled = false)."
+    return "Not audited: the run directory has no audit results."
+
+
+def dp_section(run: RunData) -> str:
+    dp = run.dp
+    if run.dp_mode == "none" or not dp:
+        return ""
+    mode = {"server": "server-side fixed clipping (the server clips each update, then adds noise)",
+            "client": "client-side fixed clipping (each client clips its update; the server adds noise)"}.get(
+        run.dp_mode, run.dp_mode)
+    acc = dp.get("accountant_epsilon")
+    acc_text = (f"<strong>{eps(acc)}</strong>" if finite(acc) else
+                ('<span class="na">infinite (noise multiplier 0)</span>' if num(dp.get("noise_multiplier")) == 0
+                 else f'<span class="na">not computed {esc(dp.get("accountant_error", ""))}</span>'))
+    pairs = [("Mechanism", esc(mode)), ("Noise multiplier", esc(dp.get("noise_multiplier"))),
+             ("Clipping norm", esc(dp.get("clipping_norm"))), ("&delta;", esc(dp.get("delta"))),
+             ("Client sampling", esc(dp.get("sampling", ""))), ("Rounds accounted", esc(dp.get("rounds", ""))),
+             ("Accountant", esc(dp.get("accountant", "")))]
+    rows = [["Flower's privacy accountant (formal upper bound, client level)", acc_text, "any attack, any record"]]
+    for tm in run.threat_models():
+        summ, _ = run.headline(tm)
+        if summ:
+            rows.append([f"Audit: empirical lower bound, {esc(THREAT_MODEL_TITLES.get(tm, tm).lower())}",
+                         _eps_cell(summ), esc(THREAT_MODEL_DESCRIPTIONS.get(tm, ""))])
+    if len(rows) == 1:
+        rows.append(["Audit: empirical lower bound", '<span class="na">not audited</span>', ""])
+    body = kv_table(pairs) + table(["", "&epsilon;", "Applies to"], rows, id_="dp-epsilons")
+    body += ('<p class="note">The accountant bounds what any attacker who sees the noisy global models can learn about '
+             "one client's data (and so about any one record). The audit's number is what its attacks actually "
+             "achieved: a lower bound. A lower bound far below the accountant's value means the formal guarantee is "
+             "loose for these attacks, not that it could be tightened. The server sees every update before noise is "
+             "added, so neither DP mode protects against the aggregator itself; the accountant assumes clipped updates "
+             "are averaged uniformly.</p>")
+    return section("dp", "Differential privacy: guaranteed vs measured", body)
+
+
+def audited_section(run: RunData, plots: dict) -> str:
+    s = run.scenario
+    pairs = []
+    if s is not None:
+        f, d, m, a = s.federation, s.data, s.model, s.audit
+        opts = ", ".join(f"{k}={v}" for k, v in d.options.items())
+        mopts = ", ".join(f"{k}={v}" for k, v in m.options.items())
+        pairs += [
+            ("Scenario", f"<strong>{esc(s.name)}</strong>"),
+            ("Data", esc(d.dataset) + (f" ({esc(opts)})" if opts else "")),
+            ("Model", esc(m.name) + (f" ({esc(mopts)})" if mopts else "")),
+            ("Clients", f"{f.clients} (fraction {f.fraction:g} sampled per round)"),
+            ("Rounds", f"{f.rounds} configured, {run.rounds_done} recorded"),
+            ("Local training", f"{f.local_epochs} epoch(s), batch {f.batch_size}, {esc(f.optimizer)} "
+                               f"learning rate {f.learning_rate:g}"),
+            ("Aggregation", esc(f.strategy)),
+            ("Partition of the data", esc(f.partition)),
+            ("Differential privacy", esc(s.dp.mode if s.dp.mode == "none" else
+                                         f"{s.dp.mode}-side clipping, noise {s.dp.noise_multiplier:g}, "
+                                         f"clip {s.dp.clipping_norm:g}, delta {s.dp.delta:g}")),
+            ("Audit", (f"threat models {esc(', '.join(a.threat_models))}; attacks {esc(', '.join(a.attacks))}; "
+                       f"adversary knows {a.attack_fraction:.0%} of the labels; {a.folds}-fold cross-fitting")
+             if a.enabled else '<span class="na">off (not audited)</span>'),
+            ("Seed", str(f.seed)),
+        ]
+    elif run.scenario_error:
+        pairs.append(("Scenario", f'<span class="na">unreadable: {esc(run.scenario_error)}</span>'))
+    if run.ledger:
+        led = run.ledger
+        sizes = led.get("clients") or []
+        spread = f" (per client {min(sizes)} to {max(sizes)})" if sizes else ""
+        pairs.append(("Records", f"{count(led.get('records'))} in all: {count(led.get('members'))} held by clients "
+                                 f"(members){spread}, {count(led.get('population'))} never trained on (non-members), "
+                                 f"{count(led.get('test'))} held out for testing"))
+    pairs.append(("Run directory", f"<code>{esc(run.path.resolve())}</code>"))
+    body = kv_table(pairs)
+    body += "<h3>Utility per round</h3>"
+    body += figure(plots.get("utility"), "Test accuracy and loss per round",
+                   "Accuracy and loss of the global model on the held-out test records after each round.")
+    if run.rounds:
+        tms = run.threat_models()
+        header = ["Round", "Test accuracy", "Test loss", "Training loss", "Clients replied"] + \
+                 [f"AUC, {esc(tm)}" for tm in tms]
+        rows = []
+        for r in run.rounds:
+            failed = r.get("failed") or []
+            replied = len(r.get("clients") or [])
+            cells = [esc(r.get("round")), f3(r.get("accuracy")), f3(r.get("loss")), f3(r.get("train_loss")),
+                     f"{replied}" + (f' <span class="na">({len(failed)} failed)</span>' if failed else "")]
+            for tm in tms:
+                obj = r.get(tm)
+                cells.append(f3(obj.get("auc")) if isinstance(obj, dict) else '<span class="na">not audited</span>')
+            rows.append(cells)
+        body += table(header, rows, numeric=set(range(1, len(header))))
+    else:
+        body += missing("No rounds recorded (rounds.jsonl is missing or empty).")
+    if run.problems:
+        body += "<p class=note>Files that could not be read: " + esc("; ".join(run.problems)) + "</p>"
+    return section("audited", "What was audited", body)
+
+
+def rounds_section(run: RunData, plots: dict) -> str:
+    if not plots.get("risk_rounds"):
+        return section("risk-rounds", "Risk over rounds", missing(
+            "Not audited: no per-round attack results." if not run.audited else
+            "No per-round attack results in rounds.jsonl."))
+    body = figure(plots["risk_rounds"], "Attack AUC and TPR per round",
+                  "Left: AUC of each adversary's attack on the models of each round. Right: share of members it "
+                  "identifies at 1% (solid) and 0.1% (dashed) false-positive rate, with 95% intervals (shaded).")
+    return section("risk-rounds", "Risk over rounds", body)
+
+
+def clients_section(run: RunData, plots: dict) -> str:
+    table_cols = F.client_table(run)
+    if table_cols is None:
+        return section("risk-clients", "Risk per client", missing(
+            "Not audited: no per-client results (clients.csv is missing and no round has per-client results)."))
+    body = figure(plots.get("clients"), "Attack AUC per client",
+                  "The server attacks each client's returned model: how well it recognises that client's records "
+                  "among non-members. Green is near guessing, red is high.")
+    body += figure(plots.get("client_rounds"), "AUC per client and round", "The same per client and round.")
+    auc = np.asarray(table_cols.get("auc", []), float)
+    order = np.argsort(-np.nan_to_num(auc, nan=-1), kind="mergesort")
+    tpr = np.asarray(table_cols.get("tpr_at_0_1pct", []), float)
+    show_tpr = bool(np.isfinite(tpr).any())
+    header = ["Client", "Records", "AUC"] + (["Members identified at 0.1% FPR"] if show_tpr else []) + \
+             ["Mean risk", "Max risk", "Peak round"]
+    rows = []
+    for i in order:
+        def col(name, fmt=f3):
+            values = table_cols.get(name)
+            return fmt(values[i]) if values is not None and i < len(values) else '<span class="na">n/a</span>'
+        as_int = lambda v: esc(int(v)) if finite(v) else '<span class="na">n/a</span>'  # noqa: E731
+        rows.append([col("client", as_int), col("records", count), col("auc")]
+                    + ([col("tpr_at_0_1pct", pct)] if show_tpr else [])
+                    + [col("mean_risk"), col("max_risk"), col("peak_round", as_int)])
+    body += '<div class="scroll">' + table(header, rows, numeric=set(range(1, len(header))),
+                                           id_="clients-table") + "</div>"
+    if not show_tpr:
+        body += ('<p class="note">The share of a client\'s records identified at 0.1% FPR is not shown: the audit had '
+                 "fewer than 1,000 non-members, too few to measure it.</p>")
+    body += ('<p class="note">Mean and max risk: the membership probability the audit gives the client\'s records '
+             "(average and highest). Peak round: the round in which this client's records were easiest to "
+             "recognise.</p>")
+    return section("risk-clients", "Risk per client", body)
+
+
+def classes_section(run: RunData, plots: dict) -> str:
+    if not plots.get("classes"):
+        return section("risk-classes", "Risk per class", missing(
+            "Not audited: no per-class results (needs records.csv with labels and scores, or slices in "
+            "summary.json)."))
+    body = figure(plots["classes"], "Attack AUC per class",
+                  "How well each adversary recognises the members of each class among that class's non-members. "
+                  "Small classes give noisy values.")
+    per_tm = {tm: F.class_results(run, tm) for tm in run.threat_models()}
+    per_tm = {tm: r for tm, r in per_tm.items() if r is not None}
+    classes = sorted({c for r in per_tm.values() for c in r["classes"]}, key=lambda c: (c is None, c))
+    header = ["Class"] + [f"AUC, {esc(tm)}" for tm in per_tm]
+    with_tpr = [tm for tm, r in per_tm.items() if np.isfinite(r["tpr_at_1pct"]).any()]
+    header += [f"Members identified at 1% FPR, {esc(tm)}" for tm in with_tpr] + ["Members / non-members"]
+    rows = []
+    for c in classes:
+        cells = [esc(c)]
+        counts = ""
+        for tm, r in per_tm.items():
+            i = r["classes"].index(c) if c in r["classes"] else None
+            cells.append(f3(r["auc"][i]) if i is not None else '<span class="na">n/a</span>')
+            if i is not None and not counts:
+                counts = f"{r['n_members'][i]:,} / {r['n_nonmembers'][i]:,}"
+        for tm in with_tpr:
+            r = per_tm[tm]
+            i = r["classes"].index(c) if c in r["classes"] else None
+            cells.append(pct(r["tpr_at_1pct"][i]) if i is not None else '<span class="na">n/a</span>')
+        rows.append(cells + [counts])
+    if rows:
+        body += table(header, rows, numeric=set(range(1, len(header))))
+        if not with_tpr:
+            body += ('<p class="note">Rates at 1% FPR per class are not shown: each class has fewer than 100 '
+                     "non-members, too few to measure them.</p>")
+    return section("risk-classes", "Risk per class", body)
+
+
+def distributions_section(run: RunData, plots: dict) -> str:
+    if not (plots.get("histogram") or plots.get("roc")):
+        return section("distributions", "Membership probability and ROC", missing(
+            "Not audited: no per-record scores (member_probs.npy / records.csv are missing)."))
+    body = figure(plots.get("histogram"), "Histogram of membership probability",
+                  "The audit's membership probability for training records (members) and for records no client "
+                  "trained on (non-members). The more the two separate, the more the training leaks.")
+    body += '<div class="grid2">'
+    body += figure(plots.get("roc"), "ROC, linear axes",
+                   "ROC: share of members identified (TPR) against share of non-members wrongly flagged (FPR).")
+    body += figure(plots.get("roc_log"), "ROC, log axes",
+                   "The same on log axes: the low false-alarm region, where an attack is dangerous for individuals.")
+    body += "</div>"
+    return section("distributions", "Membership probability and ROC", body)
+
+
+def records_section(run: RunData) -> str:
+    r = run.records
+    if r is None or "risk" not in r:
+        return section("records", "Records at highest risk", missing(
+            "Not audited: no per-record results (records.csv is missing)."))
+    risk = _as_float_array(r["risk"])
+    member = _as_float_array(r.get("member", np.ones(risk.size)))
+    ok = np.isfinite(risk) & (member == 1)
+    idx = np.flatnonzero(ok)[np.argsort(-risk[ok], kind="mergesort")[:TOP_RECORDS]]
+    if not idx.size:
+        return section("records", "Records at highest risk", missing("No member has a risk score."))
+
+    def cell(name, i, fmt):
+        if name not in r:
+            return '<span class="na">n/a</span>'
+        return fmt(_as_float_array(r[name])[i])
+
+    as_int = lambda v: esc(int(v)) if finite(v) else '<span class="na">n/a</span>'  # noqa: E731
+    score = lambda v: f3(v) if finite(v) else '<span class="na">not audited</span>'  # noqa: E731
+    rows = [[cell("record", i, as_int), cell("client", i, as_int), cell("label", i, as_int),
+             f"<strong>{f3(risk[i])}</strong>", cell("server", i, score), cell("participant", i, score)] for i in idx]
+    body = table(["Record", "Client", "Label", "Membership probability", "Server score", "Participant score"], rows,
+                 numeric={0, 3, 4, 5}, id_="top-records")
+    body += ('<p class="note">Record: the row of the record in the dataset (so the data controller can find the '
+             "person). Membership probability: the audit's estimate, from all adversaries, that the record was used in "
+             "training. Server and participant scores: each adversary's own score (higher = more likely a member).</p>")
+    return section("records", "Records at highest risk", body)
+
+
+def method_section(run: RunData) -> str:
+    rules = "".join(f"<li><strong>{esc(LEVEL_TEXT[lv])}</strong>: {esc(text)}</li>" for lv, text in LEVEL_RULES)
+    body = (
+        "<p><strong>What is measured.</strong> A membership-inference attack tries to tell whether a given person's "
+        "record was part of the training data. Members are the records the clients trained on; non-members are "
+        "records from the same source that no client saw. Each record is scored by attack models fitted on other "
+        "records only (cross-fitting), so no record is judged by a model that saw its answer.</p>"
+        "<p><strong>Who the adversaries are.</strong> The <em>server</em> (aggregator) sees every client's model "
+        "update in every round; the <em>participant</em> sees only the global model after each round. Risk per "
+        "client is the server's view.</p>"
+        "<p><strong>Why low false-positive rates.</strong> An attack that is right on average can still be harmless "
+        "for individuals; what matters for a person is whether the attacker can single out some records with few "
+        "false alarms. Rates below 1 / (number of non-members) cannot be measured and are marked so.</p>"
+        f"<p><strong>Risk levels used in this report</strong> (a reading aid, not a legal threshold):</p><ul>{rules}</ul>"
+        "<p><strong>Limits.</strong> The numbers are what these attacks achieved on this data; stronger attacks can "
+        "only do better, so they are lower bounds on the risk. Intervals are 95% Clopper-Pearson intervals. "
+        "Per-round results are also written as TensorBoard scalars in <code>tensorboard/</code>.</p>")
+    return section("method", "How to read this report", body)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The report
+# ----------------------------------------------------------------------------------------------------
+
+
+def draw_plots(run: RunData, plots_dir: Path) -> dict:
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    for name in PLOT_NAMES:
+        (plots_dir / f"{name}.png").unlink(missing_ok=True)
+    out = {
+        "utility": F.plot_utility(run, plots_dir / "utility.png"),
+        "risk_rounds": F.plot_risk_over_rounds(run, plots_dir / "risk_rounds.png"),
+        "clients": F.plot_clients(run, plots_dir / "clients.png"),
+        "client_rounds": F.plot_client_rounds(run, plots_dir / "client_rounds.png"),
+        "classes": F.plot_classes(run, plots_dir / "classes.png"),
+        "histogram": F.plot_histogram(run, plots_dir / "histogram.png"),
+    }
+    out["roc"], out["roc_log"] = F.plot_run_rocs(run, plots_dir)
+    return out
+
+
+def render_report(run: RunData, plots: dict) -> str:
+    level, paragraphs = summarize_run(run)
+    summary = (f'<section id="summary" class="summary level-{esc(level or "none")}"><h2>Summary for the DPIA</h2>'
+               + "".join(f"<p>{p}</p>" for p in paragraphs) + "</section>")
+    sections = [summary, headline_section(run), dp_section(run), audited_section(run, plots),
+                rounds_section(run, plots), clients_section(run, plots), classes_section(run, plots),
+                distributions_section(run, plots), records_section(run), method_section(run)]
+    entries = [("summary", "Summary"), ("headline-section", "Headline risk")]
+    if run.dp_mode != "none" and run.dp:
+        entries.append(("dp", "Differential privacy"))
+    entries += [("audited", "What was audited"), ("risk-rounds", "Over rounds"), ("risk-clients", "Per client"),
+                ("risk-classes", "Per class"), ("distributions", "Distributions"), ("records", "Records at risk"),
+                ("method", "How to read")]
+    subtitle = (f"Scenario <strong>{esc(run.name)}</strong> &middot; federated learning, "
+                f"{esc(run.scenario.federation.clients) if run.scenario else '?'} clients, "
+                f"{run.rounds_done} round{'s' if run.rounds_done != 1 else ''} &middot; "
+                + ("audited" if run.audited else "not audited"))
+    return page(f"Membership-inference risk report: {run.name}", subtitle, toc(entries) + "".join(sections))
+
+
+def build_report(run_dir, *, tensorboard: bool = True) -> Path:
+    """Write ``report.html``, ``plots/*.png`` and ``tensorboard/`` into ``run_dir``; return report.html's path."""
+    run = load_run(run_dir)
+    ensure_dp(run)
+    plots = draw_plots(run, run.path / "plots")
+    if tensorboard:
+        from fedaudit.report.tensorboard import write_scalars
+
+        try:
+            write_scalars(run, run.path / "tensorboard")
+        except OSError as exc:
+            log.warning("TensorBoard scalars not written: %s", exc)
+    out = run.path / "report.html"
+    atomic_write_text(out, render_report(run, plots))
+    return out
+
+
+__all__ = ["build_report", "ensure_dp", "render_report", "draw_plots", "headline_rows", "HEADLINE_HEADER"]

@@ -1,0 +1,479 @@
+"""Per-example signals of a Keras classifier, computed in one vectorised pass per chunk.
+
+For every example: logits, loss, the outputs of chosen layers, the gradient of the example's loss with
+respect to chosen layers' kernels, and per-layer gradient norms. One ``tf.function`` runs the model
+once forward (inference mode, so BatchNormalization uses its moving statistics and examples stay
+independent) and once backward per chunk of examples:
+
+- dense layer, input of rank 2: the per-example kernel gradient is the outer product of the layer's
+  input ``a`` and the gradient ``d`` of the loss at the layer's pre-activation output. The graph
+  returns only the two factors; norms are ``|a| |d|``; with ``factorize=True`` the caller gets the
+  factors (:class:`DenseFactors`), otherwise (the default) the (n, in, out) array, written from the
+  factors chunk by chunk in place;
+- convolutional layer (Conv1D/Conv2D, channels last, groups 1): the per-example gradient is the
+  product of the input's patches (kh*kw strided slices of the padded input) with ``d``, one batched
+  matmul per chunk;
+- any other layer with a kernel (depthwise, separable, transposed, Conv3D, ...): a Jacobian of the
+  per-example losses (``pfor``-vectorised).
+
+Chunks keep memory bounded; TensorFlow runs the pass on its GPU when it sees one.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fedaudit.errors import AttackError
+from fedaudit.signals.layers import LayerRef, kernel_of, resolve_gradient_layers, resolve_output_layers
+
+#: floats one chunk may hold in its outputs and largest intermediates (about 256 MB)
+CHUNK_BUDGET = 64 * 1024 * 1024
+MAX_CHUNK = 1024
+
+
+@dataclass
+class DenseFactors:
+    """The two factors of a dense layer's per-example kernel gradients: ``grad[i] = outer(a[i], d[i])``."""
+
+    inputs: np.ndarray        # (n, in): the layer's input a
+    output_grads: np.ndarray  # (n, out): d, the gradient of the loss at the layer's pre-activation output
+
+    def materialize(self, index=slice(None)) -> np.ndarray:
+        """The full per-example kernel gradients (n, in, out) (of the examples at ``index``)."""
+        return np.einsum("bi,bo->bio", self.inputs[index], self.output_grads[index])
+
+    def norms(self) -> np.ndarray:
+        """Frobenius norm of every example's kernel gradient, without materialising it."""
+        return np.linalg.norm(self.inputs, axis=1) * np.linalg.norm(self.output_grads, axis=1)
+
+    @property
+    def kernel_shape(self) -> tuple[int, int]:
+        return (self.inputs.shape[1], self.output_grads.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+@dataclass
+class Signals:
+    """Per-example signals of one model on n examples (NumPy arrays, first axis = example).
+
+    Layers are keyed by name; ``output_layers`` and ``gradient_layers`` keep the requested order
+    with each layer's 1-based index (see :mod:`fedaudit.signals.layers` for the two countings).
+    """
+
+    labels: np.ndarray                                    # (n,) int64
+    logits: np.ndarray | None = None                      # (n, classes)
+    loss: np.ndarray | None = None                        # (n,)
+    layer_outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    gradients: dict[str, np.ndarray] = field(default_factory=dict)    # (n, *kernel.shape), materialised
+    factors: dict[str, DenseFactors] = field(default_factory=dict)    # dense layers when factorize=True
+    gradient_norms: dict[str, np.ndarray] = field(default_factory=dict)  # (n,) per layer
+    output_layers: list[tuple[int, str]] = field(default_factory=list)
+    gradient_layers: list[tuple[int, str]] = field(default_factory=list)
+    kernel_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def gradient(self, layer: str) -> np.ndarray:
+        """The full per-example kernel gradients of ``layer``, materialising factors if needed."""
+        if layer in self.gradients:
+            return self.gradients[layer]
+        if layer in self.factors:
+            return self.factors[layer].materialize()
+        raise AttackError(f"gradient: no gradient of layer {layer!r} was extracted; "
+                          f"extracted: {', '.join([*self.gradients, *self.factors]) or 'none'}")
+
+    def total_gradient_norm(self) -> np.ndarray:
+        """Norm of the per-example gradient over all layers in ``gradient_norms`` together."""
+        if not self.gradient_norms:
+            return np.zeros(len(self), dtype=np.float32)
+        return np.sqrt(sum(np.square(v.astype(np.float64)) for v in self.gradient_norms.values()))
+
+
+# ---------------------------------------------------------------------------------------------
+# input checks
+
+
+def check_model(model) -> int:
+    """Check that ``model`` is a single-input Keras classifier; return its number of classes."""
+    if not isinstance(model, keras.Model):
+        raise AttackError(f"model: expected a Keras model, got {type(model).__name__}")
+    if not model.built:
+        raise AttackError("model: the Keras model is not built; build it (call it once or give it an Input)")
+    if len(model.inputs if getattr(model, "inputs", None) else [0]) != 1:
+        raise AttackError(f"model: models with {len(model.inputs)} inputs are not supported; allowed: one input")
+    shape = tuple(model.output_shape) if not isinstance(model.output_shape, list) else None
+    if shape is None or len(shape) != 2 or shape[1] is None or shape[1] < 2:
+        raise AttackError(f"model: output shape {model.output_shape} is not (batch, classes) with classes >= 2; "
+                          "allowed: a classifier whose output is one score per class")
+    return int(shape[1])
+
+
+def check_records(model, x, y, num_classes: int, source: str = "x") -> tuple[np.ndarray, np.ndarray]:
+    """Validate records ``x`` against the model's input shape and labels ``y`` against its outputs."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise AttackError(f"{source}: records must be numeric; got dtype {x.dtype}")
+    expected = tuple(model.input_shape[1:])
+    got = tuple(x.shape[1:]) if x.ndim >= 1 else ()
+    matches = len(got) == len(expected) and all(e is None or e == g for e, g in zip(expected, got))
+    if x.ndim < 1 or not matches:
+        hint = ""
+        if x.ndim >= 1 and None not in expected and int(np.prod(got)) == int(np.prod(expected)):
+            hint = f" (same number of values: reshape the records to (n, {', '.join(map(str, expected))}))"
+        raise AttackError(f"{source}: records have shape {got} but the model takes records of shape "
+                          f"{expected}{hint}")
+    x = x.astype(np.float32, copy=False)
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == num_classes and y.shape[0] == len(x):
+        y = np.argmax(y, axis=1)  # one-hot labels
+    if y.ndim != 1:
+        raise AttackError(f"y: labels must be one class id per record, shape ({len(x)},), or one-hot "
+                          f"({len(x)}, {num_classes}); got shape {y.shape}")
+    if len(y) != len(x):
+        raise AttackError(f"y: {len(y)} labels for {len(x)} records; there must be one label per record")
+    if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not np.all(np.isfinite(y) & (y == np.round(y)))):
+        raise AttackError(f"y: labels must be integer class ids; got dtype {y.dtype} with non-integer values")
+    y = y.astype(np.int64)
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        bad = int(y.min()) if y.min() < 0 else int(y.max())
+        raise AttackError(f"y: label {bad} does not match the model's {num_classes} outputs; "
+                          f"allowed: class ids 0..{num_classes - 1}")
+    return x, y
+
+
+def outputs_probabilities(model) -> bool:
+    """Whether the model ends in a softmax (probabilities) rather than logits."""
+    last = model.layers[-1] if model.layers else None
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    activation = getattr(last, "activation", None)
+    return activation is keras.activations.softmax or getattr(activation, "__name__", "") == "softmax"
+
+
+# ---------------------------------------------------------------------------------------------
+# how each kernel layer's per-example gradient is computed
+
+
+def _gradient_mode(layer) -> str:
+    """'dense', 'conv' (patches) or 'generic' (Jacobian) for a layer with a kernel."""
+    if isinstance(layer, keras.layers.Dense) and type(layer).call is keras.layers.Dense.call \
+            and getattr(layer, "quantization_mode", None) is None:
+        return "dense"
+    base_conv = keras.src.layers.convolutional.base_conv.BaseConv
+    if (isinstance(layer, base_conv) and type(layer).call is base_conv.call
+            and type(layer).convolution_op is base_conv.convolution_op and layer.rank in (1, 2)
+            and layer.data_format == "channels_last" and getattr(layer, "groups", 1) == 1):
+        return "conv"
+    return "generic"
+
+
+def _linear_then_activation(layer, inputs, mode):
+    """The layer's pre-activation output z and its output, computed as the layer does."""
+    if mode == "dense":
+        z = tf.matmul(inputs, layer.kernel) if inputs.shape.rank == 2 else \
+            tf.tensordot(inputs, layer.kernel, axes=[[inputs.shape.rank - 1], [0]])
+        if layer.bias is not None:
+            z = z + layer.bias
+    else:
+        z = layer.convolution_op(inputs, layer.kernel)
+        if layer.use_bias:
+            z = z + layer.bias
+    out = layer.activation(z) if layer.activation is not None else z
+    return z, out
+
+
+def _patches(layer, a):
+    """Input patches (batch, positions, kh*kw*c_in), ordered as the kernel, at the conv's output positions.
+
+    Built from kh*kw strided slices of the (padded) input, which is several times faster on CPU than
+    ``tf.image.extract_patches`` (used only when the spatial size is not known when tracing).
+    """
+    if layer.rank == 1:
+        a = a[:, tf.newaxis]  # (B, 1, L, C)
+        (k,), (s,), (r,) = layer.kernel_size, layer.strides, layer.dilation_rate
+        (kh, kw), (sh, sw), (rh, rw) = (1, k), (1, s), (1, r)
+        padding = layer.padding
+        if padding == "causal":
+            a = tf.pad(a, [[0, 0], [0, 0], [(k - 1) * r, 0], [0, 0]])
+            padding = "valid"
+    else:
+        (kh, kw), (sh, sw), (rh, rw) = layer.kernel_size, layer.strides, layer.dilation_rate
+        padding = layer.padding
+    height, width, channels = a.shape[1], a.shape[2], a.shape[3]
+    if height is None or width is None:
+        p = tf.image.extract_patches(a, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1], rates=[1, rh, rw, 1],
+                                     padding=padding.upper())
+        return tf.reshape(p, [tf.shape(p)[0], -1, p.shape[-1]])
+    span_h, span_w = (kh - 1) * rh + 1, (kw - 1) * rw + 1
+    if padding == "same":
+        out_h, out_w = -(-height // sh), -(-width // sw)
+        pad_h = max((out_h - 1) * sh + span_h - height, 0)
+        pad_w = max((out_w - 1) * sw + span_w - width, 0)
+        a = tf.pad(a, [[0, 0], [pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2], [0, 0]])
+    else:
+        out_h, out_w = (height - span_h) // sh + 1, (width - span_w) // sw + 1
+    slices = [a[:, i * rh: i * rh + (out_h - 1) * sh + 1: sh, j * rw: j * rw + (out_w - 1) * sw + 1: sw, :]
+              for i in range(kh) for j in range(kw)]
+    p = tf.stack(slices, axis=3)  # (B, out_h, out_w, kh*kw, c_in)
+    return tf.reshape(p, [tf.shape(p)[0], out_h * out_w, kh * kw * channels])
+
+
+# ---------------------------------------------------------------------------------------------
+# running the model with hooks on chosen layers
+
+
+def _call_inference(op, *args, **kwargs):
+    if getattr(op, "_call_has_training_arg", False) or "training" in getattr(op, "_call_context_args", ()):
+        kwargs.setdefault("training", False)
+    return op(*args, **kwargs)
+
+
+def _run_with_hooks(model, x, hooks):
+    """Run ``model`` on ``x`` in inference mode, calling ``hooks[id(layer)]`` instead of hooked layers."""
+    functional = model if isinstance(model, keras.src.models.functional.Functional) \
+        and not isinstance(model, keras.Sequential) else getattr(model, "_functional", None)
+    if functional is not None:
+        def operation_fn(op):
+            hook = hooks.get(id(op))
+            if hook is not None:
+                return hook
+            return lambda *args, **kwargs: _call_inference(op, *args, **kwargs)
+
+        out = functional._run_through_graph(x, operation_fn=operation_fn)
+        return out[0] if isinstance(out, (list, tuple)) else out
+    for layer in model.layers:  # a Sequential model without a functional graph
+        hook = hooks.get(id(layer))
+        x = hook(x) if hook is not None else _call_inference(layer, x)
+    return x
+
+
+@dataclass(frozen=True)
+class _Plan:
+    outputs: tuple[LayerRef, ...]
+    gradients: tuple[LayerRef, ...]     # full gradients (or factors) wanted
+    norms: tuple[LayerRef, ...]          # norms wanted
+    factorize: bool
+    probabilities: bool
+
+
+def _build_step(model, plan: _Plan):
+    """A tf.function (x, y) -> dict of per-example tensors for ``plan``."""
+    grad_layers = {ref.name: ref for ref in (*plan.gradients, *plan.norms)}
+    modes = {name: _gradient_mode(ref.layer) for name, ref in grad_layers.items()}
+    want_grad = {ref.name for ref in plan.gradients}
+    want_norm = {ref.name for ref in plan.norms}
+    output_names = {ref.name for ref in plan.outputs}
+    hooked = {id(ref.layer): ref for ref in (*plan.outputs, *grad_layers.values())}
+    needs_jacobian = any(mode == "generic" for mode in modes.values())
+    probabilities = plan.probabilities
+
+    def step(x, y):
+        record_in, record_z, outputs = {}, {}, {}
+        with tf.GradientTape(persistent=needs_jacobian) as tape:
+            def make_hook(ref):
+                layer, name = ref.layer, ref.name
+
+                def hook(*args, **kwargs):
+                    mode = modes.get(name)
+                    if mode in ("dense", "conv"):
+                        a = args[0]
+                        z, out = _linear_then_activation(layer, a, mode)
+                        tape.watch(z)
+                        record_in[name], record_z[name] = a, z
+                    else:
+                        out = _call_inference(layer, *args, **kwargs)
+                    if name in output_names:
+                        outputs[name] = out
+                    return out
+
+                return hook
+
+            hooks = {key: make_hook(ref) for key, ref in hooked.items()}
+            out = _run_with_hooks(model, x, hooks)
+            out = tf.cast(out, tf.float32)
+            logits = tf.math.log(tf.clip_by_value(out, 1e-30, 1.0)) if probabilities else out
+            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            total = tf.reduce_sum(losses)
+        result = {"logits": logits, "loss": losses}
+        for ref in plan.outputs:  # an InputLayer is never called: its output is the input
+            result[f"out/{ref.name}"] = outputs[ref.name] if ref.name in outputs else x
+        z_names = [name for name in record_z]
+        dzs = tape.gradient(total, [record_z[name] for name in z_names]) if z_names else []
+        for name, dz in zip(z_names, dzs):
+            layer, mode, a = grad_layers[name].layer, modes[name], record_in[name]
+            if dz is None:
+                dz = tf.zeros_like(record_z[name])
+            if mode == "dense" and a.shape.rank == 2:
+                if name in want_norm:  # |a (x) d| = |a| |d|
+                    result[f"norm/{name}"] = tf.norm(a, axis=1) * tf.norm(dz, axis=1)
+                if name in want_grad:  # materialised, when asked, straight into the output array
+                    result[f"a/{name}"], result[f"d/{name}"] = a, dz
+                continue
+            if mode == "dense":
+                batch = tf.shape(a)[0]
+                a2 = tf.reshape(a, [batch, -1, a.shape[-1]])
+                d2 = tf.reshape(dz, [batch, -1, dz.shape[-1]])
+                grad = tf.einsum("bti,bto->bio", a2, d2)
+            else:  # conv
+                patches = _patches(layer, a)
+                d2 = tf.reshape(dz, [tf.shape(dz)[0], -1, dz.shape[-1]])
+                grad = tf.einsum("bpk,bpo->bko", patches, d2)
+                grad = tf.reshape(grad, [tf.shape(grad)[0], *layer.kernel.shape])
+            if name in want_grad:
+                result[f"g/{name}"] = grad
+            if name in want_norm:
+                result[f"norm/{name}"] = tf.sqrt(tf.reduce_sum(tf.square(tf.reshape(grad, [tf.shape(grad)[0], -1])),
+                                                               axis=1))
+        for name, mode in modes.items():
+            if mode != "generic":
+                continue
+            kernel = kernel_of(grad_layers[name].layer)
+            grad = tape.jacobian(losses, kernel, experimental_use_pfor=True)
+            if name in want_grad:
+                result[f"g/{name}"] = grad
+            if name in want_norm:
+                result[f"norm/{name}"] = tf.sqrt(tf.reduce_sum(tf.square(tf.reshape(grad, [tf.shape(grad)[0], -1])),
+                                                               axis=1))
+        if needs_jacobian:
+            del tape
+        return result
+
+    spec_x = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+    spec_y = tf.TensorSpec((None,), tf.int64)
+    return tf.function(step, input_signature=[spec_x, spec_y], autograph=False)
+
+
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _step_for(model, plan: _Plan):
+    """The compiled step for (model, plan), cached while the model lives (tracing costs ~1 s)."""
+    key = (tuple(r.name for r in plan.outputs), tuple(r.name for r in plan.gradients),
+           tuple(r.name for r in plan.norms), plan.factorize, plan.probabilities)
+    per_model = _STEPS.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = _build_step(model, plan)
+    return per_model[key]
+
+
+def _per_example_floats(model, plan: _Plan, num_classes: int) -> int:
+    """Rough floats one example occupies in a chunk's outputs and largest intermediates."""
+    total = 2 * num_classes + 1
+    for ref in plan.outputs:
+        shape = ref.layer.output.shape if hasattr(ref.layer, "output") else None
+        total += int(np.prod([d for d in shape[1:] if d])) if shape is not None else 0
+    for ref in {r.name: r for r in (*plan.gradients, *plan.norms)}.values():
+        layer = ref.layer
+        size = int(np.prod(kernel_of(layer).shape))
+        mode = _gradient_mode(layer)
+        if mode == "dense":  # factors in the graph; full gradients are written in NumPy
+            size = int(sum(kernel_of(layer).shape))
+        elif mode == "conv":
+            out_shape = layer.output.shape[1:-1] if hasattr(layer, "output") else (1,)
+            positions = int(np.prod([d or 1 for d in out_shape]))
+            size = size + positions * int(np.prod(kernel_of(layer).shape[:-1]))
+        elif mode == "generic":
+            size *= 3
+        total += size
+    return total
+
+
+def auto_batch_size(model, plan: _Plan, num_classes: int) -> int:
+    """Examples per chunk so that a chunk stays within :data:`CHUNK_BUDGET` floats."""
+    per_example = max(_per_example_floats(model, plan, num_classes), 1)
+    return int(min(MAX_CHUNK, max(1, CHUNK_BUDGET // per_example)))
+
+
+# ---------------------------------------------------------------------------------------------
+# the public entry point
+
+
+def extract(model, x, y, *, layers=(), gradients=(), loss: bool = True, logits: bool = True,
+            gradient_norms=True, factorize: bool = False, batch_size: int | None = None,
+            from_logits: bool | None = None, layers_option: str = "layers",
+            gradients_option: str = "gradients") -> Signals:
+    """Per-example signals of ``model`` on records ``x`` with labels ``y``.
+
+    Args:
+        layers: layers whose outputs to return, by 1-based index into ``model.layers`` or by name.
+        gradients: layers whose per-example kernel gradients to return, by 1-based index among the
+            layers that have a kernel (ML Privacy Meter's counting) or by name.
+        loss, logits: return per-example cross-entropy loss and logits.
+        gradient_norms: True for the norm of every layer in ``gradients`` (of every layer with a
+            kernel when ``gradients`` is empty), False for none, or a list of layers.
+        factorize: return dense layers' gradients as :class:`DenseFactors` (in ``Signals.factors``)
+            instead of materialising (n, in, out) arrays; convolutional gradients are always full.
+        batch_size: examples per chunk; None sizes chunks to bound memory (about 256 MB).
+        from_logits: whether the model outputs logits; None detects a final softmax.
+        layers_option, gradients_option: the names error messages use for ``layers``/``gradients``.
+
+    Raises:
+        AttackError: a layer out of range or without a kernel, labels that do not match the model's
+            outputs, records whose shape does not match the model's input.
+    """
+    num_classes = check_model(model)
+    x, y = check_records(model, x, y, num_classes)
+    outputs = resolve_output_layers(model, layers, layers_option)
+    grads = resolve_gradient_layers(model, gradients, gradients_option)
+    if gradient_norms is True:
+        norms = grads if grads else resolve_gradient_layers(
+            model, list(range(1, len([r for r in model.layers if kernel_of(r) is not None]) + 1)))
+    elif gradient_norms is False or gradient_norms is None:
+        norms = []
+    else:
+        norms = resolve_gradient_layers(model, gradient_norms, "gradient_norms")
+    probabilities = outputs_probabilities(model) if from_logits is None else not from_logits
+    plan = _Plan(tuple(outputs), tuple(grads), tuple(norms), bool(factorize), bool(probabilities))
+    if batch_size is None:
+        batch_size = auto_batch_size(model, plan, num_classes)
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise AttackError(f"batch_size: must be a positive integer or None (automatic); got {batch_size!r}")
+    if not len(x):
+        raise AttackError("x: no records; signals need at least one")
+    step = _step_for(model, plan)
+    arrays: dict[str, np.ndarray] = {}
+    for start in range(0, len(x), int(batch_size)):
+        result = step(tf.constant(x[start:start + batch_size]), tf.constant(y[start:start + batch_size]))
+        result = {key: value.numpy() for key, value in result.items()}
+        if not plan.factorize:  # dense gradients: the outer product of the factors, written in place
+            for ref in grads:
+                if f"a/{ref.name}" in result:
+                    a, d = result.pop(f"a/{ref.name}"), result.pop(f"d/{ref.name}")
+                    key = f"g/{ref.name}"
+                    if key not in arrays:
+                        arrays[key] = np.empty((len(x), a.shape[1], d.shape[1]), dtype=np.float32)
+                    np.multiply(a[:, :, None], d[:, None, :], out=arrays[key][start:start + len(a)])
+        for key, value in result.items():
+            if key not in arrays:  # filled chunk by chunk: no second copy of large arrays
+                arrays[key] = np.empty((len(x), *value.shape[1:]), dtype=value.dtype)
+            arrays[key][start:start + len(value)] = value
+    signals = Signals(
+        labels=y,
+        logits=arrays["logits"] if logits else None,
+        loss=arrays["loss"] if loss else None,
+        output_layers=[(r.index, r.name) for r in outputs],
+        gradient_layers=[(r.index, r.name) for r in grads],
+        kernel_shapes={r.name: tuple(int(d) for d in kernel_of(r.layer).shape) for r in (*grads, *norms)},
+    )
+    for ref in outputs:
+        signals.layer_outputs[ref.name] = arrays[f"out/{ref.name}"]
+    for ref in grads:
+        if f"a/{ref.name}" in arrays:
+            signals.factors[ref.name] = DenseFactors(arrays[f"a/{ref.name}"], arrays[f"d/{ref.name}"])
+        else:
+            signals.gradients[ref.name] = arrays[f"g/{ref.name}"]
+    for ref in norms:
+        signals.gradient_norms[ref.name] = arrays[f"norm/{ref.name}"]
+    return signals
+
+
+__all__ = ["Signals", "DenseFactors", "extract", "check_model", "check_records", "outputs_probabilities",
+           "auto_batch_size", "CHUNK_BUDGET"]

@@ -351,24 +351,9 @@ def plot_roc_overlay(runs: list[RunData], labels: list[str], tm: str, path, log:
         return None
     fig = _figure((6.0, 4.6 + 0.22 * len(curves)))
     ax = fig.add_subplot()
-    low = 1.0
     for i, label, fpr, tpr, auc in curves:
         ax.plot(fpr, tpr, color=RUN_COLORS[i % len(RUN_COLORS)], lw=1.6, label=f"{label} (AUC {auc:.3f})")
-        positive = fpr[fpr > 0]
-        if positive.size:
-            low = min(low, float(positive.min()))
-    if log:
-        low = min(max(low, 1e-5), 1e-2)
-        grid = np.logspace(np.log10(low), 0, 100)
-        ax.plot(grid, grid, **CHANCE_STYLE, label="chance")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(low, 1.0)
-        ax.set_ylim(low, 1.0)
-    else:
-        ax.plot([0, 1], [0, 1], **CHANCE_STYLE, label="chance")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+    plots.roc_axes(ax, [c[2] for c in curves], log, **CHANCE_STYLE)
     ax.set_xlabel("False positive rate (non-members wrongly flagged)")
     ax.set_ylabel("True positive rate (members identified)")
     ax.set_title(f"ROC, {tm_title(tm).lower()}" + (", log scale" if log else ""), fontsize=11)

@@ -98,30 +98,34 @@ def plot_roc(summaries_or_curves, path, log: bool = False, title: str | None = N
         named = [("attack", items)]
     fig = _figure()
     ax = fig.add_subplot()
-    low = 1.0
+    fprs = []
     for name, item in named:
         fpr, tpr, auc = _curve_of(item)
         ax.plot(fpr, tpr, label=f"{name} (AUC = {auc:.3f})")
-        positive = fpr[fpr > 0]
-        if positive.size:
-            low = min(low, float(positive.min()))
-    if log:
-        low = min(max(low, 1e-5), 1e-2)
-        grid = np.logspace(np.log10(low), 0, 100)
-        ax.plot(grid, grid, "k--", lw=0.8, label="chance")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(low, 1.0)
-        ax.set_ylim(low, 1.0)
-    else:
-        ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+        fprs.append(fpr)
+    roc_axes(ax, fprs, log, color="k", ls="--", lw=0.8)
     ax.set_xlabel("False positive rate")
     ax.set_ylabel("True positive rate")
     ax.set_title(title or ("ROC of the membership inference attack" + (" (log scale)" if log else "")))
     ax.legend(loc="lower right")
     return save_figure(fig, path)
+
+
+def roc_axes(ax, fprs, log: bool, **chance_style) -> None:
+    """The chance diagonal and the axes of a ROC plot; on log axes, down to the smallest positive FPR drawn."""
+    if log:
+        positive = [float(f[f > 0].min()) for f in fprs if np.any(f > 0)]
+        low = min(max(min(positive, default=1.0), 1e-5), 1e-2)
+        grid = np.logspace(np.log10(low), 0, 100)
+        ax.plot(grid, grid, label="chance", **chance_style)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(low, 1.0)
+        ax.set_ylim(low, 1.0)
+    else:
+        ax.plot([0, 1], [0, 1], label="chance", **chance_style)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
 
 
 def _means_by_label(labels: np.ndarray, values: np.ndarray, classes: np.ndarray) -> np.ndarray:

@@ -38,17 +38,20 @@ def init_ray(address: str = "", num_cpus: int = 0, num_gpus: float | None = None
                                                    "TF_CPP_MIN_LOG_LEVEL")}}
     if ray.is_initialized():
         return ray.cluster_resources()
+    # Workers' output (TensorFlow's start-up chatter in every actor) reaches the terminal only with -v;
+    # failures still do: Flower turns a client's exception into an error reply, the auditor records its own.
+    to_driver = log.isEnabledFor(logging.INFO)
     address = address or os.environ.get("RAY_ADDRESS", "")
     if address:
         log.info("joining the Ray cluster at %s", address)
-        ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=to_driver)
     else:
         kwargs = {"num_cpus": num_cpus or os.cpu_count() or 1}
         if num_gpus is not None:
             kwargs["num_gpus"] = num_gpus
         # address="local": always a new Ray of our own, never a cluster that happens to run on this machine
         ray.init(address="local", _node_ip_address=LOCAL_IP, include_dashboard=False, runtime_env=env,
-                 logging_level=logging.WARNING, log_to_driver=True, **kwargs)
+                 logging_level=logging.WARNING, log_to_driver=to_driver, **kwargs)
     return ray.cluster_resources()
 
 

@@ -6,7 +6,6 @@ import argparse
 import logging
 import sys
 import tomllib
-from pathlib import Path
 
 from fedaudit.errors import ConfigError, FedAuditError
 from fedaudit.federation.runtime import quiet_environment

@@ -13,9 +13,9 @@ import numpy as np
 
 from fedaudit.config import Scenario
 from fedaudit.data import Dataset, Ledger, build_ledger, load_dataset, parse_partition
-from fedaudit.errors import DataError, FedAuditError
+from fedaudit.errors import FedAuditError
 from fedaudit.federation.runtime import init_ray, quiet_environment
-from fedaudit.rundir import atomic_save_npz, atomic_write_text, upsert_jsonl
+from fedaudit.rundir import atomic_write_text, upsert_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -79,7 +79,7 @@ def _eps_cell(summ: dict) -> str:
         return '<span class="na">not computed</span>'
     delta = summ.get("epsilon_delta")
     main = f"<strong>&ge; {eps(low)}</strong>" if math.isfinite(low) else f"&ge; {eps(point)}"
-    extra = (f"95% confidence" + (f", &delta; = {esc(delta)}" if delta is not None else "")
+    extra = ("95% confidence" + (f", &delta; = {esc(delta)}" if delta is not None else "")
              + (f"; point estimate {eps(point)}" if math.isfinite(point) and math.isfinite(low) else ""))
     return f'{main}<br><span class="ci">{extra}</span>'
 

@@ -79,18 +79,25 @@ def _dedupe(resolved: Iterable[LayerRef]) -> list[LayerRef]:
 def resolve_output_layers(model: keras.Model, refs, option: str = "layers") -> list[LayerRef]:
     """Resolve layers whose outputs are wanted: 1-based indices into ``model.layers`` or names."""
     layers = list(model.layers)
-    by_name = {layer.name: i for i, layer in enumerate(layers, start=1)}
     allowed = f"allowed: 1..{len(layers)} ({_listing(layers)}) or one of those names"
+    return _pick(layers, refs, option, allowed, "layer",
+                 lambda ref: f"{option}: the model has no layer named {ref!r}; {allowed}")
+
+
+def _pick(layers: list, refs, option: str, allowed: str, what: str, unknown_name) -> list[LayerRef]:
+    """Resolve 1-based indices into ``layers`` or names of its layers; ``unknown_name(ref)`` words the error
+    for a name that is not among them."""
+    by_name = {layer.name: i for i, layer in enumerate(layers, start=1)}
     out = []
     for ref in _as_refs(refs, option):
         if isinstance(ref, str):
             if ref not in by_name:
-                raise AttackError(f"{option}: the model has no layer named {ref!r}; {allowed}")
+                raise AttackError(unknown_name(ref))
             index = by_name[ref]
         else:
             index = int(ref)
             if not 1 <= index <= len(layers):
-                raise AttackError(f"{option}: layer {index} is out of range; {allowed}")
+                raise AttackError(f"{option}: {what} {index} is out of range; {allowed}")
         out.append(LayerRef(index, layers[index - 1].name, layers[index - 1]))
     return _dedupe(out)
 
@@ -104,21 +111,12 @@ def resolve_gradient_layers(model: keras.Model, refs, option: str = "gradients")
                           "so no gradient can be exploited; allowed: an empty list")
     allowed = (f"allowed: 1..{len(layers)}, counting only layers with a kernel ({_listing(layers)}), "
                "or one of those names")
-    by_name = {layer.name: i for i, layer in enumerate(layers, start=1)}
-    all_names = {layer.name for layer in model.layers}
-    out = []
-    for ref in _as_refs(refs, option):
-        if isinstance(ref, str):
-            if ref not in by_name:
-                if ref in all_names:
-                    kind = type(next(l for l in model.layers if l.name == ref)).__name__
-                    raise AttackError(f"{option}: layer {ref!r} ({kind}) has no kernel, so it has no kernel "
-                                      f"gradient; {allowed}")
-                raise AttackError(f"{option}: the model has no layer named {ref!r}; {allowed}")
-            index = by_name[ref]
-        else:
-            index = int(ref)
-            if not 1 <= index <= len(layers):
-                raise AttackError(f"{option}: gradient layer {index} is out of range; {allowed}")
-        out.append(LayerRef(index, layers[index - 1].name, layers[index - 1]))
-    return _dedupe(out)
+    kinds = {layer.name: type(layer).__name__ for layer in model.layers}
+
+    def unknown_name(ref: str) -> str:
+        if ref in kinds:
+            return (f"{option}: layer {ref!r} ({kinds[ref]}) has no kernel, so it has no kernel gradient; "
+                    f"{allowed}")
+        return f"{option}: the model has no layer named {ref!r}; {allowed}"
+
+    return _pick(layers, refs, option, allowed, "gradient layer", unknown_name)

@@ -10,7 +10,7 @@ import tomllib
 from fedaudit.errors import ConfigError, FedAuditError
 from fedaudit.federation.runtime import quiet_environment
 
-BENCHES = ("federation", "signals", "attacks", "auditor")
+BENCHES = ("federation", "signals", "attacks", "auditor", "scale")
 
 
 def _parse_set(items: list[str]) -> dict:

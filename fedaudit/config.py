@@ -69,6 +69,9 @@ class AuditConfig:
     attacks: list = field(default_factory=lambda: ["whitebox", "blackbox", "loss"])
     reference_models: int = 0
     folds: int = 5
+    population_sample: int = 1000   # population records scored under every audited client model (server view)
+    source_sample: int = 1000       # members attributed to a client by source inference, every round
+    keep_round_arrays: bool = True  # false: keep only the per-round arrays the aggregation and the report read
     layers: list = field(default_factory=list)      # layers whose outputs the whitebox attack exploits (1-based)
     gradients: list = field(default_factory=list)   # layers whose kernel gradients it exploits (1-based)
     epochs: int = 30
@@ -81,6 +84,8 @@ class RayConfig:
     client_cpus: float = 1.0
     client_gpus: float = 0.0
     auditor_gpus: float = 0.0
+    audit_tasks: int = 0       # Ray tasks per audited round (0: one per alive node; 1 on one node: in the auditor)
+    audit_cpus: float = 0.0    # CPUs each audit task asks for (0: shares the CPUs that Flower's client pool holds)
 
 
 SECTIONS = {
@@ -222,6 +227,8 @@ def validate(s: Scenario) -> Scenario:
     _check(0 < a.attack_fraction < 1, "audit.attack_fraction", f"must be in (0, 1), got {a.attack_fraction}")
     _check(a.reference_models >= 0, "audit.reference_models", f"must be >= 0, got {a.reference_models}")
     _check(a.folds >= 2, "audit.folds", f"must be at least 2, got {a.folds}")
+    for key in ("population_sample", "source_sample"):
+        _check(getattr(a, key) >= 2, f"audit.{key}", f"must be at least 2, got {getattr(a, key)}")
     _check(a.epochs >= 1, "audit.epochs", f"must be at least 1, got {a.epochs}")
     for key in ("layers", "gradients"):
         for v in getattr(a, key):
@@ -230,7 +237,8 @@ def validate(s: Scenario) -> Scenario:
     r = s.ray
     _check(r.num_cpus >= 0, "ray.num_cpus", f"must be >= 0, got {r.num_cpus}")
     _check(r.client_cpus > 0, "ray.client_cpus", f"must be positive, got {r.client_cpus}")
-    for key in ("client_gpus", "auditor_gpus"):
+    _check(r.audit_tasks >= 0, "ray.audit_tasks", f"must be >= 0 (0: one per node), got {r.audit_tasks}")
+    for key in ("client_gpus", "auditor_gpus", "audit_cpus"):
         _check(getattr(r, key) >= 0, f"ray.{key}", f"must be >= 0, got {getattr(r, key)}")
     _check(bool(re.match(r"^[A-Za-z0-9_.-]+$", s.name)), "name",
            f"got {s.name!r}; allowed: letters, digits, '.', '_' and '-'")

@@ -25,8 +25,8 @@ from fedaudit.rundir import read_jsonl
 
 from conftest import SCENARIOS
 
-RECORDS_HEADER = ["record", "client", "member", "label", "server", "participant", "risk"]
-CLIENTS_HEADER = ["client", "records", "auc", "tpr_at_0_1pct", "mean_risk", "max_risk", "peak_round"]
+RECORDS_HEADER = ["record", "client", "member", "label", "server", "participant", "risk", "rounds_trained"]
+CLIENTS_HEADER = ["client", "records", "auc", "tpr_at_0_1pct", "mean_risk", "max_risk", "peak_round", "rounds"]
 METRIC_KEYS = {"auc", "tpr_at_1pct", "tpr_at_0_1pct", "accuracy"}
 
 
@@ -223,8 +223,11 @@ def test_failed_and_non_finite_clients_are_left_out(federation, tmp_path):
     assert 0 <= server["auc"] <= 1 and server["source_inference"]["chance"] == 1.0
     assert server["summary"]["n_members"] == int(np.sum(prepared.ledger.owner == 0))   # only client 0's members
     assert out["participant"]["skipped"] == "the global model is not finite" and out["participant"]["auc"] is None
-    with np.load(round_path(tmp_path, 1)) as z:
-        assert np.isnan(z["server__features"][:, 1:]).all() and np.isfinite(z["server__score__loss"][:, 0]).all()
+    with np.load(round_path(tmp_path, 1)) as z:       # record-level arrays: only client 0's model scored
+        mine = z["server__scored_by"] == 0
+        assert set(np.unique(z["server__scored_by"])) == {-1, 0}
+        assert np.isfinite(z["server__score__loss"][mine]).all() and np.isnan(z["server__score__loss"][~mine]).all()
+        assert np.isnan(z["server__features"][~mine]).all() and z["server__pop_features"].shape[0] == 1
     summary = aggregate_run(tmp_path)                               # aggregation copes with a half-audited round
     assert summary["threat_models"]["server"]["n_members"] == int(np.sum(prepared.ledger.owner == 0))
 

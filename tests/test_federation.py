@@ -54,7 +54,8 @@ def test_quickstart_as_a_ray_cluster_job(tmp_path):
     """`ray job submit` against a head bound to 127.0.0.1, exactly as the README says."""
     bin_dir = Path(sys.executable).parent
     ray = shutil.which("ray", path=str(bin_dir)) or shutil.which("ray")
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0")
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0",
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")     # as the README says: the head stays on 127.0.0.1
     env.pop("RAY_ADDRESS", None)
     out = tmp_path / "job-run"
     subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedaudit.auditor.records import AuditRecords, audit_records
+from fedaudit.auditor.records import AuditRecords, scenario_records
 from fedaudit.auditor.state import AUDIT_DIR, audited_rounds, locked, merge_round
 from fedaudit.errors import FedAuditError
 from fedaudit.rundir import atomic_write_text, read_jsonl, upsert_jsonl
@@ -58,9 +58,87 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def max_rss_mb() -> float:
+    """Peak resident memory of this process, in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def auditor_threads() -> int:
     """CPU threads of the auditor: a quarter of the machine (it shares the CPUs with the clients)."""
     return max(1, (os.cpu_count() or 1) // 4)
+
+
+class RayExecutor:
+    """Runs a round's jobs (:mod:`fedaudit.auditor.shard`) as Ray tasks over the cluster.
+
+    ``tasks`` shards per round (0: one per alive node), each pinned (softly: another node takes it if that one
+    is gone) to a node, round-robin, so that a cluster with more nodes audits a round proportionally faster.
+    With one shard the jobs run in the auditor's own process: the same function, without a task. Each task
+    asks for ``cpus`` CPUs only when the cluster has that many free beside Flower's client pool (which holds
+    every CPU it can while the simulation runs), else for none (the OS then shares the CPUs with the clients),
+    and for ``gpus`` GPUs when the cluster has them.
+    """
+
+    def __init__(self, tasks: int = 0, cpus: float = 0.0, gpus: float = 0.0):
+        self.tasks, self.cpus, self.gpus = int(tasks), float(cpus), float(gpus)
+        self._refs: dict = {}
+
+    def nodes(self) -> list:
+        import ray
+
+        return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
+
+    def _put_once(self, key: str, value):
+        """One object-store copy of a value that does not change between rounds (the plan, the references)."""
+        import ray
+
+        held = self._refs.get(key)
+        if held is None or held[0] is not value:
+            held = (value, ray.put(value))
+            self._refs[key] = held
+        return held[1]
+
+    def __call__(self, spec, plan, data, previous, jobs, weights, references) -> list:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from fedaudit.auditor.core import InlineExecutor, materialize
+        from fedaudit.auditor.shard import shard_task
+
+        nodes = self.nodes()
+        shards = min(len(jobs), self.tasks or len(nodes) or 1)
+        if shards <= 1:
+            return InlineExecutor()(spec, plan, materialize(data), previous, jobs, weights, references)
+        cpus = self.cpus if self.cpus and ray.available_resources().get("CPU", 0.0) >= self.cpus * shards else 0.0
+        if self.cpus and not cpus:
+            log.info("audit tasks: fewer than %g free CPUs per task beside the client pool; sharing CPUs", self.cpus)
+        gpus = self.gpus if self.gpus and ray.available_resources().get("GPU", 0.0) >= self.gpus * shards else 0.0
+        task = ray.remote(shard_task)
+        plan_ref, refs_ref = self._put_once("plan", plan), self._put_once("references", references)
+        prev_ref = ray.put(previous)
+        pending = []
+        for i, group in enumerate(split_jobs(jobs, shards, plan)):
+            node = nodes[i % len(nodes)] if nodes else None
+            options = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 2}
+            if node is not None:
+                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+            pending.append(task.options(**options).remote(spec, plan_ref, data, prev_ref, [jobs[j] for j in group],
+                                                          refs_ref, *[weights[j] for j in group]))
+        return ray.get(pending)
+
+
+def split_jobs(jobs: list, shards: int, plan) -> list[list[int]]:
+    """Job indices in ``shards`` groups of about equal work (rows plus the samples every job scores)."""
+    cost = [j.rows.size + plan.population_sample.size + (plan.source_sample.size // 4 if j.source else 0)
+            for j in jobs]
+    groups, load = [[] for _ in range(shards)], np.zeros(shards)
+    for j in sorted(range(len(jobs)), key=lambda j: (-cost[j], j)):
+        g = int(np.argmin(load))
+        groups[g].append(j)
+        load[g] += cost[j]
+    return [sorted(g) for g in groups if g]
 
 
 class Auditor:
@@ -72,12 +150,14 @@ class Auditor:
     whole run; the actor fetches it once, on its first round (again after a restart).
     """
 
-    def __init__(self, run_dir: str, scenario, num_classes: int, threads: int = 1):
+    def __init__(self, run_dir: str, scenario, num_classes: int, threads: int = 1, dense=None):
         started = time.perf_counter()
         from fedaudit.federation.runtime import quiet_environment
 
         quiet_environment()
-        configure_tensorflow(threads)      # imports TensorFlow now, while Flower starts, not in round 1
+        self.dense = dense
+        if dense is None:       # the signals need TensorFlow: import it now, while Flower starts, not in round 1
+            configure_tensorflow(threads)
         try:
             from threadpoolctl import threadpool_limits
 
@@ -87,6 +167,7 @@ class Auditor:
         self.run_dir = Path(run_dir)
         self.scenario = scenario
         self.num_classes = num_classes
+        self.threads = int(threads)
         self.core = None
         done = sorted(audited_rounds(self.run_dir, scenario.audit.threat_models))
         path = self.run_dir / AUDIT_DIR / "starts.jsonl"
@@ -106,12 +187,18 @@ class Auditor:
 
             x, y = ray.get(data[0])
             records = AuditRecords.load(self.run_dir / AUDIT_DIR / "records.npz")
-            self.core = AuditCore(self.run_dir, self.scenario, records, x, y, num_classes=self.num_classes)
+            r = self.scenario.ray
+            executor = RayExecutor(tasks=r.audit_tasks, cpus=r.audit_cpus, gpus=r.auditor_gpus)
+            self.core = AuditCore(self.run_dir, self.scenario, records, x, y, num_classes=self.num_classes,
+                                  executor=executor, data=data[0], threads=self.threads, dense=self.dense)
         return self.core
 
-    def observe(self, round_: int, record: dict, data: list, previous, new, client_ids, *client_weights) -> str:
+    def observe(self, round_: int, record: dict, data: list, previous, new: list, client_ids,
+                client_weights: list) -> str:
+        """Audit one round. ``new`` and ``client_weights`` hold ObjectRefs (nested, so that Ray hands them
+        over unresolved and audit tasks on other nodes fetch them where they run)."""
         try:
-            out = self._core(data).observe(round_, previous, dict(zip(client_ids, client_weights)), new, record)
+            out = self._core(data).observe(round_, previous, dict(zip(client_ids, client_weights)), new[0], record)
         except Exception as exc:  # noqa: BLE001 - an audit failure must not stop the federation
             log.exception("auditing round %d failed", round_)
             merge_round(self.run_dir, round_, {"audit_error": repr(exc)})
@@ -125,7 +212,8 @@ class Auditor:
         summary = aggregate_run(self.run_dir)
         atomic_write_text(self.run_dir / AUDIT_DIR / "aggregate_timing.json",
                           json.dumps({"aggregate_seconds": round(time.perf_counter() - started, 4),
-                                      "process_cpu_seconds": round(_cpu_seconds(), 3)}) + "\n")
+                                      "process_cpu_seconds": round(_cpu_seconds(), 3),
+                                      "max_rss_mb": round(max_rss_mb(), 1)}) + "\n")
         return summary
 
     def pid(self) -> int:
@@ -153,8 +241,7 @@ class AuditorSink:
         if path.exists():
             records = AuditRecords.load(path)
         else:
-            records = audit_records(ledger.owner, data.y, ledger.num_clients, folds=s.audit.folds,
-                                    attack_fraction=s.audit.attack_fraction, seed=s.federation.seed)
+            records = scenario_records(s, ledger.owner, data.y, ledger.num_clients)
             records.save(path)
         gpus = float(s.ray.auditor_gpus)
         available = float(ray.cluster_resources().get("GPU", 0.0))
@@ -164,7 +251,12 @@ class AuditorSink:
         actor_cls = ray.remote(Auditor).options(
             name=actor_name(self.run_dir), num_cpus=0, num_gpus=gpus, max_restarts=-1, max_task_retries=-1)
         self.data_ref = ray.put((data.x[records.index], data.y[records.index]))   # owned here, kept alive
-        self.actor = actor_cls.remote(str(self.run_dir), s, data.num_classes, auditor_threads())
+        from fedaudit.auditor.core import describe_scenario_model
+
+        # a stack of Dense layers: its signals in NumPy, no TensorFlow in the auditor; with GPUs asked for, the
+        # TensorFlow probe runs there instead
+        dense = describe_scenario_model(s, data.input_shape, data.num_classes) if not gpus else None
+        self.actor = actor_cls.remote(str(self.run_dir), s, data.num_classes, auditor_threads(), dense)
         self.refs: list = []
 
     def __call__(self, update, record: dict) -> None:
@@ -179,8 +271,8 @@ class AuditorSink:
         weights = [ray.put(clients[k]) for k in ids]
         previous = ray.put(update.previous)
         new = ray.put(update.new) if update.new is not None else None
-        self.refs.append(self.actor.observe.remote(update.round, record, [self.data_ref], previous, new, ids,
-                                                   *weights))
+        self.refs.append(self.actor.observe.remote(update.round, record, [self.data_ref], previous, [new], ids,
+                                                   weights))
         if self.kill_after is not None and update.round == self.kill_after:
             ray.get(self.refs[:-1])    # the earlier rounds are written: the restart must find and skip them
             log.warning("test hook: killing the auditor after round %d", update.round)

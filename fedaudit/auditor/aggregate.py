@@ -27,60 +27,70 @@ import csv
 import io
 import json
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from fedaudit.auditor.attack import BLACKBOX, FITTED, cross_fit, headline, sigmoid
-from fedaudit.auditor.core import audit_attacks, source_inference, summary_or_none
+from fedaudit.auditor.attack import BLACKBOX, FITTED, fit_folds, headline, sigmoid
+from fedaudit.auditor.core import attribute_sources, audit_attacks, light_metrics, summary_or_none
 from fedaudit.auditor.records import AuditRecords
-from fedaudit.auditor.state import AUDIT_DIR, SEP, load_round, round_path, saved_rounds
+from fedaudit.auditor.state import AUDIT_DIR, SEP, load_round, round_path, saved_rounds, stack_rounds
 from fedaudit.config import load_scenario
 from fedaudit.metrics import auc as auc_of
 from fedaudit.rundir import atomic_save_npy, atomic_save_npz, atomic_write_text, json_safe
 
 log = logging.getLogger(__name__)
 
-STACK_ROUNDS = 8      # at most this many rounds (evenly spaced, always the last) side by side
 STACK_C = 0.3         # stronger regularisation than per round: more features, same known records
 THREAT_MODELS = ("server", "participant")
 
 
-def _stack_rounds(rounds: list[int]) -> list[int]:
-    if len(rounds) <= STACK_ROUNDS:
-        return rounds
-    picks = np.unique(np.round(np.linspace(0, len(rounds) - 1, STACK_ROUNDS)).astype(int))
-    return [rounds[i] for i in picks]
-
-
 class _View:
-    """One threat model's per-round arrays, gathered over the rounds it was audited in."""
+    """One threat model's per-round arrays, gathered over the rounds it was audited in.
+
+    Every array is record-level: record i under the model that scored it that round (server: its owner's,
+    or for a population record its pseudo-owner's; participant: the global model), NaN where none did. The
+    server view also holds the population sample under every audited client model (``pop_*``)."""
 
     def __init__(self, tm: str, data: dict, records: AuditRecords, head: str):
         self.tm = tm
-        self.rounds = sorted(r for r, d in data.items() if f"{tm}{SEP}features" in d)
+        self.rounds = sorted(r for r, d in data.items() if f"{tm}{SEP}loss" in d)
         self.data = {r: data[r] for r in self.rounds}
+        self.feature_rounds = [r for r in self.rounds if f"{tm}{SEP}features" in self.data[r]]
         self.records = records
         self.head = head
         self.server = tm == "server"
+        # which audited clients' models each round holds, in the order of its pop_* arrays
+        self.clients = {r: ([int(k) for k in self.data[r][f"server{SEP}clients"]] if self.server else [])
+                        for r in self.rounds}
+        last = self.data[self.rounds[-1]] if self.rounds else {}
+        key = f"participant{SEP}eligible"
+        # participant: a member counts once its owner has trained (by the last round); server: NaN scores
+        # already leave out members whose owner never replied
+        self.eligible = last[key].astype(bool) if (not self.server and key in last) else \
+            np.ones(len(records), dtype=bool)
 
-    def pair_scores(self, r: int, name: str) -> np.ndarray:
-        """(n, K) for server, (n,) for participant: the per-round scores of attack ``name``."""
-        return self.data[r][f"{self.tm}{SEP}score{SEP}{name}"].astype(np.float64)
+    def a(self, r: int, name: str) -> np.ndarray:
+        return self.data[r][f"{self.tm}{SEP}{name}"]
 
-    def record_level(self, values: np.ndarray) -> np.ndarray:
-        """A record's value under its (pseudo-)owner's model (server) or as is (participant)."""
-        if self.server:
-            return values[np.arange(values.shape[0]), self.records.source]
-        return values
+    def scores(self, r: int, name: str) -> np.ndarray:
+        return self.a(r, f"score{SEP}{name}").astype(np.float64)
 
     def per_round_scores(self) -> np.ndarray:
-        """(n, R) record-level headline scores (NaN where the record's source client did not reply)."""
-        return np.stack([self.record_level(self.pair_scores(r, self.head)) for r in self.rounds], axis=1)
+        """(n, R) headline scores per round (NaN where no model of the round scored the record)."""
+        return np.stack([self.scores(r, self.head) for r in self.rounds], axis=1)
 
-    def features(self, r: int) -> np.ndarray:
-        return self.data[r][f"{self.tm}{SEP}features"].astype(np.float64)
+    def latest(self, name: str) -> np.ndarray:
+        """Per record, its most recent finite value of ``name`` (loss, correct) over the rounds."""
+        out = np.full(len(self.records), np.nan)
+        for r in self.rounds:
+            v = self.a(r, name).astype(np.float64)
+            if name == "loss":
+                ok = ~np.isnan(v)
+            else:   # correct: only where the record was scored that round
+                ok = ~np.isnan(self.a(r, "loss").astype(np.float64))
+            out[ok] = v[ok]
+        return out
 
 
 def _nan_reduce(fn, values: np.ndarray) -> np.ndarray:
@@ -90,103 +100,141 @@ def _nan_reduce(fn, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _stacked(view: _View, attacks: list, feature_names: np.ndarray) -> np.ndarray:
-    """Cross-fitted log-odds of a classifier on several rounds' features side by side.
+class _Stacked:
+    """A cross-fitted classifier on several rounds side by side (Nasr et al. 2019 observed the federation at
+    several epochs the same way): the rounds' features when a fitted attack ran, else their scores."""
 
-    Returns (n, K) pair scores for server (record i under client k's models), (n,) for participant.
-    """
-    r = view.records
-    rounds = _stack_rounds(view.rounds)
-    fitted = [a for a in attacks if a in FITTED]
-    if fitted:
-        if "whitebox" in fitted:
-            cols = np.arange(len(feature_names))
+    def __init__(self, view: _View, attacks: list, feature_names):
+        r = view.records
+        self.view = view
+        fitted = [a for a in attacks if a in FITTED]
+        self.fitted = bool(fitted) and bool(view.feature_rounds)
+        if self.fitted:
+            self.cols = np.arange(len(feature_names)) if "whitebox" in fitted else np.arange(len(BLACKBOX))
+            self.rounds = stack_rounds(view.feature_rounds)
         else:
-            cols = np.arange(len(BLACKBOX))
-        blocks = [view.features(t)[..., cols] for t in rounds]
-    else:   # score attacks only: stack their per-round scores
-        blocks = [np.stack([view.pair_scores(t, a) for a in attacks], axis=-1) for t in rounds]
-    stacked = np.concatenate(blocks, axis=-1)       # (n, K, R*F) or (n, R*F)
-    fit_rows = view.record_level(stacked) if view.server else stacked
-    return cross_fit(fit_rows, r.member, r.fold, r.known, stacked, c=STACK_C)
+            self.attacks = [a for a in attacks if a not in FITTED]
+            self.rounds = stack_rounds(view.rounds)
+        rows = np.concatenate([self._record_block(t) for t in self.rounds], axis=-1)
+        self.attack = fit_folds(rows, r.member, r.fold, r.known, c=STACK_C, eligible=view.eligible)
+        self.score = self.attack.score(np.arange(len(r)), rows)
+
+    def _record_block(self, t: int) -> np.ndarray:
+        if self.fitted:
+            return self.view.a(t, "features").astype(np.float64)[:, self.cols]
+        return np.stack([self.view.scores(t, a) for a in self.attacks], axis=-1)
+
+    def _pop_block(self, t: int, k: int) -> np.ndarray:
+        """The population sample under client k's model of round t (NaN where k did not take part)."""
+        v, P = self.view, self.view.records.population_sample
+        width = len(self.cols) if self.fitted else len(self.attacks)
+        if k not in v.clients[t]:
+            return np.full((P.size, width), np.nan)
+        j = v.clients[t].index(k)
+        if self.fitted:
+            return v.a(t, "pop_features")[j].astype(np.float64)[:, self.cols]
+        return np.stack([v.a(t, f"pop_score{SEP}{a}")[j].astype(np.float64) for a in self.attacks], axis=-1)
+
+    def population_under(self, k: int) -> np.ndarray:
+        """Stacked scores of the population sample under client k's models (server)."""
+        P = self.view.records.population_sample
+        rows = np.concatenate([self._pop_block(t, k) for t in self.rounds], axis=-1)
+        return self.attack.score(P, rows)
 
 
-def _aggregate_view(view: _View, attacks: list, feature_names) -> dict:
+def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: dict) -> dict:
     r = view.records
-    member = r.member
+    member, eligible = r.member, view.eligible
     per_round = view.per_round_scores()
-    pair_stacked = _stacked(view, attacks, feature_names)
-    stacked = view.record_level(pair_stacked) if view.server else pair_stacked
-    last = view.rounds[-1]
+    stacker = _Stacked(view, attacks, feature_names)
+    stacked = stacker.score
     aggregations = {"stacked": stacked, "max": _nan_reduce(np.nanmax, per_round),
                     "mean": _nan_reduce(np.nanmean, per_round), "last": per_round[:, -1]}
-    summaries = {k: summary_or_none(v[member], v[~member]) for k, v in aggregations.items()}
-    # per client, from the stacked pair scores: client k's members vs every population record
-    pop = ~member
+    m, n = member & eligible, ~member & eligible
+    summaries = {k: summary_or_none(v[m], v[n]) for k, v in aggregations.items()}
+    # per client: client k's members against the population sample, under k's models (server) or the
+    # global models (participant), with the round at which k's per-round AUC peaked
+    P = r.population_sample
     clients = []
+    participation = _participation(view, round_clients)
     for k in range(r.num_clients):
-        mine = r.owner == k
+        mine = (r.owner == k) & eligible
         if not mine.any():
             continue
-        ms = pair_stacked[mine, k] if view.server else pair_stacked[mine]
-        ns = pair_stacked[pop, k] if view.server else pair_stacked[pop]
-        s = summary_or_none(ms, ns)
+        ms = stacked[mine]
+        ns = stacker.population_under(k) if view.server else stacked[P]
+        s = light_metrics(ms, ns)      # AUC and TPR at low FPR, no intervals: a thousand clients stay cheap
         peak, peak_auc = None, -np.inf
         for t in view.rounds:
-            h = view.pair_scores(t, view.head)
-            hm = h[mine, k] if view.server else h[mine]
-            hn = h[pop, k] if view.server else h[pop]
+            hm = view.scores(t, view.head)[mine]
+            if view.server:
+                if k not in view.clients[t]:
+                    continue
+                hn = view.a(t, f"pop_score{SEP}{view.head}")[view.clients[t].index(k)].astype(np.float64)
+            else:
+                hn = view.scores(t, view.head)[P]
             hm, hn = hm[~np.isnan(hm)], hn[~np.isnan(hn)]
             if hm.size and hn.size:
                 a = auc_of(hm, hn)
                 if a > peak_auc:
                     peak, peak_auc = t, a
-        clients.append({"client": k, "records": int(mine.sum()), "summary": s, "peak_round": peak})
-    loss_key, correct_key = f"{view.tm}{SEP}loss", f"{view.tm}{SEP}correct"
-    loss = view.record_level(view.data[last][loss_key].astype(np.float64))
-    correct = view.record_level(view.data[last][correct_key])
+        clients.append({"client": k, "records": int((r.owner == k).sum()), "summary": s, "peak_round": peak,
+                        "rounds": participation.get(k, [])})
     return {"score": stacked, "per_round": per_round, "aggregations": summaries, "clients": clients,
-            "last_loss": loss, "last_correct": correct, "rounds": view.rounds}
+            "last_loss": view.latest("loss"), "last_correct": view.latest("correct").astype(bool) if view.rounds
+            else np.zeros(len(r), dtype=bool), "rounds": view.rounds, "eligible": eligible,
+            "stacked_rounds": stacker.rounds}
+
+
+def _participation(view: _View, round_clients: dict) -> dict:
+    """{client: the rounds it trained in} (server: the rounds its model was audited in)."""
+    out: dict = {}
+    for t in view.rounds:
+        for k in (view.clients[t] if view.server else round_clients.get(t, [])):
+            out.setdefault(int(k), []).append(t)
+    return out
 
 
 def _source_inference(data: dict, records: AuditRecords, run_dir: Path, write: bool) -> dict | None:
-    rounds = sorted(r for r, d in data.items() if f"server{SEP}loss" in d)
+    rounds = sorted(r for r, d in data.items() if f"server{SEP}source_loss" in d)
     if not rounds:
         return None
+    S = records.source_sample
+    owner = records.owner[S]
     K = records.num_clients
-    member = records.member
-    centred, per_round = [], []
+    total, count = np.zeros((S.size, K)), np.zeros((S.size, K))
+    per_round, seen = [], set()
     for t in rounds:
-        loss = data[t][f"server{SEP}loss"].astype(np.float64)
         clients = [int(k) for k in data[t][f"server{SEP}clients"]]
-        per_round.append({"round": t, **source_inference(loss, records.owner, clients)})
+        seen.update(clients)
+        loss = data[t][f"server{SEP}source_loss"].astype(np.float64).T          # (S, clients)
+        per_round.append({"round": t, **attribute_sources(loss, owner, clients)})
+        if not clients:
+            continue
         # log loss, centred per record over the replying clients: every round weighs alike
         ll = np.log(loss + 1e-12)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)   # records no replying client scored
-            centred.append(ll - np.nanmean(ll, axis=1, keepdims=True))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean_over_rounds = np.nanmean(np.stack(centred), axis=0)        # (n, K)
-    scored = member & ~np.isnan(mean_over_rounds).all(axis=1)
-    attributed = np.full(len(records), -1)
-    attributed[scored] = np.argmin(np.where(np.isnan(mean_over_rounds[scored]), np.inf,
-                                            mean_over_rounds[scored]), axis=1)
-    correct = attributed == records.owner
+        centred = ll - np.mean(ll, axis=1, keepdims=True)
+        total[:, clients] += centred
+        count[:, clients] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_over_rounds = np.where(count > 0, total / np.maximum(count, 1), np.inf)
+    scored = np.isin(owner, sorted(seen)) & np.isfinite(mean_over_rounds).any(axis=1)
+    attributed = np.full(S.size, -1)
+    attributed[scored] = np.argmin(mean_over_rounds[scored], axis=1)
+    correct = attributed == owner
     acc = float(np.mean(correct[scored])) if scored.any() else None
     if write:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["record", "client", "attributed", "correct"])
-        order = np.argsort(records.index[member])
-        idx = np.flatnonzero(member)[order]
-        for i in idx:
-            w.writerow([int(records.index[i]), int(records.owner[i]), int(attributed[i]) if scored[i] else "",
+        for i in np.argsort(records.index[S]):
+            w.writerow([int(records.index[S[i]]), int(owner[i]), int(attributed[i]) if scored[i] else "",
                         int(correct[i]) if scored[i] else ""])
         atomic_write_text(run_dir / AUDIT_DIR / "source_inference.csv", buf.getvalue())
-    return {"accuracy": acc, "chance": 1.0 / K, "records": int(scored.sum()), "rounds": len(rounds),
-            "method": "argmin over clients of the record's log loss, centred per round and averaged over rounds",
-            "per_round": per_round}
+    return {"accuracy": acc, "chance": 1.0 / max(len(seen), 1), "records": int(scored.sum()),
+            "sample": int(S.size), "rounds": len(rounds),
+            "method": "argmin over clients of the record's log loss, centred per round and averaged over the "
+                      "rounds each client took part in", "per_round": per_round}
 
 
 def _fmt(v) -> str:
@@ -226,6 +274,7 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
         log.warning("%s: no audited round to aggregate", run_dir)
     feature_names = next((d["feature_names"] for d in data.values()), np.array([]))
     member = records.member
+    round_clients = _round_clients(run_dir, data, records)
     views = {}
     for tm in scenario.audit.threat_models:
         view = _View(tm, data, records, head)
@@ -234,14 +283,19 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
             saved = [a for a in attacks if all(f"{tm}{SEP}score{SEP}{a}" in view.data[t] for t in view.rounds)]
             if saved and saved != attacks:
                 view.head = headline(saved)
-            views[tm] = _aggregate_view(view, saved or attacks, feature_names)
+            views[tm] = _aggregate_view(view, saved or attacks, feature_names, round_clients)
     probs = {tm: sigmoid(v["score"]) for tm, v in views.items()}
     risk_view = next((tm for tm in THREAT_MODELS if tm in probs), None)
     risk = probs[risk_view] if risk_view else np.full(len(records), np.nan)
+    eligible = views[risk_view]["eligible"] if risk_view else np.ones(len(records), dtype=bool)
+    trained = _rounds_trained(round_clients, records)
     summary: dict = {"threat_models": {}, "rounds": sorted(data), "attack": f"stacked-{head}"
                      if any(a in FITTED for a in attacks) else "stacked-scores",
                      "records": {"members": int(member.sum()), "nonmembers": int((~member).sum()),
-                                 "known_of_each": int(records.known[member].sum()), "folds": records.folds}}
+                                 "known_of_each": int(records.known[member].sum()), "folds": records.folds,
+                                 "members_trained": int(np.sum(member & (trained > 0))),
+                                 "population_sample": int(records.population_sample.size),
+                                 "source_sample": int(records.source_sample.size)}}
     slices: dict = {}
     for tm, v in views.items():
         s = v["aggregations"]["stacked"]
@@ -249,21 +303,52 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
         entry["attack"] = summary["attack"]
         entry["rounds"] = v["rounds"]
         entry["aggregations"] = {k: (x.to_dict() if x is not None else None) for k, x in v["aggregations"].items()}
+        entry["stacked_rounds"] = v["stacked_rounds"]
         summary["threat_models"][tm] = entry
-        slices[tm] = _slices(v["score"], member, records.label, v["last_loss"], v["last_correct"])
-    rs = summary_or_none(risk[member], risk[~member])
+        ok = v["eligible"]
+        slices[tm] = _slices(v["score"][ok], member[ok], records.label[ok], v["last_loss"][ok], v["last_correct"][ok])
+    rs = summary_or_none(risk[member & eligible], risk[~member & eligible])
     summary["risk"] = {**(rs.to_dict() if rs is not None else {}), "threat_model": risk_view}
     summary["source_inference"] = _source_inference(data, records, run_dir, write) if "server" in views else None
     summary["slices"] = slices
-    summary["classes"] = _class_risk(records, risk)
+    summary["classes"] = _class_risk(records, np.where(eligible, risk, np.nan))
     if scenario.dp.mode != "none":
         summary["dp"] = {"mode": scenario.dp.mode, "noise_multiplier": scenario.dp.noise_multiplier,
                          "clipping_norm": scenario.dp.clipping_norm, "delta": scenario.dp.delta,
                          "accountant_epsilon": None}
     client_view = views.get("server") or next(iter(views.values()), None)
     if write:
-        _write_files(run_dir, records, views, probs, risk, client_view, summary)
+        _write_files(run_dir, records, views, probs, risk, client_view, summary, trained)
     return json_safe(summary)
+
+
+def _round_clients(run_dir: Path, data: dict, records: AuditRecords) -> dict:
+    """{round: the clients that replied}: rounds.jsonl's ``clients``, else the server's audited clients, else
+    (neither recorded) every client."""
+    from fedaudit.rundir import read_jsonl
+
+    lines = {row.get("round"): row for row in read_jsonl(run_dir / "rounds.jsonl")}
+    out = {}
+    for t, d in data.items():
+        clients = (lines.get(t) or {}).get("clients")
+        if clients is None:
+            clients = d[f"server{SEP}clients"].tolist() if f"server{SEP}clients" in d else \
+                list(range(records.num_clients))
+        out[t] = [int(k) for k in clients]
+    return out
+
+
+def _rounds_trained(round_clients: dict, records: AuditRecords) -> np.ndarray:
+    """Per audited record: in how many audited rounds its owner trained (0 for population records); a member
+    whose owner never trained is in no model's training set."""
+    counts = np.zeros(records.num_clients, dtype=np.int64)
+    for clients in round_clients.values():
+        for k in clients:
+            if 0 <= k < counts.size:
+                counts[k] += 1
+    out = np.zeros(len(records), dtype=np.int64)
+    out[records.member] = counts[records.owner[records.member]]
+    return out
 
 
 def _slices(score, member, labels, loss, correct):
@@ -278,28 +363,29 @@ def _slices(score, member, labels, loss, correct):
     return slice_metrics(score[m], score[n], labels[m], labels[n], loss[m], loss[n], correct[m], correct[n])
 
 
-def _write_files(run_dir, records, views, probs, risk, client_view, summary) -> None:
+def _write_files(run_dir, records, views, probs, risk, client_view, summary, trained) -> None:
     member = records.member
     order = np.argsort(records.index)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["record", "client", "member", "label", "server", "participant", "risk"])
+    w.writerow(["record", "client", "member", "label", "server", "participant", "risk", "rounds_trained"])
     for i in order:
         w.writerow([int(records.index[i]), int(records.owner[i]), int(member[i]), int(records.label[i]),
                     _fmt(probs["server"][i]) if "server" in probs else "",
-                    _fmt(probs["participant"][i]) if "participant" in probs else "", _fmt(risk[i])])
+                    _fmt(probs["participant"][i]) if "participant" in probs else "", _fmt(risk[i]),
+                    int(trained[i]) if member[i] else ""])
     atomic_write_text(run_dir / "records.csv", buf.getvalue())
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["client", "records", "auc", "tpr_at_0_1pct", "mean_risk", "max_risk", "peak_round"])
+    w.writerow(["client", "records", "auc", "tpr_at_0_1pct", "mean_risk", "max_risk", "peak_round", "rounds"])
     for c in (client_view["clients"] if client_view else []):
         mine = records.owner == c["client"]
         s = c["summary"]
         rk = risk[mine]
         rk = rk[~np.isnan(rk)]
-        w.writerow([c["client"], c["records"], _fmt(s.auc if s else None), _fmt(s.tpr_at_0_1pct if s else None),
+        w.writerow([c["client"], c["records"], _fmt(s["auc"]), _fmt(s["tpr_at_0_1pct"]),
                     _fmt(rk.mean() if rk.size else None), _fmt(rk.max() if rk.size else None),
-                    c["peak_round"] if c["peak_round"] is not None else ""])
+                    c["peak_round"] if c["peak_round"] is not None else "", " ".join(str(t) for t in c["rounds"])])
     atomic_write_text(run_dir / "clients.csv", buf.getvalue())
     per_record = {"record": records.index[order], "risk": risk[order]}
     for tm, v in views.items():

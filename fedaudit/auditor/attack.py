@@ -108,6 +108,55 @@ def _clean(x: np.ndarray) -> np.ndarray:
     return np.clip(x, -1e6, 1e6)
 
 
+class FoldAttack:
+    """One classifier per cross-fitting fold: record i's rows are scored by the classifier fitted on the known
+    records outside ``fold[i]`` (None where that fold had no known member or no known non-member)."""
+
+    def __init__(self, models: dict, fold: np.ndarray, f_dim: int):
+        self.models, self.fold, self.f_dim = models, np.asarray(fold), int(f_dim)
+
+    def score(self, positions: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Log-odds of ``rows`` (m, ..., F), row group j belonging to record ``positions[j]``; NaN where a row is
+        all NaN or its record's fold has no classifier."""
+        positions = np.asarray(positions)
+        rows = _clean(rows)
+        out = np.full(rows.shape[:-1], np.nan)
+        folds = self.fold[positions]
+        for f, clf in self.models.items():
+            target = folds == f
+            if clf is None or not target.any():
+                continue
+            block = rows[target].reshape(-1, self.f_dim)
+            ok = ~np.isnan(block).all(axis=1)
+            scores = np.full(block.shape[0], np.nan)
+            if ok.any():
+                scores[ok] = clf.decision_function(block[ok])
+            out[target] = scores.reshape(rows[target].shape[:-1])
+        return out
+
+
+def fit_folds(fit_rows: np.ndarray, member: np.ndarray, fold: np.ndarray, known: np.ndarray, *, c: float = 1.0,
+              eligible: np.ndarray | None = None) -> FoldAttack:
+    """Fit one :class:`Logistic` per fold on the known records outside it (rows that are all NaN, and records
+    not ``eligible`` to be fitted on, are left out)."""
+    fit_rows = _clean(fit_rows)
+    n, f_dim = fit_rows.shape
+    available = ~np.isnan(fit_rows).all(axis=1)
+    if eligible is not None:
+        available &= np.asarray(eligible, dtype=bool)
+    models = {}
+    for f in np.unique(fold):
+        train = known & (fold != f) & available
+        ys = member[train]
+        if ys.all() or not ys.any():
+            log.warning("fold %d: no known %s outside the fold; its records get no score", f,
+                        "non-member" if ys.all() else "member")
+            models[int(f)] = None
+            continue
+        models[int(f)] = Logistic(c).fit(fit_rows[train], ys)
+    return FoldAttack(models, fold, f_dim)
+
+
 def cross_fit(fit_rows: np.ndarray, member: np.ndarray, fold: np.ndarray, known: np.ndarray,
               score_rows: np.ndarray | None = None, *, c: float = 1.0) -> np.ndarray:
     """Cross-fitted log-odds of membership.
@@ -118,55 +167,9 @@ def cross_fit(fit_rows: np.ndarray, member: np.ndarray, fold: np.ndarray, known:
     Returns scores shaped like ``score_rows[..., 0]``, NaN where a row is all NaN or a fold's attack had no
     known member or no known non-member to fit on.
     """
-    fit_rows = _clean(fit_rows)
-    score_rows = fit_rows if score_rows is None else _clean(score_rows)
-    n, f_dim = fit_rows.shape
-    out = np.full(score_rows.shape[:-1], np.nan)
-    available = ~np.isnan(fit_rows).all(axis=1)
-    for f in np.unique(fold):
-        train = known & (fold != f) & available
-        target = fold == f
-        if not target.any():
-            continue
-        ys = member[train]
-        if ys.all() or not ys.any():
-            log.warning("fold %d: no known %s outside the fold; its records get no score", f,
-                        "non-member" if ys.all() else "member")
-            continue
-        clf = Logistic(c).fit(fit_rows[train], ys)
-        rows = score_rows[target].reshape(-1, f_dim)
-        ok = ~np.isnan(rows).all(axis=1)
-        scores = np.full(rows.shape[0], np.nan)
-        if ok.any():
-            scores[ok] = clf.decision_function(rows[ok])
-        out[target] = scores.reshape(score_rows[target].shape[:-1])
-    return out
-
-
-def population_scores(logits: np.ndarray, labels: np.ndarray, member: np.ndarray, fold: np.ndarray,
-                      known: np.ndarray) -> np.ndarray:
-    """Attack P cross-fitted: record i is scored against the known non-members outside its fold.
-
-    ``logits``: (n, C) of one model, or (n, K, C) to score every record under K models (each calibrated on
-    its own logits of the known non-members); rows with non-finite logits get NaN.
-    """
-    from fedaudit.attacks.base import AttackInputs, run_score_attack
-
-    single = logits.ndim == 2
-    zs = logits[:, None, :] if single else logits
-    out = np.full(zs.shape[:2], np.nan)
-    for k in range(zs.shape[1]):
-        z = zs[:, k, :]
-        ok = np.isfinite(z).all(axis=1)
-        for f in np.unique(fold):
-            calib = known & ~member & (fold != f) & ok
-            target = (fold == f) & ok
-            if not calib.any() or not target.any():
-                continue
-            inputs = AttackInputs(target_logits=z[target], labels=labels[target], population_logits=z[calib],
-                                  population_labels=labels[calib])
-            out[target, k] = run_score_attack("population", inputs)
-    return out[:, 0] if single else out
+    attack = fit_folds(fit_rows, member, fold, known, c=c)
+    rows = fit_rows if score_rows is None else score_rows
+    return attack.score(np.arange(len(fold)), rows)
 
 
 def headline(attacks) -> str:

@@ -4,20 +4,25 @@ Plain Python (the Ray actor in :mod:`fedaudit.auditor.actor` wraps it; tests cal
 it receives theta_prev (the global weights sent out), each replying client's theta_k and the new global
 theta_t, and for each threat model in ``[audit] threat_models``:
 
-- ``server`` sees every theta_k and theta_prev: for every audited record and every client k, the features of
-  theta_k relative to theta_prev (:mod:`fedaudit.auditor.features`); a record is scored against the update of
-  its owner (a population record against its seeded pseudo-owner's, see :mod:`fedaudit.auditor.records`), and
-  client k's metrics compare k's members with every population record under theta_k. Source inference
-  attributes each member to the client whose model gives it the lowest loss;
-- ``participant`` sees the global models: the features of theta_t relative to theta_prev.
+- ``server`` sees every theta_k and theta_prev. Its work per round is linear in the federation: every audited
+  record is scored once, under the model of its source this round (a member under its owner's model when the
+  owner replied; a population record under its pseudo-owner's, or a replying client drawn from the seed, see
+  :meth:`AuditRecords.round_source`), and the population sample and the source sample are scored under every
+  replying client's model. Client k's metrics compare k's members with the population sample under theta_k;
+  source inference attributes each sampled member to the client whose model gives it the lowest loss;
+- ``participant`` sees the global models: every record under theta_t, relative to theta_prev; a member counts
+  once its owner has trained (with client sampling, the owners of some records may not have yet).
 
-Each configured attack is cross-fitted (:mod:`fedaudit.auditor.attack`), except the attacks with reference
-models (``reference``, ``lira*``, ``rmia*``, with ``[audit] reference_models >= 2``): their reference models are
-trained (or loaded from the cache) once, at the first round this instance audits, and each round only the
-targets' logits are new (:mod:`fedaudit.auditor.references`). The round's arrays go to
-``audit/round_NNNN.npz`` first, then its metrics are merged into its line of ``rounds.jsonl``; a round whose
-line already holds every threat model is never audited again, so a restarted auditor neither loses nor
-double-counts a round. A client whose weights (or outputs) are not finite is flagged in
+The signals and score attacks run as jobs (:mod:`fedaudit.auditor.shard`), one per model, handed to an executor:
+in this process by default, as Ray tasks over the cluster's nodes in the actor. The fitted attacks (logistic
+regressions on the features, :mod:`fedaudit.auditor.attack`) are cross-fitted here, on every shard's known
+records. The attacks with reference models (``reference``, ``lira*``, ``rmia*``, with ``[audit]
+reference_models >= 2``) train their reference models (or load them from the cache) once, at the first round
+this instance audits (:mod:`fedaudit.auditor.references`). The round's arrays go to ``audit/round_NNNN.npz``
+first (record-level arrays, the population sample under each client model in float16, the source sample's
+losses: nothing shaped records x clients), then its metrics are merged into its line of ``rounds.jsonl``; a
+round whose line already holds every threat model is never audited again, so a restarted auditor neither loses
+nor double-counts a round. A client whose weights (or outputs) are not finite is flagged in
 ``non_finite_clients`` and left out of the attack; a failed client simply is not among the replies.
 """
 
@@ -31,13 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fedaudit.auditor.attack import (FITTED, NOT_PER_ROUND, REFERENCE, RUNNABLE, THRESHOLD, cross_fit, headline,
-                                     population_scores)
-from fedaudit.auditor.records import AuditRecords, audit_records
-from fedaudit.auditor.state import SEP, AUDIT_DIR, audited_rounds, merge_round, save_round
+from fedaudit.auditor.attack import BLACKBOX, FITTED, NOT_PER_ROUND, REFERENCE, RUNNABLE, fit_folds, headline
+from fedaudit.auditor.records import AuditRecords, scenario_records
+from fedaudit.auditor.state import SEP, AUDIT_DIR, audited_rounds, merge_round, save_round, stack_rounds
 from fedaudit.config import Scenario
 from fedaudit.metrics import summarize
-from fedaudit.rundir import upsert_jsonl
+from fedaudit.rundir import read_jsonl, upsert_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +115,47 @@ def audit_attacks(configured, reference_models: int = 0) -> tuple[list, dict]:
     return run, skipped
 
 
+def describe_scenario_model(scenario: Scenario, input_shape, num_classes: int):
+    """The scenario model's :class:`~fedaudit.auditor.dense.DenseStack` (its signals then need no TensorFlow in
+    the auditor), or None. Builds the Keras model: call it where TensorFlow is loaded anyway (the driver)."""
+    from fedaudit.auditor.dense import describe_dense
+    from fedaudit.models import build_model
+
+    model = build_model(scenario.model.name, tuple(input_shape), int(num_classes), seed=scenario.federation.seed,
+                        **dict(scenario.model.options))
+    return describe_dense(model, scenario.audit.gradients)
+
+
+class InlineExecutor:
+    """Runs a round's jobs as one shard in this process (tests, and the auditor on a one-node Ray)."""
+
+    def __call__(self, spec, plan, data, previous, jobs, weights, references) -> list:
+        from fedaudit.auditor.shard import run_shard
+
+        return [run_shard(spec, plan, data, previous, jobs, [materialize(w) for w in weights], references)]
+
+
+def materialize(value):
+    """A value, or the value behind a Ray ObjectRef."""
+    if value is not None and type(value).__name__ == "ObjectRef":
+        import ray
+
+        return ray.get(value)
+    return value
+
+
 class AuditCore:
-    """The adversary of one run. ``x``, ``y`` are the audited records, aligned with ``records``."""
+    """The adversary of one run. ``x``, ``y`` are the audited records, aligned with ``records``.
+
+    ``executor(spec, plan, data, previous, jobs, weights, references)`` runs a round's jobs and returns their
+    :class:`~fedaudit.auditor.shard.ShardResult` list; the default runs them here, the Ray actor fans them out
+    as tasks over the cluster (:mod:`fedaudit.auditor.actor`). ``data`` is what the executor hands its shards
+    (default ``(x, y)``; the actor passes the object-store ref).
+    """
 
     def __init__(self, run_dir, scenario: Scenario, records: AuditRecords, x, y, *, input_shape=None,
-                 num_classes: int | None = None):
-        from fedaudit.auditor.features import ModelProbe
+                 num_classes: int | None = None, executor=None, data=None, threads: int = 1, dense="auto"):
+        from fedaudit.auditor.shard import ProbeSpec, ShardPlan
 
         self.run_dir = Path(run_dir)
         self.scenario = scenario
@@ -126,27 +165,39 @@ class AuditCore:
         self.attacks, self.skipped_attacks = audit_attacks(a.attacks, a.reference_models)
         self.headline = headline(self.attacks)
         self.seed = scenario.federation.seed
+        self.keep_round_arrays = bool(a.keep_round_arrays)
+        self.stack_rounds = set(stack_rounds(list(range(1, scenario.federation.rounds + 1))))
         x = np.asarray(x, dtype=np.float32)
+        y = np.asarray(y, dtype=np.int64)
         num_classes = int(num_classes if num_classes is not None else int(np.max(y)) + 1)
         self.num_classes = num_classes
         # reference models: trained (or loaded from the cache) at the first round this instance audits
         self.reference_attacks = [n for n in self.attacks if n in REFERENCE]
         self.references = None
-        self._reference_data = (x, np.asarray(y, dtype=np.int64)) if self.reference_attacks else None
-        self.probe = ModelProbe(scenario.model.name, scenario.model.options, input_shape or x.shape[1:],
-                                num_classes, x, y, gradients=a.gradients, seed=self.seed)
-        self.feature_names = self.probe.feature_names
-        self.bb = self.probe.blackbox_columns
+        self._reference_data = (x, y) if self.reference_attacks else None
+        input_shape = tuple(input_shape or x.shape[1:])
+        if isinstance(dense, str) and dense == "auto":
+            dense = describe_scenario_model(scenario, input_shape, num_classes)
+        self.spec = ProbeSpec(scenario.model.name, dict(scenario.model.options), input_shape, num_classes,
+                              gradients=tuple(a.gradients), seed=self.seed, threads=int(threads), dense=dense)
+        member = records.member
+        in_sample = np.zeros(len(records), dtype=bool)
+        in_sample[records.population_sample] = True
+        self.plan = ShardPlan(attacks=[n for n in self.attacks if n not in FITTED], fold=records.fold,
+                              calibration=in_sample & records.known & ~member,
+                              population_sample=records.population_sample, source_sample=records.source_sample)
+        self.executor = executor or InlineExecutor()
+        self.data = data if data is not None else (x, y)
+        self.feature_names: list | None = None
         path = self.run_dir / AUDIT_DIR / "records.npz"
         if not path.exists():
             records.save(path)
 
     @classmethod
-    def from_dataset(cls, run_dir, scenario: Scenario, x, y, owner, num_clients: int) -> "AuditCore":
-        records = audit_records(owner, y, num_clients, folds=scenario.audit.folds,
-                                attack_fraction=scenario.audit.attack_fraction, seed=scenario.federation.seed)
+    def from_dataset(cls, run_dir, scenario: Scenario, x, y, owner, num_clients: int, **kwargs) -> "AuditCore":
+        records = scenario_records(scenario, owner, y, num_clients)
         return cls(run_dir, scenario, records, np.asarray(x)[records.index], np.asarray(y)[records.index],
-                   num_classes=int(np.max(y)) + 1)
+                   num_classes=int(np.max(y)) + 1, **kwargs)
 
     # ------------------------------------------------------------------------------------------------
 
@@ -154,33 +205,61 @@ class AuditCore:
         return audited_rounds(self.run_dir, self.threat_models)
 
     def observe(self, round_: int, previous, clients: dict, new, record: dict | None = None) -> dict | None:
-        """Audit one round; a no-op (None) if the round is already written. Returns the merged fields."""
+        """Audit one round; a no-op (None) if the round is already written. Returns the merged fields.
+
+        ``clients``: {client id: weights (or an ObjectRef of them)} of the clients that replied;
+        ``previous`` and ``new`` likewise (``new`` None when there is no global model this round).
+        """
+        from fedaudit.auditor.features import all_finite
+        from fedaudit.auditor.shard import Job
+
         round_ = int(round_)
         if round_ in self.done():
             log.info("round %d already audited; skipping", round_)
             return None
         started = time.perf_counter()
         timing = Timing()
-        from fedaudit.auditor.features import all_finite
-
-        finite = {int(k): w for k, w in clients.items() if all_finite(w)}
-        non_finite = sorted(int(k) for k in clients if int(k) not in finite)
+        r = self.records
         out: dict = {}
-        arrays: dict = {"round": np.int64(round_), "feature_names": np.array(self.feature_names)}
+        arrays: dict = {"round": np.int64(round_)}
         if self.reference_attacks and self.references is None:
             with timing.phase("references"):
                 self._prepare_references()
         if self.references is not None:
             out["reference_models"] = self.references.info
-        base = None
+        previous = materialize(previous)
         prev_ok = all_finite(previous)
-        if prev_ok:
+        ids = sorted(int(k) for k in clients)
+        jobs, weights = [], []
+        source = r.round_source(ids, round_)
+        server = "server" in self.threat_models and prev_ok and ids
+        if server:
+            for k in ids:
+                jobs.append(Job(k, np.flatnonzero(source == k), source=True))
+                weights.append(clients[k])
+        participant = "participant" in self.threat_models and new is not None
+        if participant:
+            jobs.append(Job("global", np.arange(len(r))))
+            weights.append(new)
+        shards = []
+        if jobs:
             with timing.phase("signals"):
-                base = self.probe.base(previous)
+                shards = self.executor(self.spec, self.plan, self.data, previous if prev_ok else None, jobs,
+                                       weights, self.references)
+        results = {j.key: j for s in shards for j in s.jobs}
+        if shards and self.feature_names is None:
+            self.feature_names = list(shards[0].feature_names)
+        arrays["feature_names"] = np.array(self.feature_names or [])
+        non_finite = sorted({k for k in ids if k in results and not results[k].finite})
         if "server" in self.threat_models:
-            out["server"] = self._server(finite, non_finite, previous if prev_ok else None, base, arrays, timing)
+            if server:
+                out["server"] = self._server(round_, ids, source, results, non_finite, arrays, timing)
+            else:
+                reason = "no client replied" if not ids else "theta_prev is not finite"
+                out["server"] = {"attack": self.headline, **headline_fields(None), "skipped": reason, "clients": []}
         if "participant" in self.threat_models:
-            out["participant"] = self._participant(new, previous if prev_ok else None, base, arrays, timing)
+            out["participant"] = self._participant(round_, new, results.get("global"), ids, record, arrays,
+                                                   timing)
         out["non_finite_clients"] = non_finite
         if self.skipped_attacks:
             out["skipped_attacks"] = self.skipped_attacks
@@ -188,7 +267,10 @@ class AuditCore:
             save_round(self.run_dir, round_, arrays)
         timing.seconds["total"] = time.perf_counter() - started
         upsert_jsonl(self.run_dir / AUDIT_DIR / "timing.jsonl",
-                     {"round": round_, **{k: round(v, 4) for k, v in timing.seconds.items()}})
+                     {"round": round_, **{k: round(v, 4) for k, v in timing.seconds.items()},
+                      "tasks": [{"node": s.node, "pid": s.pid, "jobs": len(s.jobs), "rows": s.rows,
+                                 "seconds": round(s.seconds, 4), "max_rss_mb": round(s.max_rss_mb, 1)}
+                                for s in shards]})
         out["audit_seconds"] = round(time.perf_counter() - started, 4)
         # the commit point: once the line holds every threat model, the round counts as audited
         return merge_round(self.run_dir, round_, {**(record or {}), **out})
@@ -209,115 +291,146 @@ class AuditCore:
         try:
             self.references = train_auditor_references(
                 self.scenario, self.records.member, x, y, self.num_classes, a.reference_models,
-                online=any(is_online(n) for n in self.reference_attacks),
-                cache_dir=cache_dir_for(self.run_dir, getattr(a, "models_dir", "")))
+                online=any(is_online(n) for n in self.reference_attacks), cache_dir=cache_dir_for(self.run_dir))
         except Exception as exc:  # noqa: BLE001 - the other attacks still run
             log.exception("reference models failed; skipping %s", self.reference_attacks)
             for n in self.reference_attacks:
                 self.skipped_attacks[n] = f"reference models failed: {exc!r}"
             self.attacks = [n for n in self.attacks if n not in self.reference_attacks] or ["loss"]
             self.headline = headline(self.attacks)
+            self.plan.attacks = [n for n in self.attacks if n not in FITTED]
             self.reference_attacks = []
         self._reference_data = None
 
-    def _score(self, fit_rows, score_rows, logits, loss) -> dict:
-        r = self.records
-        member = r.member
-        scores = {}
-        for name in self.attacks:
-            if name == "loss":
-                scores[name] = -loss
-            elif name in THRESHOLD:
-                scores[name] = threshold_scores(name, logits, r.label)
-            elif name == "population":
-                scores[name] = population_scores(logits, r.label, member, r.fold, r.known)
-            elif name in FITTED:
-                cols = slice(None) if name == "whitebox" else self.bb
-                scores[name] = cross_fit(fit_rows[:, cols], member, r.fold, r.known, score_rows[..., cols])
-            elif name in REFERENCE and self.references is not None:
-                scores[name] = self.references.scores(name, logits)
-        return scores
+    def _keep(self, round_: int) -> bool:
+        """Whether this round's feature arrays are saved (always, unless keep_round_arrays is false and the
+        aggregation's stacked attack will not read this round)."""
+        return self.keep_round_arrays or round_ in self.stack_rounds
 
-    def _view_result(self, record_scores: dict, per_client_scores) -> dict:
+    def _fitted(self, features, eligible, blocks=()) -> dict:
+        """Cross-fitted scores of the fitted attacks on record-level ``features`` (n, F), and on each
+        ``(positions, rows)`` block; returns {attack: (record-level scores, [block scores])}."""
+        r = self.records
+        out = {}
+        for name in (a for a in self.attacks if a in FITTED):
+            cols = slice(None) if name == "whitebox" else np.arange(len(BLACKBOX))
+            attack = fit_folds(features[:, cols], r.member, r.fold, r.known, eligible=eligible)
+            out[name] = (attack.score(np.arange(len(r)), features[:, cols]),
+                         [attack.score(pos, rows[..., cols]) for pos, rows in blocks])
+        return out
+
+    def _view_result(self, record_scores: dict, eligible, per_client) -> dict:
         """The threat model's JSON: headline, every attack's summary, per-client headline metrics."""
         member = self.records.member
-        summaries = {a: summary_or_none(s[member], s[~member]) for a, s in record_scores.items()}
+        m, n = member & eligible, ~member & eligible
+        summaries = {a: summary_or_none(s[m], s[n]) for a, s in record_scores.items()}
         head = summaries[self.headline]
+        h = record_scores[self.headline]
         result = {"attack": self.headline, **headline_fields(head),
                   "summary": head.to_dict() if head is not None else None,
                   "attacks": {a: (s.to_dict() if s is not None else None) for a, s in summaries.items()},
+                  "records": {"members": int(np.sum(m & ~np.isnan(h))), "nonmembers": int(np.sum(n & ~np.isnan(h))),
+                              "population_sample": int(self.records.population_sample.size)},
                   "clients": []}
         owner = self.records.owner
-        for k, (ms, ns) in per_client_scores:
+        for k, (ms, ns) in per_client:
             result["clients"].append({"client": int(k), "records": int(np.sum(owner == k)), **light_metrics(ms, ns)})
         return result
 
-    def _server(self, finite, non_finite, previous, base, arrays, timing) -> dict:
+    def _server(self, round_, ids, source, results, non_finite, arrays, timing) -> dict:
         r = self.records
-        n, K = len(r), r.num_clients
-        F = len(self.feature_names)
-        if not finite or previous is None:
-            reason = "no client returned finite weights" if not finite else "theta_prev is not finite"
-            return {"attack": self.headline, **headline_fields(None), "skipped": reason, "clients": []}
-        feats = np.full((n, K, F), np.nan, dtype=np.float32)
-        loss = np.full((n, K), np.nan)
-        correct = np.zeros((n, K), dtype=bool)
-        logits = np.full((n, K, self.probe.model.output_shape[-1]), np.nan, dtype=np.float32)
-        audited = []
-        with timing.phase("signals"):
-            for k in sorted(finite):
-                v = self.probe.view(finite[k], base, previous)
-                if not np.isfinite(v.logits).all():
-                    non_finite.append(k)     # finite weights, but outputs overflow: flag and leave out
-                    continue
-                feats[:, k], loss[:, k], correct[:, k], logits[:, k] = v.features, v.loss, v.correct, v.logits
-                audited.append(k)
-        non_finite.sort()
+        n = len(r)
+        audited = [k for k in ids if k in results and results[k].finite]
         if not audited:
             return {"attack": self.headline, **headline_fields(None), "skipped": "no client returned finite outputs",
                     "clients": []}
-        rows = np.arange(n)
+        F = len(self.feature_names)
+        P, S = r.population_sample, r.source_sample
         with timing.phase("attacks"):
-            pair = self._score(feats[rows, r.source], feats, logits, loss)
-            record_scores = {a: s[rows, r.source] for a, s in pair.items()}
-            h = pair[self.headline]
-            pop = ~r.member
-            per_client = [(k, (h[r.owner == k, k], h[pop, k])) for k in audited]
-            result = self._view_result(record_scores, per_client)
+            feats = np.full((n, F), np.nan, dtype=np.float32)
+            loss = np.full(n, np.nan)
+            correct = np.zeros(n, dtype=bool)
+            scored_by = np.full(n, -1, dtype=np.int64)
+            scores = {a: np.full(n, np.nan) for a in self.plan.attacks}
+            pop_feats = np.empty((len(audited), P.size, F), dtype=np.float32)
+            pop_scores = {a: np.empty((len(audited), P.size), dtype=np.float32) for a in self.plan.attacks}
+            source_loss = np.empty((len(audited), S.size), dtype=np.float32)
+            for j, k in enumerate(audited):
+                res, rows = results[k], np.flatnonzero(source == k)
+                feats[rows], loss[rows], correct[rows], scored_by[rows] = res.features, res.loss, res.correct, k
+                pop_feats[j] = res.pop_features
+                source_loss[j] = res.source_loss
+                for a in self.plan.attacks:
+                    scores[a][rows] = res.scores[a]
+                    pop_scores[a][j] = res.pop_scores[a]
+            for name, (rec, blocks) in self._fitted(feats, None, _client_blocks(P, pop_feats)).items():
+                scores[name] = rec
+                pop_scores[name] = np.concatenate(blocks, axis=1).T.astype(np.float32)
+            h, ph = scores[self.headline], pop_scores[self.headline]
+            member = r.member
+            per_client = [(k, (h[member & (scored_by == k)], ph[j])) for j, k in enumerate(audited)]
+            result = self._view_result(scores, np.ones(n, dtype=bool), per_client)
             result["clients_audited"] = audited
-            result["source_inference"] = source_inference(loss, r.owner, audited)
-        arrays["server" + SEP + "clients"] = np.array(audited, dtype=np.int64)
-        arrays["server" + SEP + "features"] = feats
-        arrays["server" + SEP + "loss"] = loss.astype(np.float32)
-        arrays["server" + SEP + "correct"] = correct
-        for a, s in pair.items():
-            arrays["server" + SEP + "score" + SEP + a] = s.astype(np.float32)
-        return result
-
-    def _participant(self, new, previous, base, arrays, timing) -> dict:
-        from fedaudit.auditor.features import all_finite
-
-        r = self.records
-        if new is None or not all_finite(new):
-            reason = "no global model this round" if new is None else "the global model is not finite"
-            return {"attack": self.headline, **headline_fields(None), "skipped": reason, "clients": []}
-        with timing.phase("signals"):
-            v = self.probe.view(new, base, previous)
-        if not np.isfinite(v.logits).all():
-            return {"attack": self.headline, **headline_fields(None),
-                    "skipped": "the global model's outputs are not finite", "clients": []}
-        with timing.phase("attacks"):
-            scores = self._score(v.features, v.features, v.logits, v.loss)
-            h = scores[self.headline]
-            pop = ~r.member
-            per_client = [(k, (h[r.owner == k], h[pop])) for k in range(r.num_clients) if np.any(r.owner == k)]
-            result = self._view_result(scores, per_client)
-        arrays["participant" + SEP + "features"] = v.features
-        arrays["participant" + SEP + "loss"] = v.loss.astype(np.float32)
-        arrays["participant" + SEP + "correct"] = v.correct
+            result["source_inference"] = attribute_sources(source_loss.T, r.owner[S], audited)
+        tm = "server" + SEP
+        arrays[tm + "clients"] = np.array(audited, dtype=np.int64)
+        arrays[tm + "scored_by"] = scored_by
+        arrays[tm + "loss"] = loss.astype(np.float32)
+        arrays[tm + "correct"] = correct
+        arrays[tm + "source_loss"] = source_loss
         for a, s in scores.items():
-            arrays["participant" + SEP + "score" + SEP + a] = s.astype(np.float32)
+            arrays[tm + "score" + SEP + a] = s.astype(np.float32)
+        for a, s in pop_scores.items():
+            if self.keep_round_arrays or a == self.headline:
+                arrays[tm + "pop_score" + SEP + a] = s.astype(np.float16)
+        if self._keep(round_):
+            arrays[tm + "features"] = feats
+            arrays[tm + "pop_features"] = pop_feats.astype(np.float16)   # loses nothing measurable
         return result
+
+    def _participant(self, round_, new, res, ids, record, arrays, timing) -> dict:
+        r = self.records
+        if new is None:
+            return {"attack": self.headline, **headline_fields(None), "skipped": "no global model this round",
+                    "clients": []}
+        if res is None or not res.finite:
+            reason = "the global model is not finite" if res is None or res.reason == "weights" else \
+                "the global model's outputs are not finite"
+            return {"attack": self.headline, **headline_fields(None), "skipped": reason, "clients": []}
+        trained = self._trained_clients(round_, ids, record)
+        eligible = ~r.member | np.isin(r.owner, list(trained))
+        with timing.phase("attacks"):
+            scores = dict(res.scores)
+            for name, (rec, _) in self._fitted(res.features, eligible).items():
+                scores[name] = rec
+            h = scores[self.headline]
+            P = r.population_sample
+            per_client = [(k, (h[r.owner == k], h[P])) for k in sorted(trained) if np.any(r.owner == k)]
+            result = self._view_result(scores, eligible, per_client)
+        tm = "participant" + SEP
+        arrays[tm + "loss"] = res.loss.astype(np.float32)
+        arrays[tm + "correct"] = res.correct
+        arrays[tm + "eligible"] = eligible
+        for a, s in scores.items():
+            arrays[tm + "score" + SEP + a] = s.astype(np.float32)
+        if self._keep(round_):
+            arrays[tm + "features"] = res.features
+        return result
+
+    def _trained_clients(self, round_: int, ids, record) -> set:
+        """The clients that trained in this round or an earlier one (whose records the global model has seen)."""
+        trained = set(int(k) for k in ids) | set(int(k) for k in (record or {}).get("clients", []))
+        for row in read_jsonl(self.run_dir / "rounds.jsonl"):
+            if row.get("round") is not None and int(row["round"]) <= round_:
+                trained.update(int(k) for k in row.get("clients", []) or [])
+                trained.update(int(c["client"]) for c in (row.get("server") or {}).get("clients", []) or [])
+        return trained
+
+
+def _client_blocks(positions: np.ndarray, pop_feats: np.ndarray, chunk: int = 128) -> list:
+    """(positions, rows) blocks of the population sample under chunks of clients: rows (P, clients, F)."""
+    return [(positions, np.swapaxes(pop_feats[start:start + chunk], 0, 1))
+            for start in range(0, pop_feats.shape[0], chunk)]
 
 
 def threshold_scores(name: str, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -334,20 +447,27 @@ def threshold_scores(name: str, logits: np.ndarray, labels: np.ndarray) -> np.nd
     return out
 
 
-def source_inference(loss: np.ndarray, owner: np.ndarray, clients) -> dict:
+def attribute_sources(loss: np.ndarray, owner: np.ndarray, clients) -> dict:
     """Attribute every member whose owner replied to the client whose model gives it the lowest loss.
 
-    ``loss``: (n, K) with NaN for clients that did not reply. Returns accuracy, chance (1/replying clients)
-    and the number of members attributed.
+    ``loss``: (n, len(clients)), column j the losses under ``clients[j]``'s model (NaN: no score). Returns
+    accuracy, chance (1/replying clients) and the number of members attributed.
     """
-    clients = list(clients)
+    clients = np.asarray(list(clients), dtype=np.int64)
     sel = (owner >= 0) & np.isin(owner, clients)
-    if not sel.any() or not clients:
-        return {"accuracy": None, "chance": (1.0 / len(clients)) if clients else None, "records": 0}
+    if not sel.any() or not clients.size:
+        return {"accuracy": None, "chance": (1.0 / clients.size) if clients.size else None, "records": 0}
     l = np.where(np.isnan(loss[sel]), np.inf, loss[sel])
-    attributed = np.argmin(l, axis=1)
+    attributed = clients[np.argmin(l, axis=1)]
     acc = float(np.mean(attributed == owner[sel]))
-    return {"accuracy": acc, "chance": 1.0 / len(clients), "records": int(sel.sum())}
+    return {"accuracy": acc, "chance": 1.0 / clients.size, "records": int(sel.sum())}
 
 
-__all__ = ["AuditCore", "Timing", "audit_attacks", "light_metrics", "source_inference", "summary_or_none"]
+def source_inference(loss: np.ndarray, owner: np.ndarray, clients) -> dict:
+    """:func:`attribute_sources` for ``loss`` (n, K) whose column k is client k (NaN where it did not reply)."""
+    clients = list(clients)
+    return attribute_sources(loss[:, clients] if clients else loss[:, :0], owner, clients)
+
+
+__all__ = ["AuditCore", "InlineExecutor", "Timing", "attribute_sources", "audit_attacks", "light_metrics",
+           "source_inference", "summary_or_none"]

@@ -39,36 +39,100 @@ _EPS = 1e-30
 
 @dataclass
 class BaseSignals:
-    """Signals of theta_prev: loss, phi and the dense layers' gradient factors."""
+    """Signals of theta_prev on some rows: loss, phi and the dense layers' gradient factors."""
 
     loss: np.ndarray
     phi: np.ndarray
     factors: dict           # layer name -> (a (n, in), d (n, out))
     grad_sq: dict           # layer name -> (n,) squared norm of the record's gradient (kernel + bias)
 
+    def take(self, rows) -> "BaseSignals":
+        """The signals of a subset (or a reordering) of the rows."""
+        return BaseSignals(loss=self.loss[rows], phi=self.phi[rows],
+                           factors={k: (a[rows], d[rows]) for k, (a, d) in self.factors.items()},
+                           grad_sq={k: v[rows] for k, v in self.grad_sq.items()})
+
+    @staticmethod
+    def concat(parts: list) -> "BaseSignals":
+        return BaseSignals(loss=np.concatenate([p.loss for p in parts]), phi=np.concatenate([p.phi for p in parts]),
+                           factors={k: (np.concatenate([p.factors[k][0] for p in parts]),
+                                        np.concatenate([p.factors[k][1] for p in parts])) for k in parts[0].factors},
+                           grad_sq={k: np.concatenate([p.grad_sq[k] for p in parts]) for k in parts[0].grad_sq})
+
 
 @dataclass
 class ViewSignals:
-    """Features of one model on the audited records."""
+    """Features of one model on some records."""
 
     features: np.ndarray    # (n, F) float32, NaN where a feature is unavailable
     loss: np.ndarray        # (n,)
     correct: np.ndarray     # (n,) bool
     logits: np.ndarray      # (n, C)
 
+    @staticmethod
+    def concat(parts: list) -> "ViewSignals":
+        return ViewSignals(*(np.concatenate([getattr(p, f) for p in parts])
+                             for f in ("features", "loss", "correct", "logits")))
 
-class ModelProbe:
-    """Builds the scenario's model once and computes features for any weights on fixed records."""
 
-    def __init__(self, model_name: str, model_options: dict, input_shape, num_classes: int, x, y,
-                 gradients=(), seed: int = 0):
+def feature_names_for(layers: list, dense: list) -> list:
+    """The feature columns for gradient-norm ``layers`` and update-cosine ``dense`` layers."""
+    return (list(BLACKBOX) + [f"log_gnorm/{n}" for n in layers] + ["log_gnorm/total"]
+            + [f"cos/{n}" for n in dense] + (["cos/total"] if dense else []))
+
+
+def assemble_features(logits: np.ndarray, y: np.ndarray, base: "BaseSignals | None", norms: dict,
+                      cosines: list | None, n_dense: int) -> ViewSignals:
+    """One model's :class:`ViewSignals` from its float64 logits, per-layer gradient norms (in feature order)
+    and update cosines (None: no dense layer; NaN columns without theta_prev)."""
+    n = len(y)
+    loss = -loss_scores(logits, y)
+    phi = logit_confidence(logits, y)
+    correct = np.argmax(logits, axis=1) == y
+    cols = [phi, np.log(loss + _EPS), entropy_scores(logits), modified_entropy_scores(logits, y),
+            correct.astype(np.float64)]
+    if base is not None:
+        cols += [base.loss - loss, phi - base.phi]
+    else:
+        cols += [np.full(n, np.nan)] * 2
+    sq_total = np.zeros(n)
+    for norm in norms.values():
+        sq_total += norm * norm
+        cols.append(np.log(norm + _EPS))
+    cols.append(0.5 * np.log(sq_total + _EPS))
+    if n_dense:
+        cols += cosines if cosines is not None else [np.full(n, np.nan)] * (n_dense + 1)
+    features = np.stack(cols, axis=1)
+    return ViewSignals(features=features.astype(np.float32), loss=loss, correct=correct,
+                       logits=logits.astype(np.float32))
+
+
+class ProbeViews:
+    """What both probes share: one round's views of many models on own rows plus the shared samples."""
+
+    def views(self, items: list, previous, pop: tuple, src: tuple) -> list:
+        """``items``: (weights, own x, own y, own base or None, wants the source sample); ``pop`` (x, y, base):
+        the population sample; ``src`` (x, y): the source sample. Returns per item (ViewSignals of own rows
+        followed by the population sample, source losses or None)."""
+        px, py, pbase = pop
+        out = []
+        for w, ox, oy, obase, wants_source in items:
+            base = BaseSignals.concat([obase, pbase]) if obase is not None and pbase is not None else None
+            v = self.view(w, base, previous, np.concatenate([ox, px]), np.concatenate([oy, py]))
+            out.append((v, self.losses(w, *src) if wants_source else None))
+        return out
+
+
+class ModelProbe(ProbeViews):
+    """Builds the scenario's model once and computes features for any weights on any records."""
+
+    def __init__(self, model_name: str, model_options: dict, input_shape, num_classes: int, gradients=(),
+                 seed: int = 0):
         from fedaudit.models import build_model
         from fedaudit.signals.extract import _gradient_mode
         from fedaudit.signals.layers import kernel_layers, resolve_gradient_layers
 
-        self.model = build_model(model_name, input_shape, num_classes, seed=seed, **dict(model_options))
-        self.x = np.asarray(x, dtype=np.float32)
-        self.y = np.asarray(y, dtype=np.int64)
+        self.model = build_model(model_name, tuple(input_shape), num_classes, seed=seed, **dict(model_options))
         refs = (resolve_gradient_layers(self.model, list(gradients), "audit.gradients") if gradients else
                 resolve_gradient_layers(self.model, list(range(1, len(kernel_layers(self.model)) + 1))))
         self.layers = [r.name for r in refs]
@@ -80,19 +144,23 @@ class ModelProbe:
             bias = getattr(r.layer, "bias", None)
             self.slots[r.name] = (paths.index(r.layer.kernel.path),
                                   paths.index(bias.path) if bias is not None else None)
-        self.feature_names = (list(BLACKBOX) + [f"log_gnorm/{n}" for n in self.layers] + ["log_gnorm/total"]
-                              + [f"cos/{n}" for n in self.dense] + (["cos/total"] if self.dense else []))
+        self.feature_names = feature_names_for(self.layers, self.dense)
         self.blackbox_columns = np.arange(len(BLACKBOX))
+        self._loaded = None
 
-    def _extract(self, weights):
+    def _extract(self, weights, x, y, gradients: bool = True):
         from fedaudit.signals.extract import extract
 
-        self.model.set_weights(weights)
-        return extract(self.model, self.x, self.y, gradients=self.dense, factorize=True,
-                       gradient_norms=self.layers, from_logits=True)
+        if weights is not self._loaded:      # the same weights twice in a row (view, then losses): set once
+            self.model.set_weights(weights)
+            self._loaded = weights
+        if not gradients:
+            return extract(self.model, x, y, gradient_norms=False, from_logits=True)
+        return extract(self.model, x, y, gradients=self.dense, factorize=True, gradient_norms=self.layers,
+                       from_logits=True)
 
-    def base(self, weights) -> BaseSignals:
-        s = self._extract(weights)
+    def base(self, weights, x, y) -> BaseSignals:
+        s = self._extract(weights, x, y)
         factors, grad_sq = {}, {}
         for name in self.dense:
             f = s.factors[name]
@@ -102,35 +170,20 @@ class ModelProbe:
             grad_sq[name] = np.einsum("ni,ni->n", a, a, dtype=np.float64) * dd + \
                 (dd if self.slots[name][1] is not None else 0.0)
         logits = s.logits.astype(np.float64)
-        return BaseSignals(loss=-loss_scores(logits, self.y), phi=logit_confidence(logits, self.y),
+        return BaseSignals(loss=-loss_scores(logits, y), phi=logit_confidence(logits, y),
                            factors=factors, grad_sq=grad_sq)
 
-    def view(self, weights, base: BaseSignals | None, previous=None) -> ViewSignals:
-        """Features of ``weights``; update features need ``base`` (signals of ``previous``) and ``previous``."""
-        s = self._extract(weights)
-        logits = s.logits.astype(np.float64)
-        y = self.y
-        n = len(y)
-        loss = -loss_scores(logits, y)
-        phi = logit_confidence(logits, y)
-        correct = np.argmax(logits, axis=1) == y
-        cols = [phi, np.log(loss + _EPS), entropy_scores(logits), modified_entropy_scores(logits, y),
-                correct.astype(np.float64)]
-        if base is not None:
-            cols += [base.loss - loss, phi - base.phi]
-        else:
-            cols += [np.full(n, np.nan)] * 2
-        sq_total = np.zeros(n)
-        for name in self.layers:
-            norm = s.gradient_norms[name].astype(np.float64)
-            sq_total += norm * norm
-            cols.append(np.log(norm + _EPS))
-        cols.append(0.5 * np.log(sq_total + _EPS))
-        if self.dense:
-            cols += self._cosines(weights, previous, base, n)
-        features = np.stack(cols, axis=1)
-        return ViewSignals(features=features.astype(np.float32), loss=loss, correct=correct,
-                           logits=logits.astype(np.float32))
+    def losses(self, weights, x, y) -> np.ndarray:
+        """Per-record loss of ``weights`` (a forward pass only)."""
+        return -loss_scores(self._extract(weights, x, y, gradients=False).logits.astype(np.float64), y)
+
+    def view(self, weights, base: BaseSignals | None, previous, x, y) -> ViewSignals:
+        """Features of ``weights`` on (x, y); update features need ``base`` (signals of ``previous`` on the
+        same rows) and ``previous``."""
+        s = self._extract(weights, x, y)
+        norms = {name: s.gradient_norms[name].astype(np.float64) for name in self.layers}
+        cosines = self._cosines(weights, previous, base, len(y)) if self.dense else None
+        return assemble_features(s.logits.astype(np.float64), y, base, norms, cosines, len(self.dense))
 
     def _cosines(self, weights, previous, base, n) -> list:
         if base is None or previous is None:

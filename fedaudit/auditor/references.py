@@ -106,6 +106,20 @@ class AuditorReferences:
             population_labels=self.labels[pop], reference_logits=self.logits, reference_in=self.in_mask,
             reference_population_logits=self.logits[:, pop], reference_population_in=self.in_mask[:, pop])
 
+    def scores_rows(self, name: str, target_logits: np.ndarray, rows: np.ndarray, comparison: np.ndarray) -> np.ndarray:
+        """Scores of attack ``name`` for one target's logits on ``rows`` (positions of audited records);
+        ``comparison`` marks the rows that are RMIA's population records z (the population sample)."""
+        from fedaudit.attacks.base import AttackInputs, run_score_attack
+
+        rows = np.asarray(rows)
+        z = rows[comparison]
+        inputs = AttackInputs(
+            target_logits=target_logits, labels=self.labels[rows], population_logits=target_logits[comparison],
+            population_labels=self.labels[z], reference_logits=self.logits[:, rows],
+            reference_in=self.in_mask[:, rows], reference_population_logits=self.logits[:, z],
+            reference_population_in=self.in_mask[:, z])
+        return run_score_attack(name, inputs)
+
     def scores(self, name: str, target_logits: np.ndarray) -> np.ndarray:
         """Scores of attack ``name`` for targets with logits (n, C), or (n, K, C) (NaN columns: no model)."""
         from fedaudit.attacks.base import run_score_attack

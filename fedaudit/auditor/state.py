@@ -17,6 +17,7 @@ import numpy as np
 from fedaudit.rundir import atomic_save_npz, read_jsonl, upsert_jsonl
 
 AUDIT_DIR = "audit"
+STACK_ROUNDS = 8      # the stacked attack reads at most this many rounds (evenly spaced, always the last)
 SEP = "__"   # key separator inside the per-round .npz files ("server__score__whitebox")
 
 
@@ -82,3 +83,11 @@ def saved_rounds(run_dir: Path) -> list[int]:
         except (IndexError, ValueError):
             continue
     return sorted(out)
+
+
+def stack_rounds(rounds: list[int]) -> list[int]:
+    """The rounds the stacked attack puts side by side: all of them, or :data:`STACK_ROUNDS` evenly spaced."""
+    if len(rounds) <= STACK_ROUNDS:
+        return list(rounds)
+    picks = np.unique(np.round(np.linspace(0, len(rounds) - 1, STACK_ROUNDS)).astype(int))
+    return [rounds[i] for i in picks]

@@ -111,7 +111,7 @@ def run(json_path: str | None = None, quick: bool = False) -> dict:
         ("audited run (wall)", _list(walls[True])),
         (f"ratio of means (target <= {TARGET})", f"{ratio:.2f}x {'ok' if ratio <= TARGET else 'OVER TARGET'}"),
         ("auditor process CPU", f"{cost['process_cpu_seconds']:.1f} CPU s per run, of which start-up "
-                                f"{cost['actor_start_cpu']:.1f} (Ray worker, TensorFlow import, model; "
+                                f"{cost['actor_start_cpu']:.1f} (Ray worker and imports; "
                                 f"{cost['actor_start']:.1f} s wall, overlapping Flower's start-up)"),
         ("auditor per round", f"{cost['total']:.2f} s in all rounds: signals {cost['signals']:.2f} s, attack "
                               f"training and metrics {cost['attacks']:.2f} s, I/O {cost['io']:.2f} s"),

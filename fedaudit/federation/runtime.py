@@ -44,8 +44,13 @@ def init_ray(address: str = "", num_cpus: int = 0, num_gpus: float | None = None
     address = address or os.environ.get("RAY_ADDRESS", "")
     if address:
         log.info("joining the Ray cluster at %s", address)
-        ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=to_driver)
+        local = {}
+        if _on_loopback(address) and "://" not in address:
+            pin_loopback()
+            local["_node_ip_address"] = LOCAL_IP
+        ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=to_driver, **local)
     else:
+        pin_loopback()
         kwargs = {"num_cpus": num_cpus or os.cpu_count() or 1}
         if num_gpus is not None:
             kwargs["num_gpus"] = num_gpus
@@ -53,6 +58,27 @@ def init_ray(address: str = "", num_cpus: int = 0, num_gpus: float | None = None
         ray.init(address="local", _node_ip_address=LOCAL_IP, include_dashboard=False, runtime_env=env,
                  logging_level=logging.WARNING, log_to_driver=to_driver, **kwargs)
     return ray.cluster_resources()
+
+
+def pin_loopback() -> None:
+    """Keep a local Ray on 127.0.0.1.
+
+    Ray replaces 127.0.0.1 (as ``_node_ip_address`` or in a cluster address) by the address this machine has
+    on its network ("reachable from other nodes"), unless multi-node clusters are off, as Ray itself turns them
+    off on macOS and Windows. A local run, and a run that joins a cluster on this machine's loopback, turn that
+    replacement off in this process, so that every Ray process it starts or talks to listens and connects on
+    127.0.0.1. A run that joins a cluster elsewhere leaves it on.
+    """
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _on_loopback(address: str) -> bool:
+    """Whether a cluster address (``host:port``) names this machine's loopback: the driver then joins as
+    127.0.0.1 too, not as whatever address this machine's network has."""
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in (LOCAL_IP, "localhost", "::1")
 
 
 def shutdown_ray() -> None:

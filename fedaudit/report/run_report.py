@@ -272,8 +272,10 @@ def clients_section(run: RunData, plots: dict) -> str:
     order = np.argsort(-np.nan_to_num(auc, nan=-1), kind="mergesort")
     tpr = np.asarray(table_cols.get("tpr_at_0_1pct", []), float)
     show_tpr = bool(np.isfinite(tpr).any())
+    rounds_col = table_cols.get("rounds")
+    show_rounds = rounds_col is not None
     header = ["Client", "Records", "AUC"] + (["Members identified at 0.1% FPR"] if show_tpr else []) + \
-             ["Mean risk", "Max risk", "Peak round"]
+             ["Mean risk", "Max risk", "Peak round"] + (["Rounds trained"] if show_rounds else [])
     rows = []
     for i in order:
         def col(name, fmt=f3):
@@ -282,7 +284,8 @@ def clients_section(run: RunData, plots: dict) -> str:
         as_int = lambda v: esc(int(v)) if finite(v) else '<span class="na">n/a</span>'  # noqa: E731
         rows.append([col("client", as_int), col("records", count), col("auc")]
                     + ([col("tpr_at_0_1pct", pct)] if show_tpr else [])
-                    + [col("mean_risk"), col("max_risk"), col("peak_round", as_int)])
+                    + [col("mean_risk"), col("max_risk"), col("peak_round", as_int)]
+                    + ([esc(_rounds_count(rounds_col[i]))] if show_rounds else []))
     body += '<div class="scroll">' + table(header, rows, numeric=set(range(1, len(header))),
                                            id_="clients-table") + "</div>"
     if not show_tpr:
@@ -290,8 +293,37 @@ def clients_section(run: RunData, plots: dict) -> str:
                  "fewer than 1,000 non-members, too few to measure it.</p>")
     body += ('<p class="note">Mean and max risk: the membership probability the audit gives the client\'s records '
              "(average and highest). Peak round: the round in which this client's records were easiest to "
-             "recognise.</p>")
+             "recognise." + (" Rounds trained: the rounds in which the client was sampled and replied." if show_rounds
+                             else "") + "</p>")
+    body += sampling_note(run)
     return section("risk-clients", "Risk per client", body)
+
+
+def _rounds_count(value) -> str:
+    """How many rounds a clients.csv ``rounds`` cell lists ("1 2 5" -> 3; empty -> 0)."""
+    text = "" if value is None or (isinstance(value, float) and not np.isfinite(value)) else str(value)
+    text = text[:-2] if text.endswith(".0") else text
+    return str(len(text.split()))
+
+
+def sampling_note(run: RunData) -> str:
+    """How many records each figure rests on (the audit scores samples under every client's model)."""
+    rec = run.summary.get("records") if isinstance(run.summary.get("records"), dict) else {}
+    pop, src = rec.get("population_sample"), rec.get("source_sample")
+    if not pop:
+        return ""
+    members, nonmembers, trained = rec.get("members"), rec.get("nonmembers"), rec.get("members_trained")
+    text = (f"Each client's figures compare its own members with the same {count(pop)} population records (a fixed "
+            f"sample of the {count(nonmembers)} non-members) under that client's models; their intervals and the "
+            f"lowest measurable false-positive rate (1/{count(pop)}) rest on that sample. The headline figures use "
+            f"every audited record: {count(members)} members and {count(nonmembers)} non-members.")
+    if trained is not None and members is not None and trained < members:
+        text += (f" {count(members - trained)} members belong to clients that were never sampled: no model trained "
+                 "on them, so they are left out of the metrics.")
+    if src:
+        text += f" Source inference attributes a fixed sample of {count(src)} members."
+    return f'<p class="note">{text}</p>'
+
 
 
 def classes_section(run: RunData, plots: dict) -> str:

@@ -1,0 +1,143 @@
+"""`fedaudit bench scale`: how the audit's cost grows with the number of clients, audited beside unaudited.
+
+For clients = 100, 300, 1,000 (``--quick``: 10, 30) with 30 records each (plus 20% population and 5% test
+records; synthetic purchase data, 100 features, 10 classes; mlp [64], 1 local epoch, batch 32, 3 rounds, every
+client every round; attacks whitebox, blackbox, loss; threat models server and participant), one unaudited and
+one audited run, each in a fresh process that starts and stops its own Ray (so each pays its own imports).
+Per size it prints: training seconds per round (the unaudited run's round wall time), audit seconds per round
+(the auditor's own time per round, rounds after the first, which also pays tracing), the audited / unaudited
+wall time of the whole run (up to Ray's shutdown; the report is not built), the bytes of the per-round arrays
+the auditor saved, and the peak resident memory of the driver and of the auditor. Then the exponent b of a
+least-squares fit of audit seconds per round ~ a * clients^b: 1 is linear (target <= 1.1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fedaudit.bench.common import report
+from fedaudit.config import scenario_from_dict
+from fedaudit.errors import FedAuditError
+from fedaudit.federation.runtime import quiet_environment
+from fedaudit.rundir import read_jsonl
+
+RECORDS_PER_CLIENT = 30
+POPULATION, TEST = 0.2, 0.05
+TARGETS = {"exponent": 1.1, "ratio_at_largest": 1.3, "round_arrays_mb": 50.0, "driver_rss_mb": 2048.0}
+
+
+def workload(clients: int, rounds: int = 3) -> dict:
+    records = int(math.ceil(RECORDS_PER_CLIENT * clients / (1.0 - POPULATION - TEST)))
+    return {"name": f"bench-scale-{clients}",
+            "data": {"dataset": "synthetic-purchase", "records": records, "features": 100, "classes": 10,
+                     "population_fraction": POPULATION, "test_fraction": TEST},
+            "model": {"name": "mlp", "hidden": [64]},
+            "federation": {"clients": clients, "rounds": rounds, "local_epochs": 1, "batch_size": 32,
+                           "learning_rate": 0.001, "optimizer": "adam", "seed": 0},
+            "audit": {"enabled": False, "threat_models": ["server", "participant"],
+                      "attacks": ["whitebox", "blackbox", "loss"]}}
+
+
+_RUN = ("import json, resource, sys, time; from fedaudit.config import load_scenario; "
+        "from fedaudit.run import run_scenario; t = time.perf_counter(); "
+        "run_scenario(load_scenario(sys.argv[1], {'audit.enabled': sys.argv[3] == '1'}), out=sys.argv[2], "
+        "progress=False, report=False); "
+        "print(json.dumps({'seconds': time.perf_counter() - t, "
+        "'max_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
+
+
+def _run(scenario_file: Path, out: Path, audited: bool) -> dict:
+    """One whole run in a fresh process: its wall seconds and the driver's peak memory."""
+    cmd = [sys.executable, "-c", _RUN, str(scenario_file), str(out), "1" if audited else "0"]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise FedAuditError(f"bench scale: the {'audited' if audited else 'unaudited'} run of {scenario_file.stem} "
+                            f"failed:\n{done.stderr[-2000:]}")
+    child = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"wall": wall, "driver_rss_mb": child["max_rss_mb"]}
+
+
+def _mean(values) -> float:
+    values = [float(v) for v in values if v is not None]
+    return float(np.mean(values)) if values else math.nan
+
+
+def measure(clients: int, rounds: int, tmp: Path) -> dict:
+    scenario = scenario_from_dict(workload(clients, rounds))
+    path = tmp / f"{scenario.name}.toml"
+    path.write_text(scenario.to_toml(), encoding="utf-8")
+    plain_dir, audited_dir = tmp / f"{clients}-plain", tmp / f"{clients}-audited"
+    plain = _run(path, plain_dir, False)
+    audited = _run(path, audited_dir, True)
+    train = [r["wall_seconds"] for r in read_jsonl(plain_dir / "rounds.jsonl")]
+    timing = read_jsonl(audited_dir / "audit" / "timing.jsonl")
+    audit = [t["total"] for t in timing]
+    arrays = [p.stat().st_size for p in sorted((audited_dir / "audit").glob("round_*.npz"))]
+    agg = json.loads((audited_dir / "audit" / "aggregate_timing.json").read_text())
+    task_rss = max((t.get("max_rss_mb", 0.0) for row in timing for t in row.get("tasks", [])), default=0.0)
+    summary = json.loads((audited_dir / "summary.json").read_text())
+    tms = summary.get("threat_models", {})
+    return {
+        "clients": clients, "records": scenario.data.options["records"], "rounds": rounds,
+        "train_seconds_per_round": train, "train_seconds_after_first": _mean(train[1:]),
+        "audit_seconds_per_round": audit, "audit_seconds_after_first": _mean(audit[1:]),
+        "unaudited_wall": plain["wall"], "audited_wall": audited["wall"],
+        "ratio": audited["wall"] / plain["wall"],
+        "round_array_bytes": arrays, "round_array_mb": _mean(arrays) / 1e6,
+        "driver_rss_mb": max(plain["driver_rss_mb"], audited["driver_rss_mb"]),
+        "auditor_rss_mb": max(float(agg.get("max_rss_mb", 0.0)), float(task_rss)),
+        "server_auc": (tms.get("server") or {}).get("auc"), "participant_auc": (tms.get("participant") or {}).get("auc"),
+    }
+
+
+def exponent(clients, seconds) -> float:
+    """b of the least-squares fit log(seconds) = log(a) + b log(clients)."""
+    x, y = np.log(np.asarray(clients, float)), np.log(np.asarray(seconds, float))
+    return float(np.polyfit(x, y, 1)[0]) if len(x) >= 2 and np.all(np.isfinite(y)) else math.nan
+
+
+def run(json_path: str | None = None, quick: bool = False) -> dict:
+    quiet_environment()
+    sizes, rounds = ((10, 30), 2) if quick else ((100, 300, 1000), 3)
+    with tempfile.TemporaryDirectory(prefix="fedaudit-bench-scale-") as tmp:
+        results = []
+        for k in sizes:
+            results.append(measure(k, rounds, Path(tmp)))
+            r = results[-1]
+            print(f"  measured {k} clients: audited/unaudited {r['ratio']:.2f}x, audit "
+                  f"{r['audit_seconds_after_first']:.2f} s/round", file=sys.stderr, flush=True)
+    b = exponent([r["clients"] for r in results], [r["audit_seconds_after_first"] for r in results])
+    largest = results[-1]
+    figures = {"workload": workload(sizes[-1], rounds), "sizes": results, "exponent": b, "targets": TARGETS,
+               "within_targets": {
+                   "exponent": b <= TARGETS["exponent"],
+                   "ratio_at_largest": largest["ratio"] <= TARGETS["ratio_at_largest"],
+                   "round_arrays_mb": max(r["round_array_mb"] for r in results) <= TARGETS["round_arrays_mb"],
+                   "driver_rss_mb": max(r["driver_rss_mb"] for r in results) <= TARGETS["driver_rss_mb"]}}
+    rows = [("workload", f"synthetic purchase, {RECORDS_PER_CLIENT} records per client (+{POPULATION:.0%} population, "
+                         f"{TEST:.0%} test), mlp [64], {rounds} rounds of 1 local epoch, every client every round; "
+                         "audit: server + participant, whitebox/blackbox/loss")]
+    for r in results:
+        rows.append((f"{r['clients']} clients", (
+            f"train {r['train_seconds_after_first']:.2f} s/round (round 1: {r['train_seconds_per_round'][0]:.1f} s), "
+            f"audit {r['audit_seconds_after_first']:.2f} s/round (round 1: {r['audit_seconds_per_round'][0]:.1f} s), "
+            f"wall {r['audited_wall']:.1f} / {r['unaudited_wall']:.1f} s = {r['ratio']:.2f}x, "
+            f"round arrays {r['round_array_mb']:.1f} MB, peak RSS driver {r['driver_rss_mb']:.0f} MB / "
+            f"auditor {r['auditor_rss_mb']:.0f} MB, server AUC {_fmt(r['server_auc'])}")))
+    rows.append((f"audit seconds ~ clients^b", f"b = {b:.2f} (target <= {TARGETS['exponent']})"))
+    rows.append(("targets met", ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in figures["within_targets"].items())))
+    return report("fedaudit bench scale", rows, figures, json_path)
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"

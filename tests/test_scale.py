@@ -1,0 +1,237 @@
+"""The audit at scale: linear work per round, client sampling, compact round arrays, NumPy signals of dense
+models, and a real two-node Ray cluster whose audit tasks run on both nodes.
+
+All but the last test run without Ray: rounds of a small federation are handed to
+:class:`fedaudit.auditor.AuditCore` directly (see tests/test_auditor.py).
+"""
+
+import csv
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from fedaudit.auditor import AuditCore, aggregate_run, audit_records
+from fedaudit.auditor.actor import split_jobs
+from fedaudit.auditor.shard import Job, ShardPlan
+from fedaudit.auditor.state import round_path
+from fedaudit.bench.scale import exponent
+from fedaudit.config import scenario_from_dict
+from fedaudit.errors import ConfigError
+from fedaudit.rundir import read_jsonl
+
+from test_auditor import new_core, simulate, tiny_scenario
+
+
+def small_samples(prepared, population=60, source=50, **audit):
+    s = prepared.scenario.with_overrides({"audit.population_sample": population, "audit.source_sample": source,
+                                          **{f"audit.{k}": v for k, v in audit.items()}})
+    return dataclasses.replace(prepared, scenario=s)
+
+
+@pytest.fixture(scope="module")
+def federation():
+    return simulate(tiny_scenario(clients=6, rounds=2, local_epochs=10))
+
+
+def test_samples_are_seeded_sized_and_stratified():
+    rng = np.random.default_rng(1)
+    owner = np.r_[np.repeat(np.arange(20), 15), np.full(400, -1)]
+    labels = rng.integers(0, 10, owner.size)
+    r = audit_records(owner, labels, 20, folds=4, attack_fraction=0.5, seed=3, population_sample=100,
+                      source_sample=40)
+    again = audit_records(owner, labels, 20, folds=4, attack_fraction=0.5, seed=3, population_sample=100,
+                          source_sample=40)
+    assert np.array_equal(r.population_sample, again.population_sample)
+    assert r.population_sample.size == 100 and not r.member[r.population_sample].any()
+    assert np.bincount(r.fold[r.population_sample], minlength=4).tolist() == [25, 25, 25, 25]
+    assert r.source_sample.size == 40 and r.member[r.source_sample].all()
+    every = audit_records(owner, labels, 20, folds=4, attack_fraction=0.5, seed=3, population_sample=10_000,
+                          source_sample=10_000)                       # fewer records than asked: all of them
+    assert every.population_sample.size == 400 and every.source_sample.size == 300
+    # each round: members under their owner's model when it replied, every population record under some replier
+    src = r.round_source([2, 5, 7], round_=4)
+    assert set(src[r.member]) == {-1, 2, 5, 7} and np.all((src[r.member] >= 0) == np.isin(r.owner[r.member], [2, 5, 7]))
+    assert set(src[~r.member]) <= {2, 5, 7} and np.array_equal(src, r.round_source([7, 2, 5], round_=4))
+    keep = np.isin(r.source, [2, 5, 7]) & ~r.member                     # pseudo-owners that replied keep theirs
+    assert np.array_equal(src[keep], r.source[keep])
+
+
+def test_bad_sample_sizes_and_task_settings_name_the_key():
+    for key, value, message in (("audit.population_sample", 1, "audit.population_sample"),
+                                ("audit.source_sample", 0, "audit.source_sample"),
+                                ("ray.audit_tasks", -1, "ray.audit_tasks"), ("ray.audit_cpus", -0.5, "ray.audit_cpus"),
+                                ("audit.keep_round_arrays", "no", "audit.keep_round_arrays")):
+        with pytest.raises(ConfigError, match=message):
+            scenario_from_dict({}).with_overrides({key: value})
+
+
+def test_round_work_is_linear_and_no_array_is_records_by_clients(federation, tmp_path):
+    prepared, rounds = federation
+    prepared = small_samples(prepared)
+    core = new_core(prepared, tmp_path)
+    out = core.observe(*rounds[0])
+    r = core.records
+    n, K, P, S = len(r), 6, r.population_sample.size, r.source_sample.size
+    tasks = read_jsonl(tmp_path / "audit" / "timing.jsonl")[0]["tasks"]
+    # every record once under the server (its source's model) and once under the participant's global model, plus
+    # the population sample under each of the K client models and under the global model
+    assert sum(t["rows"] for t in tasks) == n + K * P + n + P
+    assert out["server"]["records"]["population_sample"] == P == 60
+    assert out["server"]["source_inference"]["records"] == S == 50
+    with np.load(round_path(tmp_path, 1)) as z:
+        for key in z.files:
+            shape = z[key].shape
+            assert not (len(shape) >= 2 and shape[0] == n and K in shape[1:]), (key, shape)   # never records x clients
+        assert z["server__pop_features"].shape == (K, P, len(z["feature_names"]))
+        assert z["server__pop_features"].dtype == np.float16 and z["server__source_loss"].shape == (K, S)
+        assert z["server__features"].shape == (n, len(z["feature_names"]))
+    for c in out["server"]["clients"]:        # each client's members against the population sample, under its model
+        assert 0 <= c["auc"] <= 1
+
+
+def test_client_sampling_scores_records_in_the_rounds_their_owner_trained(federation, tmp_path):
+    prepared, rounds = federation
+    prepared = small_samples(prepared)
+    core = new_core(prepared, tmp_path)
+    sampled = {1: [0, 1, 2], 2: [2, 3]}            # clients 4 and 5 never train
+    for rnd, previous, clients, new in rounds:
+        part = {k: clients[k] for k in sampled[rnd]}
+        out = core.observe(rnd, previous, part, new, {"round": rnd, "clients": sampled[rnd]})
+        assert out["server"]["clients_audited"] == sampled[rnd]
+        assert [c["client"] for c in out["server"]["clients"]] == sampled[rnd]
+        trained = sorted(set(sum((sampled[t] for t in sampled if t <= rnd), [])))
+        assert [c["client"] for c in out["participant"]["clients"]] == trained
+        owner = core.records.owner
+        assert out["participant"]["records"]["members"] == int(np.isin(owner, trained).sum())
+    summary = core.finish()
+    r = core.records
+    never = np.isin(r.owner, [4, 5])
+    assert summary["records"]["members_trained"] == int((r.member & ~never).sum())
+    rows = list(csv.reader(open(tmp_path / "records.csv")))
+    header, body = rows[0], rows[1:]
+    assert header[-1] == "rounds_trained"
+    by_record = {int(row[0]): row for row in body}
+    for i in range(len(r)):
+        row = by_record[int(r.index[i])]
+        if r.member[i]:
+            assert int(row[7]) == sum(int(r.owner[i]) in c for c in sampled.values())
+            assert (row[4] == "") == bool(never[i])      # never trained: no server model ever scored it
+        else:
+            assert row[4] != "" and row[7] == ""         # every population record gets a risk
+    clients = {int(row[0]): row for row in list(csv.reader(open(tmp_path / "clients.csv")))[1:]}
+    assert clients[2][7] == "1 2" and clients[0][7] == "1"
+    assert clients[4][7] == "" and clients[4][2] == "" and clients[5][2] == ""   # listed: never trained, no risk
+
+
+def test_keep_round_arrays_false_keeps_what_the_aggregation_reads(federation, tmp_path):
+    prepared, rounds = federation
+    base = small_samples(prepared, attacks=["whitebox", "blackbox", "loss"])
+    lean = small_samples(prepared, attacks=["whitebox", "blackbox", "loss"], keep_round_arrays=False)
+    lean = dataclasses.replace(lean, scenario=lean.scenario.with_overrides({"federation.rounds": 12}))
+    full = dataclasses.replace(base, scenario=base.scenario.with_overrides({"federation.rounds": 12}))
+    summaries, sizes = [], []
+    for p, d in ((full, tmp_path / "full"), (lean, tmp_path / "lean")):
+        core = new_core(p, d)
+        for rnd in rounds:
+            core.observe(*rnd)
+        summaries.append(core.finish())
+        sizes.append(round_path(d, 1).stat().st_size)
+        with np.load(round_path(d, 1)) as z:    # round 1 of 12 is among the stacked rounds: features kept
+            assert "server__features" in z.files
+        with np.load(round_path(d, 2)) as z:    # round 2 is not: only the scores the aggregation reads
+            assert ("server__pop_features" in z.files) == (d.name == "full")
+            assert ("server__pop_score__loss" in z.files) == (d.name == "full")
+            assert "server__pop_score__whitebox" in z.files
+    assert sizes[1] <= sizes[0] and summaries[1]["threat_models"]["server"]["stacked_rounds"] == [1]
+    assert summaries[0]["threat_models"]["server"]["stacked_rounds"] == [1, 2]
+
+
+def test_dense_signals_match_tensorflow():
+    from fedaudit.auditor.dense import DenseProbe, describe_dense
+    from fedaudit.auditor.features import ModelProbe
+
+    rng = np.random.default_rng(0)
+    for name, options in (("mlp", {"hidden": [24, 12]}), ("mlp", {"hidden": [16], "activation": "tanh"}),
+                          ("mlp", {"hidden": [8], "activation": "sigmoid"})):
+        tf_probe = ModelProbe(name, options, (20,), 5, seed=0)
+        probe = DenseProbe(describe_dense(tf_probe.model))
+        assert probe.feature_names == tf_probe.feature_names
+        x, y = rng.random((150, 20)).astype(np.float32), rng.integers(0, 5, 150)
+        w0 = tf_probe.model.get_weights()
+        ws = [[a + 0.05 * rng.standard_normal(a.shape).astype(np.float32) for a in w0] for _ in range(3)]
+        b_tf, b_np = tf_probe.base(w0, x, y), probe.base(w0, x, y)
+        for w, v in zip(ws, probe.view_many(ws, b_np, w0, x, y)):
+            ref = tf_probe.view(w, b_tf, w0, x, y)
+            np.testing.assert_allclose(v.features, ref.features, rtol=2e-3, atol=2e-4)
+            np.testing.assert_allclose(v.loss, ref.loss, rtol=1e-4, atol=1e-5)
+        # own rows of different lengths, padded together, give each model's own features
+        items = [(w, x[:k], y[:k], b_np.take(np.arange(k)), True) for w, k in zip(ws, (7, 30, 1))]
+        pop = (x[100:], y[100:], b_np.take(np.arange(100, 150)))
+        for (v, src), (w, ox, oy, ob, _) in zip(probe.views(items, w0, pop, (x[50:90], y[50:90])), items):
+            alone = tf_probe.view(w, b_tf.take(np.r_[np.arange(len(oy)), np.arange(100, 150)]), w0,
+                                  np.r_[ox, x[100:]], np.r_[oy, y[100:]])
+            np.testing.assert_allclose(v.features, alone.features, rtol=2e-3, atol=2e-4)
+            np.testing.assert_allclose(src, tf_probe.losses(w, x[50:90], y[50:90]), rtol=1e-4, atol=1e-5)
+    from fedaudit.models import build_model
+
+    conv = build_model("cnn", (8, 8, 1), 3, filters=[4], dense=8)
+    assert describe_dense(conv) is None                   # convolutions: the TensorFlow probe
+
+
+def test_jobs_split_evenly_over_tasks():
+    plan = ShardPlan(attacks=[], fold=np.zeros(10), calibration=np.zeros(10, bool),
+                     population_sample=np.arange(50), source_sample=np.arange(20))
+    jobs = [Job(k, np.arange(k % 7 + 1), source=True) for k in range(40)] + [Job("global", np.arange(400))]
+    groups = split_jobs(jobs, 3, plan)
+    assert sorted(sum(groups, [])) == list(range(41)) and len(groups) == 3
+    cost = [sum(jobs[j].rows.size + 55 for j in g) for g in groups]
+    assert max(cost) - min(cost) <= 400 + 55
+
+
+def test_the_fitted_exponent_is_the_slope_on_log_axes():
+    assert exponent([100, 300, 1000], [1.0, 3.0, 10.0]) == pytest.approx(1.0)
+    assert exponent([100, 1000], [1.0, 100.0]) == pytest.approx(2.0)
+
+
+@pytest.mark.ray
+def test_multinode_audit_tasks_run_on_both_nodes_and_match_one_node(tmp_path):
+    """Two Ray nodes on 127.0.0.1: the audit's tasks run on both; the results equal a one-node run's."""
+    from ray.cluster_utils import Cluster
+
+    from fedaudit.federation.runtime import pin_loopback
+    from fedaudit.run import run_scenario
+
+    scenario = scenario_from_dict({
+        "name": "multinode", "data": {"dataset": "digits"}, "model": {"name": "mlp", "hidden": [32]},
+        "federation": {"clients": 4, "rounds": 2, "local_epochs": 3, "seed": 0},
+        "audit": {"enabled": True, "folds": 3, "population_sample": 200, "source_sample": 150},
+        "ray": {"num_cpus": 2}})
+    one = run_scenario(scenario, out=tmp_path / "one", progress=False, report=False)
+    pin_loopback()                       # the nodes below listen on 127.0.0.1, and the run joins them there
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
+                                                            "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        two = run_scenario(scenario.with_overrides({"ray.address": cluster.address}), out=tmp_path / "two",
+                           progress=False, report=False)
+    finally:
+        cluster.shutdown()
+    timing = read_jsonl(two / "audit" / "timing.jsonl")
+    assert len(timing) == 2
+    for row in timing:
+        assert len(row["tasks"]) == 2 and len({t["node"] for t in row["tasks"]}) == 2     # one task on each node
+    assert all(len(row["tasks"]) == 1 for row in read_jsonl(one / "audit" / "timing.jsonl"))
+    lines = [read_jsonl(d / "rounds.jsonl") for d in (one, two)]
+    for a, b in zip(*lines):
+        for tm in ("server", "participant"):
+            assert b[tm]["auc"] == pytest.approx(a[tm]["auc"], abs=1e-4)
+            assert [c["auc"] for c in b[tm]["clients"]] == pytest.approx([c["auc"] for c in a[tm]["clients"]], abs=1e-3)
+        assert b["server"]["source_inference"]["accuracy"] == pytest.approx(a["server"]["source_inference"]["accuracy"],
+                                                                           abs=1e-3)
+    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    for tm in ("server", "participant"):
+        assert s2["threat_models"][tm]["auc"] == pytest.approx(s1["threat_models"][tm]["auc"], abs=1e-4)
+    r1, r2 = (np.genfromtxt(d / "records.csv", delimiter=",", skip_header=1) for d in (one, two))
+    np.testing.assert_allclose(r2[:, 6], r1[:, 6], atol=1e-4)

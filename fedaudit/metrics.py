@@ -178,8 +178,13 @@ def empirical_epsilon(member_scores, nonmember_scores, *, delta: float = 1e-5, a
 
 
 def _epsilon_from_counts(c: RocCounts, delta: float, alpha: float) -> dict:
-    tp_low, tp_high = clopper_pearson(c.tp, c.n_members, alpha)
-    fp_low, fp_high = clopper_pearson(c.fp, c.n_nonmembers, alpha)
+    # Both bounds grow with the true positives and shrink with the false positives, so over the ROC's thresholds
+    # they peak at its corners: for each false-positive count, the threshold with the most true positives. The
+    # intervals (the costly part) are computed there only; the maxima are the same as over every threshold.
+    corner = np.flatnonzero(np.r_[c.fp[1:] != c.fp[:-1], True])
+    tp, fp = c.tp[corner], c.fp[corner]
+    tp_low, tp_high = clopper_pearson(tp, c.n_members, alpha)
+    fp_low, fp_high = clopper_pearson(fp, c.n_nonmembers, alpha)
     return {
         "point": _epsilon_bound(c.tpr, c.fpr, delta),
         "low": _epsilon_bound(np.asarray(tp_low), np.asarray(fp_high), delta),

@@ -182,3 +182,20 @@ def test_metrics_and_attacks_import_no_tensorflow():
     code = ("import sys, fedaudit.metrics, fedaudit.slices, fedaudit.attacks; "
             "assert 'tensorflow' not in sys.modules and 'ray' not in sys.modules, 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_epsilon_intervals_at_the_roc_corners_equal_those_over_every_threshold():
+    from fedaudit.metrics import _epsilon_bound, _epsilon_from_counts, _epsilon_optimistic, clopper_pearson, roc_counts
+
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        m = rng.normal(rng.uniform(0, 2), 1, rng.integers(5, 2000))
+        n = rng.normal(0, 1, rng.integers(5, 2000))
+        if trial % 2:
+            m, n = np.round(m, 1), np.round(n, 1)            # ties
+        c = roc_counts(m, n)
+        tp_low, tp_high = clopper_pearson(c.tp, c.n_members)
+        fp_low, fp_high = clopper_pearson(c.fp, c.n_nonmembers)
+        every = {"point": _epsilon_bound(c.tpr, c.fpr, 1e-5), "low": _epsilon_bound(tp_low, fp_high, 1e-5),
+                 "high": _epsilon_optimistic(tp_high, fp_low, 1e-5)}
+        assert _epsilon_from_counts(c, 1e-5, 0.05) == every

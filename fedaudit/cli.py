@@ -9,6 +9,7 @@ import tomllib
 
 from fedaudit.errors import ConfigError, FedAuditError
 from fedaudit.federation.runtime import quiet_environment
+from fedaudit.quiet import quiet_tensorflow
 
 BENCHES = ("federation", "signals", "attacks", "auditor")
 
@@ -43,8 +44,27 @@ def cmd_run(args) -> int:
 
     scenario = load_scenario(args.scenario, overrides)
     run_dir = run_scenario(scenario, out=args.out, progress=not args.quiet)
+    report = run_dir / "report.html"
+    _tell(run_summary_lines(run_dir, report if report.is_file() else None))
     print(run_dir)
     return 0
+
+
+def run_summary_lines(run_dir, report) -> list[str]:
+    """The end-of-run lines (the report package reads the run dir; a failure there must not fail the run)."""
+    try:
+        from fedaudit.report.console import run_summary
+
+        return run_summary(run_dir, report)
+    except (ImportError, FedAuditError, OSError, ValueError) as exc:
+        logging.getLogger(__name__).warning("no summary of %s: %s", run_dir, exc)
+        return []
+
+
+def _tell(lines: list[str]) -> None:
+    """A few lines for the person at the terminal, on standard error (standard output stays machine-readable)."""
+    for line in lines:
+        print(f"fedaudit: {line}", file=sys.stderr)
 
 
 def cmd_report(args) -> int:
@@ -103,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_environment()
     args = build_parser().parse_args(argv)
+    quiet_tensorflow(verbose=args.verbose)     # before anything imports TensorFlow
+    quiet_environment()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -12,8 +12,8 @@ import importlib
 __version__ = "0.1.0"
 
 #: subpackages and modules loaded on first attribute access
-SUBMODULES = ("attacks", "auditor", "config", "data", "dp", "errors", "federation", "flower", "metrics", "models", "plots",
-              "report", "run", "rundir", "scalars", "signals", "slices", "suite", "utils")
+SUBMODULES = ("attacks", "auditor", "config", "data", "dp", "errors", "federation", "flower", "metrics", "models",
+              "plots", "report", "run", "rundir", "scalars", "signals", "slices", "suite", "utils")
 #: ML Privacy Meter's names for the same modules
 ALIASES = {"attack": "attacks"}
 

@@ -70,7 +70,8 @@ def _tell(lines: list[str]) -> None:
 def cmd_audit_model(args) -> int:
     from fedaudit.model_audit import DEFAULT_ATTACKS, ModelAuditSettings, run_model_audit
 
-    attacks = [a.strip() for item in (args.attacks or [",".join(DEFAULT_ATTACKS)]) for a in item.split(",") if a.strip()]
+    given = args.attacks or [",".join(DEFAULT_ATTACKS)]
+    attacks = [a.strip() for item in given for a in item.split(",") if a.strip()]
     settings = ModelAuditSettings(attacks=attacks, reference_models=args.reference_models,
                                   attack_fraction=args.attack_fraction, folds=args.folds, epochs=args.epochs,
                                   batch_size=args.batch_size, learning_rate=args.learning_rate,

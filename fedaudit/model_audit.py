@@ -14,8 +14,9 @@ The attacks and reference models are chosen as in a scenario's ``[audit]`` table
 
 What it writes (the run-dir contract of DESIGN.md, for one model): ``summary.json`` (``"kind": "model-audit"``,
 every attack's metrics with intervals, the headline attack), ``records.csv`` (per record: its file and row,
-membership, label, loss, the membership probability ``risk`` and each attack's score ``score_<attack>``), ``member_probs.npy`` /
-``nonmember_probs.npy`` (the membership probability of the headline attack), ``plots/*.png`` and ``report.html``.
+membership, label, loss, the membership probability ``risk`` and each attack's score ``score_<attack>``),
+``member_probs.npy`` / ``nonmember_probs.npy`` (the membership probability of the headline attack),
+``plots/*.png`` and ``report.html``.
 Every file is written atomically. Every check that needs no TensorFlow (files, formats, options) runs first.
 """
 
@@ -239,7 +240,8 @@ def _records_csv(records, logits, scores: dict, risk: np.ndarray) -> str:
     names = list(scores)
     buffer = io.StringIO()
     w = csv.writer(buffer, lineterminator="\n")
-    w.writerow(["record", "file", "row", "member", "label", "loss", "correct", "risk", *(score_column(a) for a in names)])
+    w.writerow(["record", "file", "row", "member", "label", "loss", "correct", "risk",
+                *(score_column(a) for a in names)])
     for i in range(len(records.y)):
         w.writerow([i, "members" if records.member[i] else "nonmembers", int(records.row[i]), int(records.member[i]),
                     int(records.y[i]), f"{losses[i]:.6g}", int(right[i]), f"{risk[i]:.6g}",

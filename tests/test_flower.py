@@ -130,7 +130,8 @@ def test_audited_strategy_reads_and_removes_the_tags():
     inner, updates = _Inner(), []
     strategy = AuditedStrategy(inner, updates.append)
     strategy._round = RoundUpdate(round=1, previous=[np.zeros(2)])
-    replies = [message(src=11, arrays=[np.ones(2)], metrics={"num-examples": 5, "partition-id": 1, "num-partitions": 2}),
+    replies = [message(src=11, arrays=[np.ones(2)], metrics={"num-examples": 5, "partition-id": 1,
+                                                             "num-partitions": 2}),
                message(src=12, arrays=[np.full(2, 2.0)], metrics={"num-examples": 7, "partition-id": 0,
                                                                    "num-partitions": 2})]
     strategy.aggregate_train(1, replies)

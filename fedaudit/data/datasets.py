@@ -99,7 +99,8 @@ def load_records(path, option: str = "path", format: str = "auto", **options) ->
             raise DataError(f"{option} {path!r}: unknown file type {suffix or '(no suffix)'!r}; allowed: "
                             + ", ".join(f"{k} ({v})" for k, v in RECORD_FORMATS.items()))
     if format not in set(RECORD_FORMATS.values()):
-        raise DataError(f"{option}: unknown format {format!r}; allowed: auto, {', '.join(sorted(set(RECORD_FORMATS.values())))}")
+        known = ", ".join(sorted(set(RECORD_FORMATS.values())))
+        raise DataError(f"{option}: unknown format {format!r}; allowed: auto, {known}")
     if not Path(path).is_file():
         raise DataError(f"{option} {path!r}: no such file")
     try:

@@ -33,8 +33,8 @@ def partition_id_mod(msg: Message, context: Context, call_next) -> Message:
                          f"--node-config \"{PARTITION_ID_KEY}=K {NUM_PARTITIONS_KEY}=N\"")
     metrics = next(iter(reply.content.metric_records.values()), None)
     if metrics is None:
-        raise ValueError("fedaudit.flower.partition_id_mod: the ClientApp's train reply has no MetricRecord; allowed: a "
-                         "reply with one MetricRecord (Flower's strategies need its 'num-examples')")
+        raise ValueError("fedaudit.flower.partition_id_mod: the ClientApp's train reply has no MetricRecord; "
+                         "allowed: a reply with one MetricRecord (Flower's strategies need its 'num-examples')")
     metrics[PARTITION_ID_KEY] = int(config[PARTITION_ID_KEY])
     if NUM_PARTITIONS_KEY in config:
         metrics[NUM_PARTITIONS_KEY] = int(config[NUM_PARTITIONS_KEY])

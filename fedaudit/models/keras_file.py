@@ -29,7 +29,8 @@ def check_model_file(path, option: str = "model") -> Path:
     """``path`` as a Path if it names an existing ``.keras`` file (no TensorFlow needed)."""
     p = Path(str(path)).expanduser()
     if p.suffix != SUFFIX:
-        raise ModelError(f"{option} {str(path)!r}: not a .keras file; allowed: a model saved with model.save('x.keras')")
+        raise ModelError(f"{option} {str(path)!r}: not a .keras file; allowed: a model saved with "
+                         "model.save('x.keras')")
     if not p.is_file():
         raise ModelError(f"{option} {str(path)!r}: no such file")
     return p
@@ -45,7 +46,8 @@ def load_keras_model(path, option: str = "model"):
     except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; name the file and the cause
         raise ModelError(f"{option} {str(path)!r}: cannot be loaded with safe_mode=True ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}); allowed: a Keras 3 .keras file whose "
-                         "layers are Keras built-ins or registered with keras.saving.register_keras_serializable") from None
+                         "layers are Keras built-ins or registered with keras.saving.register_keras_serializable"
+                         ) from None
 
 
 def _is_softmax(layer) -> bool:
@@ -112,7 +114,8 @@ def rebuild(model, *, logits: bool = True, seed: int | None = None, weights: boo
         new = keras.saving.deserialize_keras_object(config, safe_mode=True)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"model: cannot be rebuilt from its Keras config ({type(exc).__name__}: {exc}); allowed: "
-                         "layers that are Keras built-ins or registered with keras.saving.register_keras_serializable") from None
+                         "layers that are Keras built-ins or registered with keras.saving.register_keras_serializable"
+                         ) from None
     if weights:
         new.set_weights(model.get_weights())
     return new

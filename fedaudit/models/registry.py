@@ -7,9 +7,12 @@ name and options are checked (:func:`check_model`) before TensorFlow starts.
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from fedaudit.errors import ModelError
+
+if TYPE_CHECKING:
+    import keras
 
 MODELS: dict[str, Callable[..., keras.Model]] = {}
 

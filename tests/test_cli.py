@@ -155,3 +155,21 @@ def test_a_run_ends_with_its_headline_on_stderr_and_its_directory_on_stdout(tmp_
     assert err[1].startswith("fedaudit: participant (another client): AUC ")
     assert err[2].startswith("fedaudit: test accuracy ") and err[2].endswith("after 2 rounds")
     assert err[3] == f"fedaudit: report: {out / 'report.html'}" and (out / "report.html").is_file()
+
+
+def test_checks_that_need_no_tensorflow_run_before_it(tmp_path):
+    import subprocess
+    import sys
+
+    scenarios = []
+    for folder, body in (("a", "[data]\ndataset = 'no-such-data'"), ("b", "[model]\nname = 'resnet'"),
+                         ("c", "[model]\nname = 'cnn'")):     # digits are flat: the cnn refuses before Keras loads
+        (tmp_path / folder).mkdir()
+        scenarios.append(write_scenario(tmp_path / folder, body))
+    code = ("import sys; from fedaudit.cli import main; "
+            f"codes = [main(['run', p, '-q']) for p in {[str(p) for p in scenarios]!r}]; "
+            "codes.append(main(['audit-model', 'm.keras', '--members', 'x.npz', '--nonmembers', 'y.npz'])); "
+            "print(codes, sorted(m for m in ('tensorflow', 'keras', 'ray') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.stdout.strip() == "[2, 2, 2, 2] []", done.stdout + done.stderr
+    assert len(done.stderr.strip().splitlines()) == 4

@@ -1,4 +1,4 @@
-"""`fedaudit run | report | compare | bench`. Bad input: one line on standard error, exit code 2."""
+"""`fedaudit run | audit-model | report | compare | bench`. Bad input: one line on standard error, exit code 2."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import tomllib
 
 from fedaudit.errors import ConfigError, FedAuditError
 from fedaudit.federation.runtime import quiet_environment
+from fedaudit.quiet import quiet_tensorflow
 
 BENCHES = ("federation", "signals", "attacks", "auditor", "scale")
 
@@ -43,6 +44,47 @@ def cmd_run(args) -> int:
 
     scenario = load_scenario(args.scenario, overrides)
     run_dir = run_scenario(scenario, out=args.out, progress=not args.quiet)
+    report = run_dir / "report.html"
+    _tell(run_summary_lines(run_dir, report if report.is_file() else None))
+    print(run_dir)
+    return 0
+
+
+def run_summary_lines(run_dir, report) -> list[str]:
+    """The end-of-run lines (the report package reads the run dir; a failure there must not fail the run)."""
+    try:
+        from fedaudit.report.console import run_summary
+
+        return run_summary(run_dir, report)
+    except (ImportError, FedAuditError, OSError, ValueError) as exc:
+        logging.getLogger(__name__).warning("no summary of %s: %s", run_dir, exc)
+        return []
+
+
+def _tell(lines: list[str]) -> None:
+    """A few lines for the person at the terminal, on standard error (standard output stays machine-readable)."""
+    for line in lines:
+        print(f"fedaudit: {line}", file=sys.stderr)
+
+
+def cmd_audit_model(args) -> int:
+    from fedaudit.model_audit import DEFAULT_ATTACKS, ModelAuditSettings, run_model_audit
+
+    given = args.attacks or [",".join(DEFAULT_ATTACKS)]
+    attacks = [a.strip() for item in given for a in item.split(",") if a.strip()]
+    settings = ModelAuditSettings(attacks=attacks, reference_models=args.reference_models,
+                                  attack_fraction=args.attack_fraction, folds=args.folds, epochs=args.epochs,
+                                  batch_size=args.batch_size, learning_rate=args.learning_rate,
+                                  optimizer=args.optimizer, seed=args.seed, parallel=args.parallel)
+    file_options = {} if args.format == "auto" else {"format": args.format}
+    run_dir = run_model_audit(args.model, args.members, args.nonmembers, args.population, args.out,
+                              settings=settings, file_options=file_options)
+    import json
+
+    from fedaudit.report.console import model_lines
+
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    _tell(model_lines(summary, run_dir / "report.html"))
     print(run_dir)
     return 0
 
@@ -85,6 +127,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 
+    a = sub.add_parser("audit-model", help="audit one saved Keras model on its training records and others")
+    a.add_argument("model", metavar="MODEL.keras", help="the trained model, saved with model.save('MODEL.keras')")
+    a.add_argument("--members", required=True, metavar="FILE", help="records the model trained on")
+    a.add_argument("--nonmembers", required=True, metavar="FILE", help="records from the same source it never saw")
+    a.add_argument("--population", metavar="FILE",
+                   help="more records it never saw: calibrate the population attack, train reference models")
+    a.add_argument("--format", default="auto", choices=("auto", "npz", "csv", "privacy-meter"),
+                   help="file format (auto: .npz, .csv, .txt / .npy as ML Privacy Meter wrote them)")
+    a.add_argument("--attacks", action="append", metavar="A,B",
+                   help="attacks, as in [audit] attacks (default: whitebox,blackbox,loss)")
+    a.add_argument("--reference-models", type=int, default=0, metavar="N",
+                   help="reference models for reference, lira-*, rmia-* (as [audit] reference_models)")
+    a.add_argument("--attack-fraction", type=float, default=0.5, help="share of members the adversary knows")
+    a.add_argument("--folds", type=int, default=5, help="cross-fitting folds")
+    a.add_argument("--epochs", type=int, default=20, help="reference models' training epochs")
+    a.add_argument("--batch-size", type=int, default=64, help="reference models' batch size")
+    a.add_argument("--learning-rate", type=float, default=1e-3, help="reference models' learning rate")
+    a.add_argument("--optimizer", default="adam", help="reference models' optimizer")
+    a.add_argument("--parallel", action="store_true", help="train reference models as tasks on a local Ray")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", help="the run directory (default: runs/<model>-audit-<timestamp>)")
+    a.set_defaults(func=cmd_audit_model)
+
     rep = sub.add_parser("report", help="(re)build report.html and plots from a run directory")
     rep.add_argument("run_dir")
     rep.set_defaults(func=cmd_report)
@@ -103,10 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_environment()
     args = build_parser().parse_args(argv)
+    quiet_tensorflow(verbose=args.verbose)     # before anything imports TensorFlow
+    quiet_environment()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:   # TensorFlow's Python warnings (retracing, deprecations) are for developers; -v shows them
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except FedAuditError as exc:

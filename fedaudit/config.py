@@ -20,6 +20,10 @@ ATTACKS = ("whitebox", "blackbox", "loss", "confidence", "entropy", "modified-en
            "lira-offline", "lira-online", "rmia-offline", "rmia-online", "lira", "rmia")
 DP_MODES = ("none", "server", "client")
 PARTITION_RE = re.compile(r"^(iid|dirichlet:[0-9.eE+-]+|dirichlet|shards:\d+|shards)$")
+# What fedaudit.flower records for a Flower App's own strategy ("flower:FedMedian") and for records that the app
+# assigned to partitions itself; a scenario with either describes an app's run and cannot be run by `fedaudit run`.
+FLOWER_STRATEGY_PREFIX = "flower:"
+GIVEN_PARTITION = "given"
 
 
 @dataclass
@@ -202,9 +206,9 @@ def validate(s: Scenario) -> Scenario:
     _check(f.learning_rate > 0, "federation.learning_rate", f"must be positive, got {f.learning_rate}")
     _check(f.optimizer in OPTIMIZERS, "federation.optimizer",
            f"unknown optimizer {f.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
-    _check(f.strategy in STRATEGIES, "federation.strategy",
-           f"unknown strategy {f.strategy!r}; allowed: {', '.join(STRATEGIES)}")
-    _check(bool(PARTITION_RE.match(f.partition)), "federation.partition",
+    _check(f.strategy in STRATEGIES or re.match(rf"^{FLOWER_STRATEGY_PREFIX}[A-Za-z_][A-Za-z0-9_]*$", f.strategy),
+           "federation.strategy", f"unknown strategy {f.strategy!r}; allowed: {', '.join(STRATEGIES)}")
+    _check(bool(PARTITION_RE.match(f.partition)) or f.partition == GIVEN_PARTITION, "federation.partition",
            f"got {f.partition!r}; allowed: 'iid', 'dirichlet:ALPHA' (ALPHA > 0), 'shards:N' (N >= 1)")
     _check(f.proximal_mu >= 0, "federation.proximal_mu", f"must be >= 0, got {f.proximal_mu}")
     _check(f.seed >= 0, "federation.seed", f"must be >= 0, got {f.seed}")

@@ -7,12 +7,15 @@ Replace ``load_my_data`` and ``build_my_model`` with yours and run::
 What it does, with fedaudit's Python API:
 
 1. saves your arrays as an .npz file and points the scenario's ``[data]`` at it (dataset ``npz``);
-2. registers your model builder under a name, in this process and, through Ray's
-   ``worker_process_setup_hook``, in every Ray worker (the clients and the auditor build the model by name);
+2. saves your model as a .keras file and points the scenario's ``[model]`` at it (model ``keras-file``): the
+   clients and the auditor rebuild its architecture from the file, with fresh seeded weights;
 3. runs the federation with the audit on (``fedaudit.run.run_scenario``) and prints the headline numbers;
    ``RUN_DIR/report.html`` is the report to hand in.
 
-The model must end in logits (no softmax): fedaudit's training and attacks apply the softmax themselves.
+fedaudit trains the model with its own training step and reads logits: a final softmax is removed (the model
+is trained and audited on the logits under it). To keep your own training loop, run your own Flower App with
+``fedaudit.flower`` instead (``simulations/flower_app``); to audit a model you already trained, use
+``fedaudit audit-model``.
 """
 
 from __future__ import annotations
@@ -22,9 +25,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-MODEL_NAME = "my-model"
-
 
 def load_my_data() -> tuple[np.ndarray, np.ndarray]:
     """Your records (float features) and integer labels. Here: scikit-learn's breast-cancer data set."""
@@ -48,14 +48,6 @@ def build_my_model(input_shape, num_classes, seed):
     ], name="my_model")
 
 
-def register_my_model() -> None:
-    """Make ``MODEL_NAME`` known to fedaudit's model registry (runs in the driver and in every Ray worker)."""
-    from fedaudit.models import MODELS, register_model
-
-    if MODEL_NAME not in MODELS:
-        register_model(MODEL_NAME)(build_my_model)
-
-
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/own-model", help="the run directory to write (new or empty)")
@@ -64,37 +56,29 @@ def main(argv=None) -> Path:
     parser.add_argument("--cpus", type=int, default=0, help="CPUs for the local Ray (0: all)")
     args = parser.parse_args(argv)
 
-    import os
-
-    import ray
-
     from fedaudit.config import scenario_from_dict
-    from fedaudit.federation.runtime import LOCAL_IP, quiet_environment
+    from fedaudit.federation.runtime import quiet_environment
     from fedaudit.run import run_scenario
 
     quiet_environment()
     out = Path(args.out)
     x, y = load_my_data()
     data_file = out.with_name(out.name + "-data.npz")
+    model_file = out.with_name(out.name + "-model.keras")
     data_file.parent.mkdir(parents=True, exist_ok=True)
     np.savez(data_file, x=x, y=y)
+    build_my_model(x.shape[1:], int(y.max()) + 1, seed=0).save(model_file)
 
     scenario = scenario_from_dict({
         "name": "own-keras-model",
         "data": {"dataset": "npz", "path": str(data_file.resolve()), "population_fraction": 0.25,
                  "test_fraction": 0.2},
-        "model": {"name": MODEL_NAME},
+        "model": {"name": "keras-file", "path": str(model_file.resolve())},
         "federation": {"clients": args.clients, "rounds": args.rounds, "local_epochs": 20, "batch_size": 16,
                        "learning_rate": 0.003, "partition": "iid", "seed": 0},
         "audit": {"enabled": True, "threat_models": ["server", "participant"], "attack_fraction": 0.5},
+        "ray": {"num_cpus": args.cpus},
     })
-
-    register_my_model()
-    # Start Ray ourselves so that every worker registers the model before it builds one; fedaudit's run then
-    # uses this Ray session (and ends it when the federation is over).
-    env = {k: os.environ[k] for k in ("FLWR_TELEMETRY_ENABLED", "RAY_USAGE_STATS_ENABLED", "TF_CPP_MIN_LOG_LEVEL")}
-    ray.init(num_cpus=args.cpus or os.cpu_count(), include_dashboard=False, _node_ip_address=LOCAL_IP,
-             runtime_env={"env_vars": env, "worker_process_setup_hook": register_my_model})
     run_dir = run_scenario(scenario, out=out)
 
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}

@@ -372,7 +372,7 @@ def test_tensorboard_scalars(runs):
 
 
 def test_tensorboard_file_reads_with_tensorflow(runs):
-    """TensorFlow's own reader accepts the hand-written records (CRCs, protobuf fields)."""
+    """TensorFlow's own reader accepts the event files (CRCs, protobuf fields)."""
     tf = pytest.importorskip("tensorflow")
     path = next((runs["leaky"] / "tensorboard").glob("events.out.tfevents.*"))
     seen = {}

@@ -23,6 +23,7 @@ import logging
 import os
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -245,12 +246,20 @@ def train_reference_models(model_name: str, model_options: dict | None, x_pool, 
     return ReferenceSet(weights=weights, in_mask=in_mask, keys=keys, from_cache=from_cache, train_seconds=elapsed)
 
 
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def logits_function(model, batch_size: int = 2048):
-    """A function x -> logits (NumPy) for a Keras model, one compiled call per batch."""
+    """A function x -> logits (NumPy) for a Keras model, one compiled call per batch (compiled once per model:
+    a new ``tf.function`` per call would retrace, and TensorFlow warns about that)."""
     import tensorflow as tf
 
-    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-    call = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    call = _COMPILED.get(model)
+    if call is None:
+        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+        ref = weakref.ref(model)       # the cache must not keep the model alive
+        call = tf.function(lambda x: ref()(x, training=False), input_signature=[spec])
+        _COMPILED[model] = call
 
     def run(x) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)

@@ -495,16 +495,11 @@ ATTACK_OPTIMIZERS = {
 def write_tensorboard(history: list[dict], directory) -> Path:
     """The attack's training curves as TensorBoard scalars (``attack/train_loss``, ``attack/val_loss``,
     ``attack/val_auc``, ``attack/val_accuracy``; step = epoch) in one event file under ``directory``."""
-    from fedaudit.report.tensorboard import FILE_PREFIX, FILE_SUFFIX, encode_event, tfrecord
-    from fedaudit.rundir import atomic_write_bytes
+    from fedaudit.scalars import write_scalars
 
-    now = time.time()
-    data = tfrecord(encode_event(now, 0, file_version="brain.Event:2"))
-    for record in history:
-        scalars = {f"attack/{k}": float(v) for k, v in record.items()
-                   if k not in ("epoch", "steps") and np.isfinite(v)}
-        data += tfrecord(encode_event(now, int(record["epoch"]), scalars=scalars))
-    return atomic_write_bytes(Path(directory) / f"{FILE_PREFIX}{int(now)}.whitebox{FILE_SUFFIX}", data)
+    steps = [(int(record["epoch"]), {f"attack/{k}": float(v) for k, v in record.items() if k not in ("epoch", "steps")})
+             for record in history]
+    return write_scalars(directory, steps, kind="whitebox", replace=False)
 
 
 def _split_known(membership: np.ndarray, val_fraction: float, rng: np.random.Generator):
@@ -794,7 +789,7 @@ class WhiteBoxAttack:
         """Score the attack on records it did not train on; write plots and arrays to ``log_dir``."""
         from fedaudit.data.handler import AttackSplit, record_hashes
         from fedaudit.metrics import summarize
-        from fedaudit.report import plots
+        from fedaudit import plots
         from fedaudit.rundir import atomic_save_npy, atomic_write_text, json_safe
 
         if self.fitted is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -79,6 +80,33 @@ def load_dataset(name: str, seed: int = 0, **options) -> Dataset:
         if default is inspect.Parameter.empty and option not in options:
             raise DataError(f"dataset {name!r} needs option {option!r}; allowed options: {listing}")
     return DATASETS[name](seed=check_int("seed", seed, minimum=0), **options)
+
+
+#: file formats :func:`load_records` reads, by suffix: npz, csv, ML Privacy Meter's text (.txt) and .npy string arrays
+RECORD_FORMATS = {".npz": "npz", ".csv": "csv", ".txt": "privacy-meter", ".npy": "privacy-meter"}
+
+
+def load_records(path, option: str = "path", format: str = "auto", **options) -> Dataset:
+    """Records and labels of one file, in a format fedaudit reads (``format``: auto from the suffix, or ``npz``,
+    ``csv``, ``privacy-meter``); ``options`` go to that dataset's loader (``x_key``, ``label_column``, ...).
+
+    Errors name ``option`` (a command-line flag, say) and the file."""
+    path = str(path)
+    if format == "auto":
+        suffix = "".join(Path(path).suffixes[-1:]).lower()
+        format = RECORD_FORMATS.get(suffix)
+        if format is None:
+            raise DataError(f"{option} {path!r}: unknown file type {suffix or '(no suffix)'!r}; allowed: "
+                            + ", ".join(f"{k} ({v})" for k, v in RECORD_FORMATS.items()))
+    if format not in set(RECORD_FORMATS.values()):
+        known = ", ".join(sorted(set(RECORD_FORMATS.values())))
+        raise DataError(f"{option}: unknown format {format!r}; allowed: auto, {known}")
+    if not Path(path).is_file():
+        raise DataError(f"{option} {path!r}: no such file")
+    try:
+        return load_dataset(format, path=path, **options)
+    except DataError as exc:
+        raise DataError(f"{option}: {exc}") from None
 
 
 def validate_arrays(x, y, num_classes=None, source: str = "arrays") -> tuple[np.ndarray, np.ndarray, int]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from fedaudit.config import Scenario
 from fedaudit.data import Dataset, Ledger, build_ledger, load_dataset, parse_partition
-from fedaudit.errors import FedAuditError
+from fedaudit.errors import ConfigError, FedAuditError
 from fedaudit.federation.runtime import init_ray, quiet_environment
 from fedaudit.rundir import atomic_write_text, upsert_jsonl
 
@@ -30,16 +30,34 @@ class Prepared:
     initial_weights: list
 
 
-def prepare(scenario: Scenario) -> Prepared:
-    """Load the data, split it and build the model: every bad input fails here, before a run dir exists."""
-    from fedaudit.models import build_model
+def check_inputs(scenario: Scenario) -> tuple[Dataset, Ledger]:
+    """Every check that needs no TensorFlow: the strategy and the model's name and options, then the data and
+    its split. Runs before TensorFlow is imported, so bad input is reported before TensorFlow starts."""
+    from fedaudit.config import GIVEN_PARTITION, STRATEGIES
+    from fedaudit.models.registry import check_model
 
     f = scenario.federation
+    if f.strategy not in STRATEGIES:
+        raise ConfigError(f"federation.strategy: {f.strategy!r} is a Flower App's own strategy (recorded by "
+                          f"fedaudit.flower); fedaudit run builds: {', '.join(STRATEGIES)}")
+    if f.partition == GIVEN_PARTITION:
+        raise ConfigError(f"federation.partition: {GIVEN_PARTITION!r} records a Flower App's own split (recorded by "
+                          "fedaudit.flower); fedaudit run splits with: iid, dirichlet:ALPHA, shards:N")
+    check_model(scenario.model.name, scenario.model.options)
     dataset = load_dataset(scenario.data.dataset, seed=f.seed, **scenario.data.options)
     method, param = parse_partition(f.partition)
     ledger = build_ledger(dataset.y, f.clients, partition=method, param=param,
                           population_fraction=scenario.data.population_fraction,
                           test_fraction=scenario.data.test_fraction, seed=f.seed)
+    return dataset, ledger
+
+
+def prepare(scenario: Scenario) -> Prepared:
+    """Load the data, split it and build the model: every bad input fails here, before a run dir exists."""
+    dataset, ledger = check_inputs(scenario)
+    from fedaudit.models import build_model
+
+    f = scenario.federation
     model = build_model(scenario.model.name, dataset.input_shape, dataset.num_classes, seed=f.seed,
                         **scenario.model.options)
     return Prepared(scenario, dataset, ledger, [np.asarray(w) for w in model.get_weights()])

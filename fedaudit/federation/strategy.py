@@ -13,10 +13,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, Strategy
 
 from fedaudit.config import Scenario
+from fedaudit.errors import FedAuditError
 
 log = logging.getLogger(__name__)
 
 UNIFORM_WEIGHT_KEY = "uniform-weight"   # every client reports 1.0: uniform averaging (needed under DP)
+PARTITION_ID_KEY = "partition-id"       # each client echoes its partition id in its train reply's metrics
+NUM_PARTITIONS_KEY = "num-partitions"   # and, when it knows it (fedaudit.flower's mod), the number of partitions
 
 
 @dataclass
@@ -31,6 +34,7 @@ class RoundUpdate:
     failed: list = field(default_factory=list)       # partition ids (or node ids, if never seen) that failed
     new: list | None = None                          # the aggregated global weights
     started: float = 0.0
+    num_partitions: int | None = None                # as the clients reported it (None: not reported)
 
 
 def _train_metrics(replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:
@@ -79,7 +83,12 @@ def wrap_dp(scenario: Scenario, strategy: Strategy, sampled: int) -> Strategy:
 
 class AuditedStrategy(Strategy):
     """Wraps any strategy; after each aggregation hands the round (theta_prev, every theta_k with its
-    partition id, the new theta) to ``observer`` and returns at once."""
+    partition id, the new theta) to ``observer`` and returns at once.
+
+    Each train reply's MetricRecord must carry the client's ``partition-id`` (fedaudit's ClientApp puts it there;
+    a Flower App's own ClientApp gets it from :func:`fedaudit.flower.partition_id_mod`). The tags are read and
+    removed before the inner strategy aggregates, so its metrics are those of an unaudited run.
+    """
 
     def __init__(self, inner: Strategy, observer: Callable[[RoundUpdate], None]):
         self.inner = inner
@@ -95,20 +104,36 @@ class AuditedStrategy(Strategy):
         self._round = RoundUpdate(round=server_round, previous=arrays.to_numpy_ndarrays(), started=time.time())
         return self.inner.configure_train(server_round, arrays, config, grid)
 
+    def _weight_key(self) -> str:
+        inner = self.inner
+        while not hasattr(inner, "weighted_by_key") and hasattr(inner, "strategy"):
+            inner = inner.strategy        # Flower's DP wrappers hold the strategy they wrap
+        return getattr(inner, "weighted_by_key", "num-examples")
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
         update = self._round
+        weight_key = self._weight_key()
         for msg in replies:
             if msg.has_error():
                 node = msg.metadata.src_node_id
                 update.failed.append(self._node_to_partition.get(node, f"node-{node}"))
                 continue
-            metrics = next(iter(msg.content.metric_records.values()))
-            pid = int(metrics["partition-id"])
+            metrics = next(iter(msg.content.metric_records.values()), None)
+            if metrics is None or PARTITION_ID_KEY not in metrics:
+                raise FedAuditError(
+                    f"round {server_round}: a client's train reply has no {PARTITION_ID_KEY!r} in its metrics, so the "
+                    "audit cannot tell whose model it is; allowed: a ClientApp with fedaudit.flower.partition_id_mod "
+                    "among its mods (ClientApp(mods=[partition_id_mod]))")
+            pid = int(metrics[PARTITION_ID_KEY])
+            if NUM_PARTITIONS_KEY in metrics:
+                update.num_partitions = int(metrics[NUM_PARTITIONS_KEY])
+                del metrics[NUM_PARTITIONS_KEY]
+            del metrics[PARTITION_ID_KEY]
             self._node_to_partition[msg.metadata.src_node_id] = pid
             update.clients[pid] = next(iter(msg.content.array_records.values())).to_numpy_ndarrays()
-            update.examples[pid] = int(metrics["num-examples"])
-            update.train_loss[pid] = float(metrics["train_loss"])
+            update.examples[pid] = int(metrics.get("num-examples", metrics.get(weight_key, 1)))
+            update.train_loss[pid] = float(metrics.get("train_loss", float("nan")))
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         if arrays is not None:
             update.new = arrays.to_numpy_ndarrays()

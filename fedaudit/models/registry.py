@@ -1,13 +1,18 @@
-"""Keras model builders by name. Every model ends in logits (no softmax)."""
+"""Keras model builders by name. Every model ends in logits (no softmax).
+
+Importing this module imports no TensorFlow (each builder imports Keras when it runs), so a scenario's model
+name and options are checked (:func:`check_model`) before TensorFlow starts.
+"""
 
 from __future__ import annotations
 
 import inspect
-from typing import Callable
-
-import keras
+from typing import TYPE_CHECKING, Callable
 
 from fedaudit.errors import ModelError
+
+if TYPE_CHECKING:
+    import keras
 
 MODELS: dict[str, Callable[..., keras.Model]] = {}
 
@@ -22,29 +27,43 @@ def register_model(name: str):
     return wrap
 
 
-def build_model(name: str, input_shape, num_classes: int, seed: int = 0, **options) -> keras.Model:
-    """Build the registered model ``name`` for inputs of ``input_shape`` and ``num_classes`` outputs."""
+def check_model(name: str, options: dict | None = None) -> Callable:
+    """The builder registered as ``name``, after checking ``options`` against its parameters (no TensorFlow)."""
     if name not in MODELS:
         raise ModelError(f"model: unknown model {name!r}; allowed: {', '.join(sorted(MODELS))}")
     builder = MODELS[name]
-    allowed = [p for p in inspect.signature(builder).parameters if p not in ("input_shape", "num_classes", "seed")]
-    unknown = sorted(set(options) - set(allowed))
+    parameters = inspect.signature(builder).parameters
+    allowed = [p for p in parameters if p not in ("input_shape", "num_classes", "seed")]
+    unknown = sorted(set(options or {}) - set(allowed))
     if unknown:
         raise ModelError(
             f"model.{unknown[0]}: unknown option for model {name!r}; allowed: {', '.join(allowed) or 'none'}"
         )
+    missing = [p for p in allowed if parameters[p].default is inspect.Parameter.empty and p not in (options or {})]
+    if missing:
+        raise ModelError(f"model.{missing[0]}: model {name!r} needs this option; its options: {', '.join(allowed)}")
+    return builder
+
+
+def build_model(name: str, input_shape, num_classes: int, seed: int = 0, **options) -> keras.Model:
+    """Build the registered model ``name`` for inputs of ``input_shape`` and ``num_classes`` outputs."""
+    builder = check_model(name, options)
     if int(num_classes) < 2:
         raise ModelError(f"model: num_classes must be at least 2, got {num_classes}")
     return builder(tuple(int(d) for d in input_shape), int(num_classes), int(seed), **options)
 
 
 def _init(kind: str, seed: int, index: int):
+    import keras
+
     if kind == "normal":
         return keras.initializers.RandomNormal(stddev=0.01, seed=seed * 1000 + index)
     return keras.initializers.GlorotUniform(seed=seed * 1000 + index)
 
 
 def _flat_input(input_shape, name):
+    import keras
+
     layers = [keras.Input(shape=input_shape)]
     if len(input_shape) > 1:
         layers.append(keras.layers.Flatten(name=f"{name}_flatten"))
@@ -54,6 +73,8 @@ def _flat_input(input_shape, name):
 @register_model("mlp")
 def mlp(input_shape, num_classes, seed, hidden=(128, 64), activation="relu"):
     """A multilayer perceptron with the given hidden widths."""
+    import keras
+
     hidden = [int(h) for h in hidden]
     if not hidden or min(hidden) < 1:
         raise ModelError(f"model.hidden: must be a non-empty list of positive widths, got {hidden}")
@@ -69,6 +90,8 @@ def mlp(input_shape, num_classes, seed, hidden=(128, 64), activation="relu"):
 @register_model("purchase-fcn")
 def purchase_fcn(input_shape, num_classes, seed):
     """Nasr et al.'s Purchase100 network: 1024-512-256-128-classes, tanh, N(0, 0.01) initialisation."""
+    import keras
+
     widths = (1024, 512, 256, 128)
     layers = _flat_input(input_shape, "purchase")
     for i, width in enumerate(widths):
@@ -90,6 +113,8 @@ def _require_image(input_shape, name):
 def cnn(input_shape, num_classes, seed, filters=(16, 32), dense=64):
     """A small conv net: [conv 3x3 + max-pool] per entry of ``filters``, then one dense layer."""
     _require_image(input_shape, "cnn")
+    import keras
+
     layers = [keras.Input(shape=input_shape)]
     for i, f in enumerate(filters):
         layers.append(keras.layers.Conv2D(int(f), 3, padding="same", activation="relu",
@@ -108,6 +133,8 @@ def cnn(input_shape, num_classes, seed, filters=(16, 32), dense=64):
 def alexnet_small(input_shape, num_classes, seed):
     """An AlexNet-style network sized for 32x32 images (as used for CIFAR in the membership-inference papers)."""
     _require_image(input_shape, "alexnet-small")
+    import keras
+
     g = lambda i: _init("glorot", seed, i)  # noqa: E731
     layers = [
         keras.Input(shape=input_shape),
@@ -123,3 +150,6 @@ def alexnet_small(input_shape, num_classes, seed):
         keras.layers.Dense(num_classes, kernel_initializer=g(5), name="logits"),
     ]
     return keras.Sequential(layers, name="alexnet_small")
+
+
+from fedaudit.models import keras_file as _keras_file  # noqa: E402,F401  (registers "keras-file")

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 
 def build_report(run_dir, *, tensorboard: bool = True):
-    """Write ``report.html``, ``plots/*.png`` and ``tensorboard/`` into ``run_dir``; return report.html's path."""
+    """Write ``report.html``, ``plots/*.png`` and ``tensorboard/`` into ``run_dir``; return report.html's path.
+
+    A single-model audit's run directory (``fedaudit audit-model``) gets the single-model report."""
+    from fedaudit.report.model_report import build_model_report, is_model_audit
+
+    if is_model_audit(run_dir):
+        return build_model_report(run_dir)
     from fedaudit.report.run_report import build_report as _build
 
     return _build(run_dir, tensorboard=tensorboard)

@@ -1,6 +1,6 @@
 """The report's and the comparison's figures (matplotlib Agg canvas; no pyplot state, no TensorFlow).
 
-The membership-probability histogram and the ROC curves come from :mod:`fedaudit.report.plots`; this
+The membership-probability histogram and the ROC curves come from :mod:`fedaudit.plots`; this
 module adds the federated views: utility and risk over rounds, risk per client and per class, and the
 overlays of a comparison. Every function writes one PNG atomically and returns its path, or returns None
 when the run has nothing to draw (the HTML then says what is missing).
@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fedaudit.metrics import roc_curve
-from fedaudit.report import plots
+from fedaudit import plots
 from fedaudit.report.rundata import THREAT_MODEL_TITLES, RunData
 
 TM_COLORS = {"server": "#b03a2e", "participant": "#1f618d", "risk": "#6c3483"}

@@ -1,6 +1,7 @@
 """Plots of attack results, drawn with matplotlib's Agg canvas (no pyplot state, no TensorFlow).
 
-Reusable by the single-model audit (:mod:`fedaudit.attacks.whitebox`) and the HTML report. Every
+Shared by the single-model audits (:mod:`fedaudit.attacks.whitebox`, ``fedaudit audit-model``) and the HTML reports,
+so it sits outside :mod:`fedaudit.report`: the attacks import it without importing the report. Every
 function writes one PNG atomically (temporary name, then rename) and returns its path.
 """
 

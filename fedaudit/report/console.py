@@ -1,0 +1,67 @@
+"""The few lines a finished run prints on standard error: headline risk per threat model, accuracy, the report.
+
+Built from the run directory alone (like the report), so a run and ``fedaudit report`` say the same thing.
+No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from fedaudit.report.fmt import LEVEL_TEXT, empirical_epsilon, f3, finite, num, pct, risk_level
+from fedaudit.report.rundata import THREAT_MODEL_TITLES, RunData, load_run
+
+
+def _risk_line(label: str, summ: dict, attack: str | None) -> str:
+    parts = [f"AUC {f3(summ.get('auc'))}"]
+    tpr = num(summ.get("tpr_at_1pct"))
+    parts.append(f"TPR {pct(tpr)} at 1% FPR" if math.isfinite(tpr) else "TPR at 1% FPR not measurable")
+    low, _ = empirical_epsilon(summ)
+    if math.isfinite(low) and low > 0:
+        parts.append(f"epsilon >= {low:.2f}")
+    level = risk_level(summ)
+    text = f"{label}: " + ", ".join(parts)
+    if attack:
+        text += f" ({attack})"
+    if level:
+        text += f"; risk: {LEVEL_TEXT[level]}"
+    return text
+
+
+def run_lines(run: RunData, report: Path | None = None) -> list[str]:
+    """Headline risk per threat model, the final test accuracy and the report's path, one fact a line."""
+    lines = []
+    for tm in run.threat_models():
+        summ, _ = run.headline(tm)
+        if summ:
+            lines.append(_risk_line(THREAT_MODEL_TITLES.get(tm, tm).lower(), summ, run.headline_attack(tm)))
+    if not lines:
+        lines.append("not audited (audit.enabled = false)" if run.scenario is not None and
+                     not run.scenario.audit.enabled else "no audit results in the run directory")
+    acc = run.final_accuracy
+    if finite(acc):
+        lines.append(f"test accuracy {acc:.3f} after {run.rounds_done} round{'s' if run.rounds_done != 1 else ''}")
+    if report is not None:
+        lines.append(f"report: {report}")
+    return lines
+
+
+def model_lines(summary: dict, report: Path | None = None) -> list[str]:
+    """The same for a single-model audit (``fedaudit audit-model``): one line per attack, the strongest first."""
+    attacks = summary.get("attacks") or {}
+    order = sorted(attacks, key=lambda a: -num(attacks[a].get("auc")) if finite(attacks[a].get("auc")) else 0)
+    lines = [_risk_line(f"attack {name}", attacks[name], None) for name in order]
+    acc = summary.get("model", {}).get("member_accuracy"), summary.get("model", {}).get("nonmember_accuracy")
+    if all(finite(a) for a in acc):
+        lines.append(f"model accuracy {acc[0]:.3f} on members, {acc[1]:.3f} on non-members")
+    if report is not None:
+        lines.append(f"report: {report}")
+    return lines
+
+
+def run_summary(run_dir, report: Path | None = None) -> list[str]:
+    return run_lines(load_run(run_dir), report)
+
+
+__all__ = ["run_lines", "model_lines", "run_summary"]

@@ -91,7 +91,8 @@ def test_flwr_run_audits_the_flower_app(tmp_path):
     env = dict(os.environ, FLWR_HOME=str(tmp_path / "flwr-home"), FLWR_TELEMETRY_ENABLED="0",
                FLWR_DISABLE_UPDATE_CHECK="1", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
                FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(http_port), FLWR_LOCAL_CONTROL_API_PORT=str(control_port),
-               RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+               RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",   # Ray on 127.0.0.1 (README)
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     try:
         done = subprocess.run([flwr, "run", str(APP), "--run-config", f"out-dir='{out}'", "--stream"],
                               capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)

@@ -29,6 +29,7 @@ nor double-counts a round. A client whose weights (or outputs) are not finite is
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -217,7 +218,7 @@ class AuditCore:
         if round_ in self.done():
             log.info("round %d already audited; skipping", round_)
             return None
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         timing = Timing()
         r = self.records
         out: dict = {}
@@ -266,6 +267,8 @@ class AuditCore:
         with timing.phase("io"):
             save_round(self.run_dir, round_, arrays)
         timing.seconds["total"] = time.perf_counter() - started
+        # CPU seconds of the round: this process's, plus those of tasks that ran in other processes
+        timing.seconds["cpu"] = time.process_time() - cpu + sum(s.cpu_seconds for s in shards if s.pid != os.getpid())
         upsert_jsonl(self.run_dir / AUDIT_DIR / "timing.jsonl",
                      {"round": round_, **{k: round(v, 4) for k, v in timing.seconds.items()},
                       "tasks": [{"node": s.node, "pid": s.pid, "jobs": len(s.jobs), "rows": s.rows,

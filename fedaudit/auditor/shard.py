@@ -82,6 +82,7 @@ class ShardResult:
     rows: int
     feature_names: list = field(default_factory=list)
     max_rss_mb: float = 0.0
+    cpu_seconds: float = 0.0      # CPU time of this process (all threads) spent on the shard
 
 
 _PROBES: dict = {}
@@ -143,7 +144,7 @@ def run_shard(spec: ProbeSpec, plan: ShardPlan, data, previous, jobs: list, weig
     from fedaudit.auditor.actor import max_rss_mb
     from fedaudit.auditor.features import all_finite
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     x, y = data
     probe = probe_for(spec)
     pop, src = plan.population_sample, plan.source_sample
@@ -173,7 +174,8 @@ def run_shard(spec: ProbeSpec, plan: ShardPlan, data, previous, jobs: list, weig
                              pop_scores={a: s[m:].astype(np.float32) for a, s in scores.items()},
                              source_loss=source_loss.astype(np.float32) if source_loss is not None else None))
     return ShardResult(jobs=out, node=_node_id(), pid=os.getpid(), seconds=time.perf_counter() - started,
-                       rows=int(sum(j.rows.size + pop.size for j in jobs)), feature_names=list(probe.feature_names), max_rss_mb=max_rss_mb())
+                       rows=int(sum(j.rows.size + pop.size for j in jobs)), feature_names=list(probe.feature_names), max_rss_mb=max_rss_mb(),
+                       cpu_seconds=time.process_time() - cpu)
 
 
 def job_scores(plan: ShardPlan, rows: np.ndarray, logits: np.ndarray, labels: np.ndarray, loss: np.ndarray,

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from fedaudit.auditor import AuditCore, aggregate_run, audit_records
+from fedaudit.auditor import audit_records
 from fedaudit.auditor.actor import split_jobs
 from fedaudit.auditor.shard import Job, ShardPlan
 from fedaudit.auditor.state import round_path

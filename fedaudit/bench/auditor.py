@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from fedaudit.bench.common import report
+from fedaudit.bench.common import fresh_run, report
 from fedaudit.config import Scenario, load_scenario, scenario_from_dict
-from fedaudit.errors import FedAuditError
 from fedaudit.federation.runtime import quiet_environment
 from fedaudit.rundir import read_jsonl
 
@@ -35,23 +31,6 @@ def quickstart() -> Scenario:
     if path.is_file():
         return load_scenario(path)
     return scenario_from_dict({"name": "quickstart", "data": {"dataset": "digits"}, "model": {"name": "mlp"}})
-
-
-_RUN = ("import sys; from fedaudit.config import load_scenario; from fedaudit.run import run_scenario; "
-        "run_scenario(load_scenario(sys.argv[1], {'audit.enabled': sys.argv[3] == '1'}), out=sys.argv[2], "
-        "progress=False, report=False)")
-
-
-def _timed_run(scenario_file: Path, out: Path, audited: bool) -> float:
-    """Wall seconds of one run in a fresh process, from its start to Ray's shutdown (no report)."""
-    cmd = [sys.executable, "-c", _RUN, str(scenario_file), str(out), "1" if audited else "0"]
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise FedAuditError(f"bench auditor: the {'audited' if audited else 'plain'} run failed:\n"
-                            f"{done.stderr[-2000:]}")
-    return seconds
 
 
 def auditor_costs(run_dir: Path) -> dict:
@@ -83,7 +62,7 @@ def run(json_path: str | None = None, quick: bool = False) -> dict:
         costs, summary = [], {}
         for i, audited in enumerate(order):
             out = Path(tmp) / f"run-{i}-{'audited' if audited else 'plain'}"
-            walls[audited].append(_timed_run(scenario_file, out, audited))
+            walls[audited].append(fresh_run("auditor", scenario_file, out, audited)["wall"])
             if audited:
                 costs.append(auditor_costs(out))
                 summary = json.loads((out / "summary.json").read_text())

@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from fedaudit.bench.common import report
+from fedaudit.bench.common import fresh_run, report
 from fedaudit.config import scenario_from_dict
-from fedaudit.errors import FedAuditError
 from fedaudit.federation.runtime import quiet_environment
 from fedaudit.rundir import read_jsonl
 
@@ -48,27 +45,6 @@ def workload(clients: int, rounds: int = 3) -> dict:
                       "attacks": ["whitebox", "blackbox", "loss"]}}
 
 
-_RUN = ("import json, resource, sys, time; from fedaudit.config import load_scenario; "
-        "from fedaudit.run import run_scenario; t = time.perf_counter(); "
-        "run_scenario(load_scenario(sys.argv[1], {'audit.enabled': sys.argv[3] == '1'}), out=sys.argv[2], "
-        "progress=False, report=False); "
-        "print(json.dumps({'seconds': time.perf_counter() - t, "
-        "'max_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
-
-
-def _run(scenario_file: Path, out: Path, audited: bool) -> dict:
-    """One whole run in a fresh process: its wall seconds and the driver's peak memory."""
-    cmd = [sys.executable, "-c", _RUN, str(scenario_file), str(out), "1" if audited else "0"]
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise FedAuditError(f"bench scale: the {'audited' if audited else 'unaudited'} run of {scenario_file.stem} "
-                            f"failed:\n{done.stderr[-2000:]}")
-    child = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"wall": wall, "driver_rss_mb": child["max_rss_mb"]}
-
-
 def _mean(values) -> float:
     values = [float(v) for v in values if v is not None]
     return float(np.mean(values)) if values else math.nan
@@ -79,8 +55,8 @@ def measure(clients: int, rounds: int, tmp: Path) -> dict:
     path = tmp / f"{scenario.name}.toml"
     path.write_text(scenario.to_toml(), encoding="utf-8")
     plain_dir, audited_dir = tmp / f"{clients}-plain", tmp / f"{clients}-audited"
-    plain = _run(path, plain_dir, False)
-    audited = _run(path, audited_dir, True)
+    plain = fresh_run("scale", path, plain_dir, False)
+    audited = fresh_run("scale", path, audited_dir, True)
     train = [r["wall_seconds"] for r in read_jsonl(plain_dir / "rounds.jsonl")]
     timing = read_jsonl(audited_dir / "audit" / "timing.jsonl")
     audit = [t["total"] for t in timing]

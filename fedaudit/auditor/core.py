@@ -210,7 +210,7 @@ class AuditCore:
             self.references = train_auditor_references(
                 self.scenario, self.records.member, x, y, self.num_classes, a.reference_models,
                 online=any(is_online(n) for n in self.reference_attacks),
-                cache_dir=cache_dir_for(self.run_dir, getattr(a, "models_dir", "")))
+                cache_dir=cache_dir_for(self.run_dir))
         except Exception as exc:  # noqa: BLE001 - the other attacks still run
             log.exception("reference models failed; skipping %s", self.reference_attacks)
             for n in self.reference_attacks:

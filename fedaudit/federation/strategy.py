@@ -59,9 +59,9 @@ def build_strategy(scenario: Scenario, sampled: int) -> Strategy:
     elif f.strategy == "fedprox":
         strategy = FedProx(proximal_mu=f.proximal_mu, **common)
     elif f.strategy == "fedadam":
-        strategy = FedAdam(eta=lr or 0.01, eta_l=f.learning_rate, **common)
+        strategy = FedAdam(eta=lr, eta_l=f.learning_rate, **common)
     else:
-        strategy = FedAvgM(server_learning_rate=lr or 1.0, server_momentum=f.server_momentum, **common)
+        strategy = FedAvgM(server_learning_rate=lr, server_momentum=f.server_momentum, **common)
     return wrap_dp(scenario, strategy, sampled)
 
 

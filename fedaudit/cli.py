@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tomllib
 
 from fedaudit.errors import ConfigError, FedAuditError
 from fedaudit.federation.runtime import quiet_environment
+from fedaudit.interrupt import Interrupted, signals_raise
 
 BENCHES = ("federation", "signals", "attacks", "auditor")
 
@@ -30,6 +32,20 @@ def _parse_set(items: list[str]) -> dict:
 def cmd_run(args) -> int:
     from fedaudit.config import load_scenario, read_toml
 
+    if args.resume:
+        given = [flag for flag, value in (("a scenario file", args.scenario), ("--rounds", args.rounds),
+                                          ("--clients", args.clients), ("--seed", args.seed),
+                                          ("--address", args.address), ("--out", args.out), ("--set", args.set))
+                 if value]
+        if given:
+            raise ConfigError(f"--resume {args.resume}: the run continues with the scenario it was started with "
+                              f"(RUN_DIR/scenario.toml); drop {', '.join(given)}")
+        from fedaudit.run import resume_run
+
+        print(resume_run(args.resume, progress=not args.quiet))
+        return 0
+    if not args.scenario:
+        raise ConfigError("run: name a scenario or suite TOML file (or --resume RUN_DIR)")
     overrides = {"federation.rounds": args.rounds, "federation.clients": args.clients,
                  "federation.seed": args.seed, "ray.address": args.address}
     overrides.update(_parse_set(args.set))
@@ -75,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a scenario (or a suite of scenarios) and write a run directory")
-    r.add_argument("scenario", help="a scenario or suite TOML file")
+    r.add_argument("scenario", nargs="?", help="a scenario or suite TOML file")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted or killed run from its last "
+                                                       "complete round")
     r.add_argument("--rounds", type=int, help="override federation.rounds")
     r.add_argument("--clients", type=int, help="override federation.clients")
     r.add_argument("--seed", type=int, help="override federation.seed")
@@ -108,10 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        with signals_raise():
+            return args.func(args)
     except FedAuditError as exc:
         print(f"fedaudit: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"fedaudit: interrupted by {exc.signal_name}{exc.detail}; files written so far are kept",
+              file=sys.stderr)
+        if exc.forced:      # stopped at once: threads of the runtime may still wait on Ray; do not join them
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("fedaudit: interrupted; files written so far are kept", file=sys.stderr)
         return 130

@@ -90,6 +90,10 @@ SECTIONS = {
     "audit": AuditConfig,
     "ray": RayConfig,
 }
+# Keys that earlier versions accepted and wrote into every resolved scenario.toml without ever using them. A
+# scenario file that sets one is rejected like any unknown key; a run directory's own scenario.toml (read
+# with ``run_dir_file=True``) may still hold them and is read without them.
+RETIRED = {"audit": ("layers", "epochs")}
 # Sections whose unknown keys are options for a registered component rather than errors.
 OPEN_SECTIONS = {"data": ("dataset", "options"), "model": ("name", "options")}
 
@@ -302,10 +306,20 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from None
 
 
-def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
-    """Read, validate and (optionally) override a scenario file."""
+def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None, *,
+                  run_dir_file: bool = False) -> Scenario:
+    """Read, validate and (optionally) override a scenario file.
+
+    ``run_dir_file``: the file is a run directory's resolved scenario.toml, which earlier versions wrote with
+    the :data:`RETIRED` keys; they are dropped (they never changed what a run did).
+    """
     path = Path(path)
     raw = read_toml(path)
+    if run_dir_file:
+        for section, keys in RETIRED.items():
+            if isinstance(raw.get(section), dict):
+                for key in keys:
+                    raw[section].pop(key, None)
     if "suite" in raw:
         raise ConfigError(f"{path}: this is a suite (it has a [suite] table), not a single scenario")
     try:

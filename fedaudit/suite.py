@@ -363,6 +363,9 @@ def _run_ray(suite: Suite, out: Path, todo: list, status: dict, progress: bool) 
     address = todo[0].scenario.ray.address if todo else ""
     started = not ray.is_initialized()
     resources = init_ray(address)
+    from fedaudit.interrupt import reinstall
+
+    reinstall()                 # ray.init replaced the SIGTERM handler with its own
     total = resources.get("CPU", 0)
     cpus = suite.cpus_per_run
     if total and cpus > total:

@@ -273,7 +273,7 @@ def load_run(run_dir) -> RunData:
     run = RunData(path=path)
     if (path / "scenario.toml").is_file():
         try:
-            run.scenario = load_scenario(path / "scenario.toml")
+            run.scenario = load_scenario(path / "scenario.toml", run_dir_file=True)
         except FedAuditError as exc:
             run.scenario_error = str(exc)
             run.problems.append(f"scenario.toml: {exc}")

@@ -231,6 +231,10 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
                                num_supernodes=f.clients, backend_config=backend_config)
     except RunStopped:
         pass
+    except Interrupted as exc:          # stopped at once (a second signal): say which round was in progress
+        strategy = strategy_box.get("strategy")
+        exc.round = strategy.current_round if strategy is not None else None
+        raise
     finally:
         import ray as _ray
 

@@ -322,9 +322,12 @@ def _run_sequential(suite: Suite, out: Path, todo: list, status: dict, progress:
             else:
                 run_scenario(case.scenario, out=d, progress=progress)
             status[case.dirname] = {"status": "done", "seconds": round(time.time() - t0, 1)}
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             status[case.dirname] = {"status": "interrupted"}
             _write_meta(suite, out, status)
+            if hasattr(exc, "detail"):
+                exc.detail = (f" (suite {suite.name}, combination {case.index}: {case.label}){exc.detail}; or run the "
+                              f"suite again into {out} (with the same options) to resume it")
             raise
         except Exception as exc:  # noqa: BLE001 - one failed combination must not lose the others
             log.error("suite %s: %s failed: %s", suite.name, case.label, exc, exc_info=not isinstance(exc, FedAuditError))

@@ -191,3 +191,20 @@ def test_resume_refuses_a_run_that_is_still_going(tmp_path, capsys):
 
         with pytest.raises(FedAuditError, match="still going .pid 4242"):
             resume_run(run)
+
+
+def test_resume_takes_the_run_dir_only(tmp_path, capsys):
+    run = audited_run_dir(tmp_path)
+    assert main(["run", "scenarios/quickstart.toml", "--resume", str(run), "--rounds", "9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "drop a scenario file, --rounds" in err[0], err
+
+
+def test_report_says_how_the_run_ended(tmp_path):
+    run = write_fake_run(tmp_path / "run", rounds=4)
+    (run / "status.json").write_text(json.dumps({
+        "state": "interrupted", "signal": "SIGTERM", "interrupted_in_round": 3,
+        "attempts": [{"resumed": False, "state": "interrupted"}, {"resumed": True, "state": "interrupted"}]}))
+    assert main(["report", str(run)]) == 0
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert "4 configured, 4 recorded; the run was interrupted by SIGTERM in round 3; resumed 1 time" in html

@@ -120,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, exit_at_once: bool = False) -> int:
+    """The command line. ``exit_at_once`` (the ``fedaudit`` command): after a signal, end the process as soon
+    as the run directory says where it stopped."""
     quiet_environment()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -134,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"fedaudit: interrupted by {exc.signal_name}{exc.detail}; files written so far are kept",
               file=sys.stderr)
-        if exc.forced:      # stopped at once: threads of the runtime may still wait on Ray; do not join them
+        # Everything is written (atomically) and Ray is shut down. Exit now: the interpreter's teardown of
+        # TensorFlow and Ray takes seconds, and after a second signal threads of the runtime may still wait on
+        # Ray and would never be joined.
+        if exit_at_once:
+            logging.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(exc.exit_code)
@@ -144,5 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry_point() -> int:
+    return main(exit_at_once=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry_point())

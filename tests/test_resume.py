@@ -19,7 +19,7 @@ from fedaudit.config import load_scenario
 
 from conftest import REPO, SCENARIOS
 
-ROUNDS = 6
+ROUNDS = 9
 KILLED = (1, 3)                 # client 1's actor process is killed in round 3
 OVERRIDES = {"federation.clients": 3, "federation.rounds": ROUNDS, "federation.local_epochs": 1,
              "federation.fraction": 1.0, "audit.enabled": True, "audit.folds": 3,
@@ -29,6 +29,7 @@ TIMING = {"wall_seconds", "audit_seconds", "train_seconds", "from_cache", "cache
 REL, ABS = 1e-6, 1e-9           # float tolerance: resumed and uninterrupted runs compute the same numbers
 STOP_SECONDS = 10               # SIGINT / SIGTERM must end the process within this
 POLL_SECONDS = 240              # bound on waiting for a round to appear
+LEFTOVER_SECONDS = 30           # bound on waiting for the Ray processes of a stopped run to end
 
 
 def scenario_file(tmp: Path) -> Path:
@@ -47,27 +48,42 @@ def start(args, ray_tmp: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def complete(run_dir: Path) -> set:
+def lines(run_dir: Path) -> dict:
     path = run_dir / "rounds.jsonl"
-    if not path.exists():
-        return set()
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["round"] for r in rows if "server" in r and "participant" in r and "accuracy" in r}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return {r["round"]: r for r in rows}
 
 
-def wait_for_round(proc, run_dir: Path, round_: int) -> None:
-    """Poll rounds.jsonl (bounded) until ``round_`` is trained and audited."""
+def audited(run_dir: Path, round_: int) -> bool:
+    row = lines(run_dir).get(round_, {})
+    return "server" in row and "participant" in row and "accuracy" in row
+
+
+def wait_until(proc, ready, what: str) -> None:
+    """Poll (bounded) until ``ready()``; fail if fedaudit exits first."""
     deadline = time.monotonic() + POLL_SECONDS
-    while round_ not in complete(run_dir):
+    while not ready():
         if proc.poll() is not None:
-            pytest.fail(f"fedaudit exited ({proc.returncode}) before round {round_}:\n{proc.stdout.read()[-3000:]}")
+            pytest.fail(f"fedaudit exited ({proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
         if time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"round {round_} not audited within {POLL_SECONDS} s")
-        time.sleep(0.2)
+            pytest.fail(f"no {what} within {POLL_SECONDS} s")
+        time.sleep(0.1)
 
 
-def session_processes(sid: int) -> list:
+def resume_until_a_new_round(run_dir: Path, ray_tmp: Path):
+    """Resume the run; return once it has written the line of the round after its resume point (itself, not an
+    earlier attempt: the line differs from the one before it started)."""
+    after = status(run_dir)["resume_after_round"]
+    assert after + 1 < ROUNDS, f"the earlier attempts went too far ({after} rounds) for a stop to land mid-run"
+    before = lines(run_dir).get(after + 1)
+    proc = start(["--resume", run_dir], ray_tmp)
+    wait_until(proc, lambda: (row := lines(run_dir).get(after + 1)) is not None and "accuracy" in row
+               and row != before, f"a line for round {after + 1}")
+    return proc, after
+
+
+def session_processes(sid: int, pids: bool = False) -> list:
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -75,7 +91,8 @@ def session_processes(sid: int) -> list:
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
             if int(stat.rsplit(")", 1)[1].split()[4]) == sid:
-                found.append(Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:100])
+                found.append(int(entry) if pids else
+                             Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:100])
         except (OSError, ValueError, IndexError):
             continue
     return found
@@ -92,10 +109,10 @@ def stop_with(proc, sig) -> str:
         pytest.fail(f"{sig.name} did not stop fedaudit within {STOP_SECONDS} s:\n{out[-3000:]}")
     assert proc.returncode == 128 + sig, out[-3000:]
     assert time.monotonic() - sent < STOP_SECONDS
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + LEFTOVER_SECONDS      # Ray's processes end a moment after the driver
     while session_processes(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert session_processes(proc.pid) == [], "Ray processes left behind"
+    assert session_processes(proc.pid) == [], f"Ray processes left behind after {sig.name}"
     return out
 
 
@@ -145,30 +162,37 @@ def test_interrupt_resume_and_a_killed_client_end_where_an_uninterrupted_run_end
 
     run_dir = tmp_path / "run"
     with tempfile.TemporaryDirectory(prefix="fa-ray-", dir="/tmp") as ray_tmp:   # short: Ray's socket paths
-        # 1. SIGINT once round 1 is audited
+        # 1. SIGINT once round 1 is audited (so that the resume starts from a checkpoint, not from scratch)
         proc = start([scenario, "--out", run_dir], Path(ray_tmp))
-        wait_for_round(proc, run_dir, 1)
+        wait_until(proc, lambda: audited(run_dir, 1), "an audited round 1")
         out = stop_with(proc, signal.SIGINT)
         st = status(run_dir)
         assert st["state"] == "interrupted" and st["signal"] == "SIGINT", st
-        assert st["interrupted_in_round"] >= 2 and st["rounds_complete"] >= 1
+        assert st["interrupted_in_round"] >= 2 and st["resume_after_round"] >= 1, st
         assert f"--resume {run_dir}" in out and "interrupted by SIGINT" in out
-        done = st["rounds_complete"]
 
-        # 2. resume; SIGTERM once one more round is audited
-        proc = start(["--resume", run_dir], Path(ray_tmp))
-        wait_for_round(proc, run_dir, done + 1)
+        # 2. resume; SIGTERM as soon as it has trained a round
+        proc, after = resume_until_a_new_round(run_dir, Path(ray_tmp))
         stop_with(proc, signal.SIGTERM)
         st = status(run_dir)
-        assert st["state"] == "interrupted" and st["signal"] == "SIGTERM" and st["rounds_complete"] > done, st
-        done = st["rounds_complete"]
+        assert st["state"] == "interrupted" and st["signal"] == "SIGTERM" and st["resume_after_round"] >= after, st
+        assert st["attempts"][-1]["from_round"] == after
 
-        # 3. resume; SIGKILL (no chance to clean up) once one more round is audited
-        proc = start(["--resume", run_dir], Path(ray_tmp))
-        wait_for_round(proc, run_dir, done + 1)
+        # 3. resume; SIGKILL (no chance to clean up) as soon as it has trained a round
+        proc, after = resume_until_a_new_round(run_dir, Path(ray_tmp))
         proc.kill()
         proc.communicate()
-        assert status(run_dir)["state"] == "running"          # what a killed run leaves
+        st = status(run_dir)
+        assert st["state"] == "running" and st["attempts"][-1]["from_round"] == after   # what a killed run leaves
+        # Ray's node processes die with the driver; two of its agents outlive it for a minute: end them here
+        deadline = time.monotonic() + 5
+        while session_processes(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in session_processes(proc.pid, pids=True):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
         # 4. resume to the end
         proc = start(["--resume", run_dir], Path(ray_tmp))
@@ -190,7 +214,7 @@ def test_interrupt_resume_and_a_killed_client_end_where_an_uninterrupted_run_end
         assert all((math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=REL, abs_tol=ABS)
                    for x, y in zip(a, b)), (a, b)
     timing = [json.loads(line)["round"] for line in (run_dir / "audit" / "timing.jsonl").read_text().splitlines()]
-    assert sorted(timing) == list(range(1, ROUNDS + 1))                    # audited once each, none lost
+    assert sorted(timing) == list(range(1, ROUNDS + 1))                    # every round audited, none lost
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [f"round_{ROUNDS:04d}.npz"]
 
     assert (run_dir / "report.html").is_file()

@@ -24,13 +24,15 @@ GRACE_SECONDS = 6.0
 
 
 class Interrupted(KeyboardInterrupt):
-    """A run stopped by a signal. ``exit_code`` is 128 + the signal's number (130 SIGINT, 143 SIGTERM)."""
+    """A run stopped by a signal. ``exit_code`` is 128 + the signal's number (130 SIGINT, 143 SIGTERM);
+    ``round`` is the round that was in progress (when known), ``detail`` the rest of the message."""
 
-    def __init__(self, signum: int, detail: str = "", forced: bool = False):
+    def __init__(self, signum: int, detail: str = "", forced: bool = False, round_: int | None = None):
         super().__init__(detail)
         self.signum = int(signum)
         self.detail = detail
         self.forced = forced
+        self.round = round_
 
     @property
     def exit_code(self) -> int:

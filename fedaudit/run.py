@@ -223,7 +223,7 @@ def _execute(prepared, run_dir: Path, *, progress: bool, report: bool, resumed: 
     except Interrupted as exc:
         where = run_progress(run_dir, scenario)
         prune_checkpoints(run_dir, where["resume_after_round"])
-        in_round = getattr(exc, "round", None)
+        in_round = exc.round
         end_attempt(run_dir, "interrupted", signal=exc.signal_name, interrupted_in_round=in_round, **where)
         exc.detail = (f" in round {in_round}" if in_round else "") + (
             f"; rounds 1-{where['rounds_complete']} of {rounds} are complete" if where["rounds_complete"]

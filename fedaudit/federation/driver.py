@@ -245,10 +245,7 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
     if stop.requested:
         log.info("Ray shut down %.1f s after the signal", time.monotonic() - stop.requested_at)
         strategy = strategy_box.get("strategy")
-        in_round = strategy.current_round if strategy is not None else None
-        exc = Interrupted(stop.signum)
-        exc.round = in_round
-        raise exc
+        raise Interrupted(stop.signum, round_=strategy.current_round if strategy is not None else None)
     if state["error"] is not None:
         err = state["error"]
         raise err if isinstance(err, FedAuditError) else FedAuditError(f"federation failed: {err!r}") from err

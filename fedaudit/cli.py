@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tomllib
 
 from fedaudit.errors import ConfigError, FedAuditError
 from fedaudit.federation.runtime import quiet_environment
 from fedaudit.quiet import quiet_tensorflow
+from fedaudit.interrupt import Interrupted, signals_raise
 
 BENCHES = ("federation", "signals", "attacks", "auditor", "scale")
 
@@ -31,6 +33,20 @@ def _parse_set(items: list[str]) -> dict:
 def cmd_run(args) -> int:
     from fedaudit.config import load_scenario, read_toml
 
+    if args.resume:
+        given = [flag for flag, value in (("a scenario file", args.scenario), ("--rounds", args.rounds),
+                                          ("--clients", args.clients), ("--seed", args.seed),
+                                          ("--address", args.address), ("--out", args.out), ("--set", args.set))
+                 if value]
+        if given:
+            raise ConfigError(f"--resume {args.resume}: the run continues with the scenario it was started with "
+                              f"(RUN_DIR/scenario.toml); drop {', '.join(given)}")
+        from fedaudit.run import resume_run
+
+        print(resume_run(args.resume, progress=not args.quiet))
+        return 0
+    if not args.scenario:
+        raise ConfigError("run: name a scenario or suite TOML file (or --resume RUN_DIR)")
     overrides = {"federation.rounds": args.rounds, "federation.clients": args.clients,
                  "federation.seed": args.seed, "ray.address": args.address}
     overrides.update(_parse_set(args.set))
@@ -117,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a scenario (or a suite of scenarios) and write a run directory")
-    r.add_argument("scenario", help="a scenario or suite TOML file")
+    r.add_argument("scenario", nargs="?", help="a scenario or suite TOML file")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted or killed run from its last "
+                                                       "complete round")
     r.add_argument("--rounds", type=int, help="override federation.rounds")
     r.add_argument("--clients", type=int, help="override federation.clients")
     r.add_argument("--seed", type=int, help="override federation.seed")
@@ -167,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, exit_at_once: bool = False) -> int:
+    """The command line. ``exit_at_once`` (the ``fedaudit`` command): after a signal, end the process as soon
+    as the run directory says where it stopped."""
     args = build_parser().parse_args(argv)
     quiet_tensorflow(verbose=args.verbose)     # before anything imports TensorFlow
     quiet_environment()
@@ -176,14 +196,31 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:   # TensorFlow's Python warnings (retracing, deprecations) are for developers; -v shows them
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
-        return args.func(args)
+        with signals_raise():
+            return args.func(args)
     except FedAuditError as exc:
         print(f"fedaudit: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"fedaudit: interrupted by {exc.signal_name}{exc.detail}; files written so far are kept",
+              file=sys.stderr)
+        # Everything is written (atomically) and Ray is shut down. Exit now: the interpreter's teardown of
+        # TensorFlow and Ray takes seconds, and after a second signal threads of the runtime may still wait on
+        # Ray and would never be joined.
+        if exit_at_once:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("fedaudit: interrupted; files written so far are kept", file=sys.stderr)
         return 130
 
 
+def entry_point() -> int:
+    return main(exit_at_once=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry_point())

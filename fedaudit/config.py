@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import math
 import re
 import tomllib
@@ -76,9 +77,7 @@ class AuditConfig:
     population_sample: int = 1000   # population records scored under every audited client model (server view)
     source_sample: int = 1000       # members attributed to a client by source inference, every round
     keep_round_arrays: bool = True  # false: keep only the per-round arrays the aggregation and the report read
-    layers: list = field(default_factory=list)      # layers whose outputs the whitebox attack exploits (1-based)
-    gradients: list = field(default_factory=list)   # layers whose kernel gradients it exploits (1-based)
-    epochs: int = 30
+    gradients: list = field(default_factory=list)   # layers whose kernel gradient norms are features (1-based)
 
 
 @dataclass
@@ -100,6 +99,10 @@ SECTIONS = {
     "audit": AuditConfig,
     "ray": RayConfig,
 }
+# Keys that earlier versions accepted and wrote into every resolved scenario.toml without ever using them. A
+# scenario file that sets one is rejected like any unknown key; a run directory's own scenario.toml (read
+# with ``run_dir_file=True``) may still hold them and is read without them.
+RETIRED = {"audit": ("layers", "epochs")}
 # Sections whose unknown keys are options for a registered component rather than errors.
 OPEN_SECTIONS = {"data": ("dataset", "options"), "model": ("name", "options")}
 
@@ -145,6 +148,15 @@ def set_path(raw: dict, path: str, value) -> None:
     node[parts[-1]] = value
 
 
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _key_text(key) -> str:
+    """A key as it appears in a key path: bare keys as they are, others quoted (one line, always)."""
+    key = str(key)
+    return key if _BARE_KEY.match(key) else _toml_string(key)
+
+
 def _type_name(t) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
             list: "a list", dict: "a table"}[t]
@@ -177,13 +189,23 @@ def _section(name: str, raw, cls):
     values, options = {}, {}
     open_keys = OPEN_SECTIONS.get(name)
     for key, value in raw.items():
-        path = f"{name}.{key}"
+        path = f"{name}.{_key_text(key)}"
         if open_keys and key == open_keys[1]:
-            options.update(_coerce(path, value, {}))
+            table = _coerce(path, value, {})
+            for opt, v in table.items():
+                opt_path = f"{path}.{_key_text(opt)}"
+                if opt in known:
+                    raise ConfigError(f"{opt_path}: an option cannot be named like a key of [{name}] "
+                                      f"({', '.join(sorted(known))}); rename the option")
+                if opt in options:
+                    raise ConfigError(f"{opt_path}: given twice (also as {name}.{_key_text(opt)})")
+                options[opt] = copy.deepcopy(v)
         elif key in known:
             values[key] = _coerce(path, value, getattr(defaults, key))
         elif open_keys:
-            options[key] = value
+            if key in options:
+                raise ConfigError(f"{path}: given twice (also as {name}.{open_keys[1]}.{_key_text(key)})")
+            options[key] = copy.deepcopy(value)
         else:
             raise ConfigError(f"{path}: unknown key; allowed in [{name}]: {', '.join(sorted(known))}")
     if open_keys:
@@ -208,9 +230,12 @@ def validate(s: Scenario) -> Scenario:
            f"unknown optimizer {f.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
     _check(f.strategy in STRATEGIES or re.match(rf"^{FLOWER_STRATEGY_PREFIX}[A-Za-z_][A-Za-z0-9_]*$", f.strategy),
            "federation.strategy", f"unknown strategy {f.strategy!r}; allowed: {', '.join(STRATEGIES)}")
-    _check(bool(PARTITION_RE.match(f.partition)) or f.partition == GIVEN_PARTITION, "federation.partition",
+    _check(_partition_ok(f.partition) or f.partition == GIVEN_PARTITION, "federation.partition",
            f"got {f.partition!r}; allowed: 'iid', 'dirichlet:ALPHA' (ALPHA > 0), 'shards:N' (N >= 1)")
     _check(f.proximal_mu >= 0, "federation.proximal_mu", f"must be >= 0, got {f.proximal_mu}")
+    _check(f.server_learning_rate > 0, "federation.server_learning_rate",
+           f"must be positive, got {f.server_learning_rate}")
+    _check(0 <= f.server_momentum < 1, "federation.server_momentum", f"must be in [0, 1), got {f.server_momentum}")
     _check(f.seed >= 0, "federation.seed", f"must be >= 0, got {f.seed}")
     d = s.data
     _check(0 <= d.population_fraction < 1, "data.population_fraction", f"must be in [0, 1), got {d.population_fraction}")
@@ -233,13 +258,14 @@ def validate(s: Scenario) -> Scenario:
     _check(a.folds >= 2, "audit.folds", f"must be at least 2, got {a.folds}")
     for key in ("population_sample", "source_sample"):
         _check(getattr(a, key) >= 2, f"audit.{key}", f"must be at least 2, got {getattr(a, key)}")
-    _check(a.epochs >= 1, "audit.epochs", f"must be at least 1, got {a.epochs}")
-    for key in ("layers", "gradients"):
-        for v in getattr(a, key):
-            _check((isinstance(v, int) and not isinstance(v, bool) and v >= 1) or isinstance(v, str),
-                   f"audit.{key}", f"entries are 1-based layer indices or layer names, got {v!r}")
+    for v in a.gradients:
+        _check((isinstance(v, int) and not isinstance(v, bool) and v >= 1) or isinstance(v, str),
+               "audit.gradients", f"entries are 1-based layer indices or layer names, got {v!r}")
     r = s.ray
     _check(r.num_cpus >= 0, "ray.num_cpus", f"must be >= 0, got {r.num_cpus}")
+    _check(not (r.address and r.num_cpus), "ray.num_cpus",
+           f"sizes a local Ray only; with ray.address = {r.address!r} the run uses the cluster's CPUs "
+           "(set ray.num_cpus = 0 or ray.address = \"\")")
     _check(r.client_cpus > 0, "ray.client_cpus", f"must be positive, got {r.client_cpus}")
     _check(r.audit_tasks >= 0, "ray.audit_tasks", f"must be >= 0 (0: one per node), got {r.audit_tasks}")
     for key in ("client_gpus", "auditor_gpus", "audit_cpus"):
@@ -247,6 +273,19 @@ def validate(s: Scenario) -> Scenario:
     _check(bool(re.match(r"^[A-Za-z0-9_.-]+$", s.name)), "name",
            f"got {s.name!r}; allowed: letters, digits, '.', '_' and '-'")
     return s
+
+
+def _partition_ok(spec: str) -> bool:
+    if not PARTITION_RE.match(spec):
+        return False
+    method, _, param = spec.partition(":")
+    if not param:
+        return True
+    try:
+        value = float(param)
+    except ValueError:
+        return False
+    return math.isfinite(value) and value > 0 and (method != "shards" or value >= 1)
 
 
 def scenario_from_dict(raw: dict, source: str = "", default_name: str = "scenario") -> Scenario:
@@ -257,7 +296,7 @@ def scenario_from_dict(raw: dict, source: str = "", default_name: str = "scenari
     sections = {}
     for key, value in raw.items():
         if key not in SECTIONS:
-            raise ConfigError(f"{key}: unknown key; allowed at the top level: name, {', '.join(SECTIONS)}")
+            raise ConfigError(f"{_key_text(key)}: unknown key; allowed at the top level: name, {', '.join(SECTIONS)}")
         sections[key] = _section(key, value, SECTIONS[key])
     return validate(Scenario(name=name, source=source, **sections))
 
@@ -267,16 +306,32 @@ def read_toml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: no such scenario file")
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the scenario file: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
+                          "TOML files are UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from None
 
 
-def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
-    """Read, validate and (optionally) override a scenario file."""
+def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None, *,
+                  run_dir_file: bool = False) -> Scenario:
+    """Read, validate and (optionally) override a scenario file.
+
+    ``run_dir_file``: the file is a run directory's resolved scenario.toml, which earlier versions wrote with
+    the :data:`RETIRED` keys; they are dropped (they never changed what a run did).
+    """
     path = Path(path)
     raw = read_toml(path)
+    if run_dir_file:
+        for section, keys in RETIRED.items():
+            if isinstance(raw.get(section), dict):
+                for key in keys:
+                    raw[section].pop(key, None)
     if "suite" in raw:
         raise ConfigError(f"{path}: this is a suite (it has a [suite] table), not a single scenario")
     try:
@@ -288,26 +343,54 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
 
 # --- a small TOML writer for resolved scenarios (tomllib only reads) ---
 
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and every control character (U+0000-U+001F, U+007F) escaped."""
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_key(key) -> str:
+    key = str(key)
+    return key if _BARE_KEY.match(key) else _toml_string(key)
+
+
 def _toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, (int, float)):
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
         return repr(v)
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return _toml_string(v)
+    if isinstance(v, (datetime.datetime, datetime.date, datetime.time)):
+        return v.isoformat()
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise ConfigError(f"cannot write {v!r} to TOML")
 
 
 def dumps_toml(d: dict) -> str:
-    lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    """Top-level keys, then one table per section; deeper tables are written inline."""
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict)]
     for k, v in d.items():
         if isinstance(v, dict):
-            lines.append(f"\n[{k}]")
-            lines += [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if not isinstance(vv, dict)]
-            for kk, vv in v.items():
-                if isinstance(vv, dict):
-                    lines.append(f"\n[{k}.{kk}]")
-                    lines += [f"{kkk} = {_toml_value(vvv)}" for kkk, vvv in vv.items()]
+            lines.append(f"\n[{_toml_key(k)}]")
+            lines += [f"{_toml_key(kk)} = {_toml_value(vv)}" for kk, vv in v.items()]
     return "\n".join(lines) + "\n"

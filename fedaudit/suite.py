@@ -29,7 +29,10 @@ then the combination's own values. Every combination is checked before anything 
 
 Each combination runs into ``OUT/NN-<label>/`` (a normal run directory with its own report), then
 ``OUT/comparison.html`` compares them all; ``OUT/suite.json`` records what ran. Running the same suite into
-the same folder again reuses finished combinations and reruns the others.
+the same folder again reuses finished combinations, resumes the ones that were interrupted or killed (in
+sequential mode: from their last complete round, as ``fedaudit run --resume`` does) and reruns the others.
+SIGINT / SIGTERM stop the combination that is running as they stop ``fedaudit run``; suite.json marks it
+``interrupted`` and the command exits with 130 / 143.
 
 ``mode = "ray"``: the driver joins the cluster at ``ray.address`` (or starts a local Ray) and submits one
 task per combination reserving ``cpus_per_run`` CPUs; each task runs the combination in a fresh process
@@ -294,19 +297,37 @@ def _say(progress: bool, text: str) -> None:
     log.info(text)
 
 
+def _resumable(d: Path, scenario: Scenario) -> bool:
+    """An interrupted or killed run of this very scenario, which ``--resume`` can continue."""
+    from fedaudit.run import check_resumable
+
+    try:
+        return check_resumable(d).to_dict() == scenario.to_dict()
+    except FedAuditError:
+        return False
+
+
 def _run_sequential(suite: Suite, out: Path, todo: list, status: dict, progress: bool) -> None:
-    from fedaudit.run import run_scenario
+    from fedaudit.run import resume_run, run_scenario
 
     for case in todo:
         d = out / case.dirname
-        _say(progress, f"[{case.index}/{len(suite.cases)}] {case.label}: running into {d}")
+        resume = d.exists()
+        _say(progress, f"[{case.index}/{len(suite.cases)}] {case.label}: "
+                       f"{'resuming' if resume else 'running into'} {d}")
         t0 = time.time()
         try:
-            run_scenario(case.scenario, out=d, progress=progress)
+            if resume:
+                resume_run(d, progress=progress)
+            else:
+                run_scenario(case.scenario, out=d, progress=progress)
             status[case.dirname] = {"status": "done", "seconds": round(time.time() - t0, 1)}
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             status[case.dirname] = {"status": "interrupted"}
             _write_meta(suite, out, status)
+            if hasattr(exc, "detail"):
+                exc.detail = (f" (suite {suite.name}, combination {case.index}: {case.label}){exc.detail}; or run the "
+                              f"suite again into {out} (with the same options) to resume it")
             raise
         except Exception as exc:  # noqa: BLE001 - one failed combination must not lose the others
             log.error("suite %s: %s failed: %s", suite.name, case.label, exc, exc_info=not isinstance(exc, FedAuditError))
@@ -363,6 +384,9 @@ def _run_ray(suite: Suite, out: Path, todo: list, status: dict, progress: bool) 
     address = todo[0].scenario.ray.address if todo else ""
     started = not ray.is_initialized()
     resources = init_ray(address)
+    from fedaudit.interrupt import reinstall
+
+    reinstall()                 # ray.init replaced the SIGTERM handler with its own
     total = resources.get("CPU", 0)
     cpus = suite.cpus_per_run
     if total and cpus > total:
@@ -418,7 +442,9 @@ def run_suite(path, out=None, overrides: dict | None = None, progress: bool = Tr
 
                 build_report(d)
             continue
-        if d.exists():
+        if d.exists() and suite.mode == "sequential" and _resumable(d, case.scenario):
+            log.warning("suite %s: %s stopped before it finished; resuming it", suite.name, d)
+        elif d.exists():
             log.warning("suite %s: %s is incomplete from an earlier attempt; running it again", suite.name, d)
             shutil.rmtree(d)
         todo.append(case)

@@ -45,6 +45,17 @@ def test_open_sections_forward_options():
     ({"data": {"test_fraction": 0.6, "population_fraction": 0.5}}, "data.test_fraction"),
     ({"unknown": {}}, "unknown"),
     ({"audit": {"enabled": "yes"}}, "audit.enabled"),
+    # settings a federation audit never read are rejected, not silently accepted
+    ({"audit": {"layers": [1]}}, "audit.layers"),
+    ({"audit": {"epochs": 30}}, "audit.epochs"),
+    ({"federation": {"partition": "dirichlet:0"}}, "federation.partition"),
+    ({"federation": {"partition": "shards:0.5"}}, "federation.partition"),
+    ({"federation": {"server_learning_rate": 0.0}}, "federation.server_learning_rate"),
+    ({"federation": {"server_momentum": 1.0}}, "federation.server_momentum"),
+    ({"ray": {"address": "auto", "num_cpus": 4}}, "ray.num_cpus"),
+    ({"data": {"options": {"dataset": "x"}}}, "data.options.dataset"),
+    ({"model": {"hidden": [8], "options": {"hidden": [4]}}}, "model.options.hidden"),
+    ({"audit": {"ke\ny": 1}}, 'audit."ke\\ny"'),      # an odd key is quoted: the message stays one line
 ])
 def test_bad_values_name_the_key(raw, path):
     with pytest.raises(ConfigError) as info:

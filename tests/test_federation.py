@@ -80,3 +80,61 @@ def test_quickstart_as_a_ray_cluster_job(tmp_path):
     assert str(out) in job.stdout                     # the run directory is the job's last line of output
     owner = np.load(out / "ledger.npz")["owner"]
     assert set(np.unique(owner[owner >= 0])) == set(range(10))
+
+
+def test_strategy_state_survives_a_checkpoint(tmp_path):
+    """FedAvgM's momentum and FedAdam's moments go into a checkpoint and come back into a new strategy."""
+    from fedaudit.federation.strategy import restore_strategy_state, strategy_state
+    from fedaudit.runstate import load_checkpoint, save_checkpoint
+
+    rng = np.random.default_rng(0)
+    for strategy, dp in (("fedavgm", "none"), ("fedadam", "server")):
+        s = scenario_from_dict({"federation": {"strategy": strategy}, "dp": {"mode": dp}})
+        built = build_strategy(s, 10)
+        inner = getattr(built, "strategy", built)
+        if strategy == "fedavgm":
+            inner.momentum_vector = [rng.random((3, 2)), rng.random(2)]
+        else:
+            inner.m_t = {"0": rng.random((3, 2)), "1": rng.random(2)}
+            inner.v_t = {"0": rng.random((3, 2)), "1": rng.random(2)}
+        weights = [rng.random((3, 2)), rng.random(2)]
+        save_checkpoint(tmp_path, 7, weights, strategy_state(built))
+        round_, got_weights, state = load_checkpoint(tmp_path / "checkpoints" / "round_0007.npz")
+        fresh = build_strategy(s, 10)
+        restore_strategy_state(fresh, state)
+        fresh_inner = getattr(fresh, "strategy", fresh)
+        assert round_ == 7 and all(np.array_equal(a, b) for a, b in zip(got_weights, weights))
+        for name in ("momentum_vector", "m_t", "v_t"):
+            old, new = getattr(inner, name, None), getattr(fresh_inner, name, None)
+            if isinstance(old, dict) and old:
+                assert old.keys() == new.keys() and all(np.array_equal(old[k], new[k]) for k in old)
+            elif isinstance(old, list):
+                assert all(np.array_equal(a, b) for a, b in zip(old, new))
+
+
+def test_audited_strategy_numbers_rounds_on_after_a_resume():
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from fedaudit.federation.strategy import AuditedStrategy
+
+    seen = []
+
+    class Inner:
+        def configure_train(self, server_round, arrays, config, grid):
+            seen.append(server_round)
+            return []
+
+    strategy = AuditedStrategy(Inner(), lambda update: None, round_offset=4)
+    strategy.configure_train(1, ArrayRecord([np.zeros(2)]), ConfigRecord(), None)
+    assert seen == [5] and strategy.current_round == 5 and strategy._round.round == 5
+
+
+def test_failed_clients_are_named_by_partition_when_every_client_was_asked():
+    from fedaudit.federation.strategy import AuditedStrategy
+
+    strategy = AuditedStrategy(None, lambda update: None, num_clients=3)
+    strategy._node_to_partition = {11: 0, 12: 2}
+    assert strategy._failed_partitions([99]) == [1]                 # the one partition never heard from
+    assert strategy._failed_partitions([99, 11]) == [0, 1]
+    unsure = AuditedStrategy(None, lambda update: None)             # a sample of the clients: cannot tell
+    assert unsure._failed_partitions([99]) == ["node-99"]

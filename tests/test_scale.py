@@ -214,8 +214,8 @@ def test_multinode_audit_tasks_run_on_both_nodes_and_match_one_node(tmp_path):
                                                             "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
-        two = run_scenario(scenario.with_overrides({"ray.address": cluster.address}), out=tmp_path / "two",
-                           progress=False, report=False)
+        two = run_scenario(scenario.with_overrides({"ray.address": cluster.address, "ray.num_cpus": 0}),
+                           out=tmp_path / "two", progress=False, report=False)
     finally:
         cluster.shutdown()
     timing = read_jsonl(two / "audit" / "timing.jsonl")

@@ -170,6 +170,46 @@ def test_run_suite_compares_and_resumes(tmp_path, monkeypatch):
     assert "Runs that failed" not in (out / "comparison.html").read_text(encoding="utf-8")
 
 
+def test_an_interrupted_suite_resumes_the_combination_it_stopped_in(tmp_path, monkeypatch):
+    import fedaudit.run
+    from fedaudit.interrupt import Interrupted
+    from fedaudit.suite import run_suite
+
+    suite_file = write_suite(tmp_path, GRID.replace('"federation.clients" = [3, 4]', '"federation.clients" = [3]'))
+    calls: list = []
+    done = stand_in(calls)
+
+    def interrupted_second(scenario, out=None, progress=True, **kw):
+        if len(calls) == 1:                      # the second combination: stopped half-way by SIGTERM
+            calls.append(scenario.name)
+            Path(out).mkdir(parents=True)
+            atomic_write_text(Path(out) / "scenario.toml", scenario.to_toml())
+            atomic_write_text(Path(out) / "ledger.npz", "")
+            atomic_write_text(Path(out) / "status.json", json.dumps({"state": "interrupted", "signal": "SIGTERM"}))
+            raise Interrupted(15)
+        return done(scenario, out, progress, **kw)
+
+    monkeypatch.setattr(fedaudit.run, "run_scenario", interrupted_second)
+    with pytest.raises(Interrupted):
+        run_suite(suite_file, out=tmp_path / "out", progress=False)
+    meta = json.loads((tmp_path / "out" / "suite.json").read_text())
+    assert [c["status"] for c in meta["cases"]] == ["done", "interrupted"]
+    # Again: the finished combination is reused, the interrupted one resumed (not deleted and run again)
+    resumed: list = []
+
+    def resume_run(run_dir, progress=True, **_):
+        resumed.append(Path(run_dir).name)
+        return done(fedaudit.run.check_resumable(Path(run_dir)), run_dir, progress)   # finishes it in place
+
+    monkeypatch.setattr(fedaudit.run, "resume_run", resume_run)
+    calls.clear()
+    run_suite(suite_file, out=tmp_path / "out", progress=False)
+    assert resumed == ["02-partition-dirichlet-0.5-clients-3"] and calls == [
+        "quickstart-partition-dirichlet-0.5-clients-3"]
+    meta = json.loads((tmp_path / "out" / "suite.json").read_text())
+    assert [c["status"] for c in meta["cases"]] == ["reused", "done"]
+
+
 def test_run_suite_refuses_a_foreign_folder(tmp_path):
     from fedaudit.suite import run_suite
 

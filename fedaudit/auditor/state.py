@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from fedaudit.errors import FedAuditError
 from fedaudit.rundir import atomic_save_npz, read_jsonl, upsert_jsonl
 
 AUDIT_DIR = "audit"
@@ -60,8 +62,11 @@ def save_round(run_dir: Path, round_: int, arrays: dict) -> Path:
 
 
 def load_round(path: Path) -> dict:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise FedAuditError(f"{path}: unreadable audit round ({exc})") from None
 
 
 def audited_rounds(run_dir: Path, threat_models) -> set[int]:

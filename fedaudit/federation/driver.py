@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from fedaudit.config import Scenario
 from fedaudit.data import Dataset, Ledger, build_ledger, load_dataset, parse_partition
 from fedaudit.errors import ConfigError, FedAuditError
 from fedaudit.federation.runtime import init_ray, quiet_environment
+from fedaudit.interrupt import Interrupted, graceful_stop
+from fedaudit.interrupt import reinstall as reinstall_signal_handlers
 from fedaudit.rundir import atomic_write_text, upsert_jsonl
 
 log = logging.getLogger(__name__)
@@ -126,14 +129,49 @@ class FederationResult:
     ray_seconds: float
 
 
+KILL_CLIENTS_ENV = "FEDAUDIT_TEST_KILL_CLIENTS"
+
+
+def _kill_clients_from_env() -> dict:
+    """Fault injection for tests of a whole ``fedaudit run`` process: ``FEDAUDIT_TEST_KILL_CLIENTS="1:3,2:5"``
+    kills the process of client 1's actor in round 3 and client 2's in round 5."""
+    spec = os.environ.get(KILL_CLIENTS_ENV, "").strip()
+    out = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        try:
+            k, r = item.split(":")
+            out[int(k)] = int(r)
+        except ValueError:
+            raise FedAuditError(f"{KILL_CLIENTS_ENV}={spec!r}: expected CLIENT:ROUND pairs, e.g. 1:3,2:5") from None
+    return out
+
+
 def run_federation(prepared: Prepared, run_dir: Path, *, sink_factory: Callable | None = None,
-                   progress: bool = True, fail_clients: dict | None = None) -> FederationResult:
+                   progress: bool = True, fail_clients: dict | None = None, kill_clients: dict | None = None,
+                   start_round: int = 0, start_weights: list | None = None,
+                   start_state: dict | None = None) -> FederationResult:
     """Train the scenario's federation with Flower's simulation runtime on Ray.
 
     ``sink_factory(prepared, run_dir)`` returns the callable that receives each round (default: RoundLog);
     it is created after Ray is up, so it may start actors, and its ``finish()`` is awaited before the
-    ServerApp returns.
+    ServerApp returns. After each round the global weights and the strategy's state are checkpointed in
+    ``run_dir/checkpoints`` (see :mod:`fedaudit.runstate`) before the round goes to the sink.
+
+    A resumed run passes ``start_round`` (the rounds already done), ``start_weights`` and ``start_state`` (its
+    checkpoint): rounds are numbered from ``start_round + 1`` for the strategy and the clients alike.
+
+    SIGINT / SIGTERM (in the main thread): the round in progress is dropped, the messages in flight finish,
+    Ray is shut down and :class:`fedaudit.interrupt.Interrupted` is raised, with ``round`` set to the round
+    that was in progress. Test hooks: ``fail_clients`` ({client: round}) makes that client raise,
+    ``kill_clients`` ({client: round}) kills its actor's process (Ray starts a new one).
     """
+    with graceful_stop() as stop:
+        return _run_federation(prepared, Path(run_dir), sink_factory, progress, fail_clients, kill_clients,
+                               int(start_round), start_weights, start_state, stop)
+
+
+def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kill_clients, start_round,
+                    start_weights, start_state, stop) -> FederationResult:
     quiet_environment()
     import ray
     from flwr.app import ArrayRecord, Context
@@ -141,57 +179,91 @@ def run_federation(prepared: Prepared, run_dir: Path, *, sink_factory: Callable 
     from flwr.simulation import run_simulation
 
     from fedaudit.federation.client import make_client_app
-    from fedaudit.federation.strategy import AuditedStrategy, build_strategy
+    from fedaudit.federation.strategy import AuditedStrategy, RunStopped, build_strategy, restore_strategy_state
     from fedaudit.federation.task import TrainSpec
+    from fedaudit.runstate import save_checkpoint
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     s = prepared.scenario
     f = s.federation
+    if not 0 <= start_round <= f.rounds:
+        raise FedAuditError(f"cannot start after round {start_round}: the scenario has {f.rounds} rounds")
     sampled = max(1, int(f.clients * f.fraction))
+    kills = {**_kill_clients_from_env(), **dict(kill_clients or {})}
     t0 = time.time()
-    init_ray(s.ray.address, s.ray.num_cpus)
-    ray_seconds = time.time() - t0
-    d = prepared.dataset
-    spec = TrainSpec(data_ref=ray.put((d.x, d.y)), owner=prepared.ledger.owner, model_name=s.model.name,
-                     model_options=dict(s.model.options), input_shape=d.input_shape, num_classes=d.num_classes,
-                     optimizer=f.optimizer, learning_rate=f.learning_rate, local_epochs=f.local_epochs,
-                     batch_size=f.batch_size, seed=f.seed, client_threads=max(1, int(s.ray.client_cpus)),
-                     fail_clients=dict(fail_clients or {}))
-    evaluator = Evaluator(prepared)
-    sink = (sink_factory or (lambda p, r: RoundLog(r)))(prepared, run_dir)
-    state = {"error": None, "accuracy": float("nan"), "loss": float("nan"), "rounds": 0}
-    bar = _progress(progress, f.rounds)
-
-    def observe(update) -> None:
-        weights = update.new if update.new is not None else update.previous
-        loss, acc = evaluator(weights)
-        state.update(accuracy=acc, loss=loss, rounds=update.round)
-        sink(update, round_record(update, acc, loss))
-        bar.advance(f"round {update.round}/{f.rounds}: accuracy {acc:.3f}")
-
-    server_app = ServerApp()
-
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        try:
-            strategy = AuditedStrategy(build_strategy(s, sampled), observe)
-            strategy.start(grid=grid, initial_arrays=ArrayRecord(prepared.initial_weights), num_rounds=f.rounds)
-            sink.finish()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread below
-            state["error"] = exc
-
-    backend_config = {"client_resources": {"num_cpus": s.ray.client_cpus, "num_gpus": s.ray.client_gpus}}
-    if s.dp.mode == "client":
-        backend_config["actor"] = {"tensorflow": 0}
+    state = {"error": None, "accuracy": float("nan"), "loss": float("nan"), "rounds": start_round}
+    strategy_box: dict = {}
     try:
-        with bar:
-            run_simulation(server_app=server_app, client_app=make_client_app(spec, s.dp.mode == "client"),
-                           num_supernodes=f.clients, backend_config=backend_config)
+        init_ray(s.ray.address, s.ray.num_cpus)
+        reinstall_signal_handlers()         # ray.init replaced the SIGTERM handler with its own
+        ray_seconds = time.time() - t0
+        d = prepared.dataset
+        spec = TrainSpec(data_ref=ray.put((d.x, d.y)), owner=prepared.ledger.owner, model_name=s.model.name,
+                         model_options=dict(s.model.options), input_shape=d.input_shape, num_classes=d.num_classes,
+                         optimizer=f.optimizer, learning_rate=f.learning_rate, local_epochs=f.local_epochs,
+                         batch_size=f.batch_size, seed=f.seed, client_threads=max(1, int(s.ray.client_cpus)),
+                         fail_clients=dict(fail_clients or {}), kill_clients=kills)
+        evaluator = Evaluator(prepared)
+        sink = (sink_factory or (lambda p, r: RoundLog(r)))(prepared, run_dir)
+        bar = _progress(progress, f.rounds, done=start_round)
+
+        def observe(update) -> None:
+            weights = update.new if update.new is not None else update.previous
+            loss, acc = evaluator(weights)
+            state.update(accuracy=acc, loss=loss, rounds=update.round)
+            save_checkpoint(run_dir, update.round, weights, _state_of(strategy_box.get("strategy")))
+            sink(update, round_record(update, acc, loss))
+            _prune(run_dir, s)
+            bar.advance(f"round {update.round}/{f.rounds}: accuracy {acc:.3f}")
+
+        server_app = ServerApp()
+
+        @server_app.main()
+        def main(grid: Grid, context: Context) -> None:
+            try:
+                inner = build_strategy(s, sampled)
+                if start_state:
+                    restore_strategy_state(inner, start_state)
+                strategy = AuditedStrategy(inner, observe, round_offset=start_round, stop=stop.event,
+                                           num_clients=f.clients if sampled == f.clients else None)
+                strategy_box["strategy"] = strategy
+                weights = start_weights if start_weights is not None else prepared.initial_weights
+                strategy.start(grid=grid, initial_arrays=ArrayRecord([np.asarray(w) for w in weights]),
+                               num_rounds=f.rounds - start_round)
+                _finish(sink, stop.event)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread below
+                state["error"] = exc
+
+        # A client actor whose process dies is started again by Ray (its message in flight fails, and the client
+        # is recorded as failed for that round); Flower's pool would otherwise keep handing messages to the dead
+        # actor. Flower passes client_resources to the actor's .options(), so max_restarts travels with them.
+        backend_config = {"client_resources": {"num_cpus": s.ray.client_cpus, "num_gpus": s.ray.client_gpus,
+                                               "max_restarts": -1}}
+        if s.dp.mode == "client":
+            backend_config["actor"] = {"tensorflow": 0}
+        if stop.requested:
+            raise RunStopped("stop requested")
+        if start_round < f.rounds:
+            with bar:
+                run_simulation(server_app=server_app, client_app=make_client_app(spec, s.dp.mode == "client"),
+                               num_supernodes=f.clients, backend_config=backend_config)
+    except RunStopped:
+        pass
+    except Interrupted as exc:          # stopped at once (a second signal): say which round was in progress
+        strategy = strategy_box.get("strategy")
+        exc.round = strategy.current_round if strategy is not None else None
+        raise
     finally:
         import ray as _ray
 
+        if stop.requested:
+            log.info("runtime stopped %.1f s after the signal", time.monotonic() - stop.requested_at)
         if _ray.is_initialized():
             _ray.shutdown()
+    if stop.requested:
+        log.info("Ray shut down %.1f s after the signal", time.monotonic() - stop.requested_at)
+        strategy = strategy_box.get("strategy")
+        raise Interrupted(stop.signum, round_=strategy.current_round if strategy is not None else None)
     if state["error"] is not None:
         err = state["error"]
         raise err if isinstance(err, FedAuditError) else FedAuditError(f"federation failed: {err!r}") from err
@@ -200,10 +272,48 @@ def run_federation(prepared: Prepared, run_dir: Path, *, sink_factory: Callable 
     return FederationResult(run_dir, state["rounds"], state["accuracy"], state["loss"], time.time() - t0, ray_seconds)
 
 
+def _state_of(strategy) -> dict:
+    if strategy is None:
+        return {}
+    from fedaudit.federation.strategy import strategy_state
+
+    return strategy_state(strategy.inner)
+
+
+def _prune(run_dir: Path, scenario) -> None:
+    """Checkpoints below the round a resume would start from are no longer needed."""
+    from fedaudit.runstate import prune_checkpoints, resume_round
+
+    prune_checkpoints(run_dir, resume_round(run_dir, scenario))
+
+
+def _finish(sink, stop: threading.Event) -> None:
+    """``sink.finish()`` (the audit's drain and aggregation), given up on when a stop is requested."""
+    from fedaudit.federation.strategy import RunStopped
+
+    done = threading.Event()
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = sink.finish()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="fedaudit-sink-finish", daemon=True).start()
+    while not done.wait(0.2):
+        if stop.is_set():
+            raise RunStopped("stop requested while the audit finished")
+    if "error" in box:
+        raise box["error"]
+
+
 class _progress:
     """A rich progress bar over rounds (silent when disabled)."""
 
-    def __init__(self, enabled: bool, total: int):
+    def __init__(self, enabled: bool, total: int, done: int = 0):
         self.enabled = enabled
         self.total = total
         self._lock = threading.Lock()
@@ -214,7 +324,7 @@ class _progress:
             self.progress = Progress(TextColumn("[bold]federation"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.description}"), TimeElapsedColumn(),
                                      console=Console(stderr=True), transient=False)
-            self.task = self.progress.add_task("starting Ray", total=total)
+            self.task = self.progress.add_task("starting Ray", total=total, completed=done)
 
     def __enter__(self):
         if self.enabled:

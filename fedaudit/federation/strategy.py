@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -63,9 +64,9 @@ def build_strategy(scenario: Scenario, sampled: int) -> Strategy:
     elif f.strategy == "fedprox":
         strategy = FedProx(proximal_mu=f.proximal_mu, **common)
     elif f.strategy == "fedadam":
-        strategy = FedAdam(eta=lr or 0.01, eta_l=f.learning_rate, **common)
+        strategy = FedAdam(eta=lr, eta_l=f.learning_rate, **common)
     else:
-        strategy = FedAvgM(server_learning_rate=lr or 1.0, server_momentum=f.server_momentum, **common)
+        strategy = FedAvgM(server_learning_rate=lr, server_momentum=f.server_momentum, **common)
     return wrap_dp(scenario, strategy, sampled)
 
 
@@ -81,6 +82,129 @@ def wrap_dp(scenario: Scenario, strategy: Strategy, sampled: int) -> Strategy:
                num_sampled_clients=sampled)
 
 
+class RunStopped(Exception):
+    """Raised in the ServerApp's thread when a stop was requested (a signal): the round in progress is dropped."""
+
+
+#: The reason of an error reply whose message never reached a client: it was sent to a client actor that Ray was
+#: restarting (its process had died). Such a message is sent again; the client that was training when its
+#: process died is a failure of that round.
+NEVER_RAN = "The actor is restarting"
+RESEND_SECONDS = 120.0
+
+
+class RoundGrid(Grid):
+    """The Grid a round runs on: stops waiting (raises :class:`RunStopped`) as soon as ``stop`` is set, and sends
+    again the messages that never reached a client because its actor was being restarted.
+
+    Flower's ``send_and_receive`` waits up to an hour for replies and its node sampling waits for nodes
+    forever; this one polls the same way but checks ``stop`` between polls.
+    """
+
+    def __init__(self, grid: Grid, stop: threading.Event | None = None):
+        self._grid = grid
+        self._stop = stop if stop is not None else threading.Event()
+        self.pull_interval = float(getattr(grid, "pull_interval", 0.1))
+
+    def _check(self) -> None:
+        if self._stop.is_set():
+            raise RunStopped("stop requested")
+
+    def set_run(self, run) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self):
+        return self._grid.run
+
+    def create_message(self, *args, **kwargs):
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self):
+        self._check()
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages):
+        self._check()
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids):
+        return self._grid.pull_messages(message_ids)
+
+    def _wait(self, pending: set, end: float | None) -> list:
+        replies: list = []
+        while pending:
+            self._check()
+            got = list(self._grid.pull_messages(pending))
+            replies.extend(got)
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            if not pending or (end is not None and time.time() >= end):
+                break
+            self._stop.wait(self.pull_interval)
+        self._check()
+        return replies
+
+    def send_and_receive(self, messages, *, timeout: float | None = None):
+        messages = list(messages)
+        end = None if timeout is None else time.time() + timeout
+        sent = {}
+        for msg_id, msg in zip(self.push_messages(messages), messages):
+            sent[str(msg_id)] = msg
+        replies = self._wait(set(sent), end)
+        resend_until = time.time() + RESEND_SECONDS
+        delay = 0.5
+        while True:
+            again = [r for r in replies if r.has_error() and NEVER_RAN in str(r.error.reason)]
+            if not again or time.time() > resend_until or (end is not None and time.time() >= end):
+                return replies
+            log.warning("%d message(s) reached a client actor that Ray was restarting; sending again in %.1f s",
+                        len(again), delay)
+            self._stop.wait(delay)
+            delay = min(2 * delay, 2.0)
+            fresh = []
+            for reply in again:
+                old = sent[reply.metadata.reply_to_message_id]
+                fresh.append(Message(content=old.content, message_type=old.metadata.message_type,
+                                     dst_node_id=old.metadata.dst_node_id, group_id=old.metadata.group_id))
+            ids = [str(i) for i in self.push_messages(fresh)]
+            sent.update(zip(ids, fresh))
+            retried = {id(r) for r in again}
+            replies = [r for r in replies if id(r) not in retried] + self._wait(set(ids), end)
+
+
+def _innermost(strategy: Strategy) -> Strategy:
+    """The strategy under Flower's DP wrappers (which keep theirs in ``.strategy``)."""
+    while isinstance(getattr(strategy, "strategy", None), Strategy):
+        strategy = strategy.strategy
+    return strategy
+
+
+def strategy_state(strategy: Strategy) -> dict:
+    """The server optimiser's state across rounds (FedAvgM's momentum, FedAdam's moments) as named arrays."""
+    inner = _innermost(strategy)
+    out = {}
+    momentum = getattr(inner, "momentum_vector", None)
+    if momentum is not None:
+        out.update({f"momentum_vector__{i:04d}": np.asarray(v) for i, v in enumerate(momentum)})
+    for name in ("m_t", "v_t"):
+        moments = getattr(inner, name, None)
+        if moments:
+            out.update({f"{name}__{k}": np.asarray(v) for k, v in moments.items()})
+    return out
+
+
+def restore_strategy_state(strategy: Strategy, state: dict) -> None:
+    """Put back what :func:`strategy_state` saved (into a freshly built strategy of the same scenario)."""
+    inner = _innermost(strategy)
+    momentum = [state[k] for k in sorted(k for k in state if k.startswith("momentum_vector__"))]
+    if momentum:
+        inner.momentum_vector = [np.asarray(v) for v in momentum]
+    for name in ("m_t", "v_t"):
+        moments = {k.split("__", 1)[1]: np.asarray(v) for k, v in state.items() if k.startswith(name + "__")}
+        if moments:
+            setattr(inner, name, moments)
+
+
 class AuditedStrategy(Strategy):
     """Wraps any strategy; after each aggregation hands the round (theta_prev, every theta_k with its
     partition id, the new theta) to ``observer`` and returns at once.
@@ -88,19 +212,33 @@ class AuditedStrategy(Strategy):
     Each train reply's MetricRecord must carry the client's ``partition-id`` (fedaudit's ClientApp puts it there;
     a Flower App's own ClientApp gets it from :func:`fedaudit.flower.partition_id_mod`). The tags are read and
     removed before the inner strategy aggregates, so its metrics are those of an unaudited run.
+
+    ``round_offset``: rounds are numbered from ``round_offset + 1`` (a resumed run), for the inner strategy
+    and the clients alike. ``stop``: once set, the run stops waiting for replies (:class:`RunStopped`).
+    Replies are aggregated in the order of partition ids, not of arrival, so that a run is reproducible.
     """
 
-    def __init__(self, inner: Strategy, observer: Callable[[RoundUpdate], None]):
+    def __init__(self, inner: Strategy, observer: Callable[[RoundUpdate], None], *, round_offset: int = 0,
+                 stop: threading.Event | None = None, num_clients: int | None = None):
         self.inner = inner
+        self.num_clients = num_clients
         self.observer = observer
+        self.round_offset = int(round_offset)
+        self.stop = stop
+        self.current_round: int | None = None
         self._round: RoundUpdate | None = None
         self._node_to_partition: dict[int, int] = {}
+
+    def start(self, grid: Grid, *args, **kwargs):
+        return super().start(RoundGrid(grid, self.stop), *args, **kwargs)
 
     def summary(self) -> None:
         self.inner.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
+        self.current_round = server_round
         self._round = RoundUpdate(round=server_round, previous=arrays.to_numpy_ndarrays(), started=time.time())
         return self.inner.configure_train(server_round, arrays, config, grid)
 
@@ -110,14 +248,22 @@ class AuditedStrategy(Strategy):
             inner = inner.strategy        # Flower's DP wrappers hold the strategy they wrap
         return getattr(inner, "weighted_by_key", "num-examples")
 
+    @staticmethod
+    def _order(msg: Message):
+        if msg.has_error():
+            return (1, 0)
+        metrics = next(iter(msg.content.metric_records.values()), {})
+        return (0, int(metrics.get(PARTITION_ID_KEY, 0)))
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        replies = list(replies)
+        server_round += self.round_offset
+        replies = sorted(replies, key=self._order)
         update = self._round
         weight_key = self._weight_key()
+        failed_nodes = []
         for msg in replies:
             if msg.has_error():
-                node = msg.metadata.src_node_id
-                update.failed.append(self._node_to_partition.get(node, f"node-{node}"))
+                failed_nodes.append(msg.metadata.src_node_id)
                 continue
             metrics = next(iter(msg.content.metric_records.values()), None)
             if metrics is None or PARTITION_ID_KEY not in metrics:
@@ -134,14 +280,28 @@ class AuditedStrategy(Strategy):
             update.clients[pid] = next(iter(msg.content.array_records.values())).to_numpy_ndarrays()
             update.examples[pid] = int(metrics.get("num-examples", metrics.get(weight_key, 1)))
             update.train_loss[pid] = float(metrics.get("train_loss", float("nan")))
+        update.failed = self._failed_partitions(failed_nodes)
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         if arrays is not None:
             update.new = arrays.to_numpy_ndarrays()
         self.observer(update)
         return arrays, metrics
 
+    def _failed_partitions(self, nodes: list) -> list:
+        """Partition ids of the failed nodes. A node that never replied has no known partition; when the failed
+        unknown nodes are exactly as many as the partitions never seen, they are those partitions."""
+        known = [self._node_to_partition[n] for n in nodes if n in self._node_to_partition]
+        unknown = [n for n in nodes if n not in self._node_to_partition]
+        if unknown and self.num_clients is not None:
+            unseen = sorted(set(range(self.num_clients)) - set(self._node_to_partition.values()))
+            if len(unseen) == len(unknown):
+                if len(unknown) == 1:
+                    self._node_to_partition[unknown[0]] = unseen[0]
+                return sorted(known + unseen)
+        return sorted(known) + [f"node-{n}" for n in unknown]
+
     def configure_evaluate(self, server_round, arrays, config, grid):
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+        return self.inner.configure_evaluate(server_round + self.round_offset, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round, replies):
-        return self.inner.aggregate_evaluate(server_round, replies)
+        return self.inner.aggregate_evaluate(server_round + self.round_offset, replies)

@@ -24,6 +24,7 @@ class TrainSpec:
     seed: int
     client_threads: int = 1
     fail_clients: dict = field(default_factory=dict)   # testing hook: {partition_id: round} -> raise
+    kill_clients: dict = field(default_factory=dict)   # testing hook: {partition_id: round} -> SIGKILL the actor
 
 
 _CACHE: dict = {}
@@ -71,6 +72,8 @@ def local_train(spec: TrainSpec, partition_id: int, weights: list, server_round:
     """Train client ``partition_id`` from ``weights``; return its new weights and metrics."""
     if spec.fail_clients.get(partition_id) == server_round:
         raise RuntimeError(f"client {partition_id} failed in round {server_round} (fault injection)")
+    if spec.kill_clients.get(partition_id) == server_round:
+        _kill_this_process()
     trainer, x, y = client_state(spec)
     idx = np.flatnonzero(spec.owner == partition_id)
     trainer.set_weights(weights)
@@ -79,6 +82,14 @@ def local_train(spec: TrainSpec, partition_id: int, weights: list, server_round:
                          proximal_mu=proximal_mu)
     return trainer.get_weights(), {"train_loss": result.loss, "num-examples": int(len(idx)),
                                    "partition-id": int(partition_id)}
+
+
+def _kill_this_process() -> None:
+    """Fault injection: the actor's process dies mid-round, as on an out-of-memory kill or a lost node."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def local_evaluate(spec: TrainSpec, partition_id: int, weights: list) -> dict:

@@ -187,6 +187,38 @@ def dp_section(run: RunData) -> str:
     return section("dp", "Differential privacy: guaranteed vs measured", body)
 
 
+def _ranges(rounds: list[int]) -> str:
+    out, start = [], None
+    for i, r in enumerate(rounds):
+        if start is None:
+            start = r
+        if i + 1 == len(rounds) or rounds[i + 1] != r + 1:
+            out.append(str(start) if start == r else f"{start}-{r}")
+            start = None
+    return ", ".join(out)
+
+
+def rounds_text(run: RunData) -> str:
+    """'5 configured, 4 recorded (round 2 missing)', and how the run ended when it did not finish."""
+    f = run.scenario.federation
+    recorded = run.recorded_rounds()
+    text = f"{f.rounds} configured, {len(recorded)} recorded"
+    missing = run.missing_rounds()
+    if missing:
+        text += f" (round{'s' if len(missing) > 1 else ''} {_ranges(missing)} missing)"
+    st = run.status
+    if st.get("state") == "interrupted":
+        where = f" in round {st['interrupted_in_round']}" if st.get("interrupted_in_round") else ""
+        text += f"; the run was interrupted by {st.get('signal') or 'a signal'}{where}"
+    elif st.get("state") in ("running", "failed"):
+        text += "; the run " + ("failed" if st["state"] == "failed" else "did not finish (still running, or killed)")
+    attempts = st.get("attempts") or []
+    resumed = sum(1 for a in attempts if a.get("resumed"))
+    if resumed:
+        text += f"; resumed {resumed} time{'s' if resumed > 1 else ''}"
+    return esc(text)
+
+
 def audited_section(run: RunData, plots: dict) -> str:
     s = run.scenario
     pairs = []
@@ -199,7 +231,7 @@ def audited_section(run: RunData, plots: dict) -> str:
             ("Data", esc(d.dataset) + (f" ({esc(opts)})" if opts else "")),
             ("Model", esc(m.name) + (f" ({esc(mopts)})" if mopts else "")),
             ("Clients", f"{f.clients} (fraction {f.fraction:g} sampled per round)"),
-            ("Rounds", f"{f.rounds} configured, {run.rounds_done} recorded"),
+            ("Rounds", rounds_text(run)),
             ("Local training", f"{f.local_epochs} epoch(s), batch {f.batch_size}, {esc(f.optimizer)} "
                                f"learning rate {f.learning_rate:g}"),
             ("Aggregation", esc(f.strategy)),
@@ -244,7 +276,8 @@ def audited_section(run: RunData, plots: dict) -> str:
     else:
         body += missing("No rounds recorded (rounds.jsonl is missing or empty).")
     if run.problems:
-        body += "<p class=note>Files that could not be read: " + esc("; ".join(run.problems)) + "</p>"
+        body += ("<p class=note><strong>Problems in the run directory</strong> (what is shown here leaves these "
+                 "out): " + esc("; ".join(run.problems)) + "</p>")
     return section("audited", "What was audited", body)
 
 

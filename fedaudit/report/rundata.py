@@ -8,6 +8,7 @@ NumPy only; no TensorFlow.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -47,17 +48,38 @@ def _float(value) -> float:
         return math.nan
 
 
-def read_csv_table(path: Path) -> dict[str, np.ndarray] | None:
-    """A CSV file with a header as columns: numbers as float arrays (empty cells NaN), None if absent."""
+def read_csv_table(path: Path, problems: list | None = None) -> dict[str, np.ndarray] | None:
+    """A CSV file with a header as columns: numbers as float arrays (empty cells NaN), None if absent.
+
+    A row with more or fewer cells than the header is kept, its missing cells empty; a last line without its
+    newline (every file of a run dir ends with one, so the file was cut short) is left out. Both are named,
+    with the line, in a warning and in ``problems``."""
     if not path.is_file():
         return None
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            return None
-        rows = [r for r in reader if r]
+    text = path.read_text(encoding="utf-8")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        return None
+
+    def problem(line: int, what: str) -> None:
+        log.warning("%s line %d: %s", path, line, what)
+        if problems is not None:
+            problems.append(f"{path.name} line {line}: {what}")
+
+    rows = []
+    for r in reader:
+        if not r:
+            continue
+        rows.append((reader.line_num, r))
+    if rows and not text.endswith("\n"):
+        line, _ = rows.pop()
+        problem(line, "the file ends inside this line (cut short); left out")
+    for line, r in rows:
+        if len(r) != len(header):
+            problem(line, f"{len(r)} cells where the header has {len(header)}; read as far as it goes")
+    rows = [r for _, r in rows]
     columns: dict[str, np.ndarray] = {}
     for j, name in enumerate(header):
         cells = [r[j] if j < len(r) else "" for r in rows]
@@ -67,13 +89,15 @@ def read_csv_table(path: Path) -> dict[str, np.ndarray] | None:
     return columns
 
 
-def _load_npy(path: Path) -> np.ndarray | None:
+def _load_npy(path: Path, problems: list | None = None) -> np.ndarray | None:
     if not path.is_file():
         return None
     try:
         return np.asarray(np.load(path, allow_pickle=False), dtype=np.float64).reshape(-1)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError, TypeError) as exc:
         log.warning("%s: unreadable (%s); left out of the report", path, exc)
+        if problems is not None:
+            problems.append(f"{path.name}: unreadable ({exc}); left out")
         return None
 
 
@@ -91,7 +115,8 @@ class RunData:
     summary: dict = field(default_factory=dict)   # summary.json
     member_probs: np.ndarray | None = None
     nonmember_probs: np.ndarray | None = None
-    problems: list = field(default_factory=list)  # files that were there but unreadable
+    status: dict = field(default_factory=dict)     # status.json: running, finished, interrupted, failed
+    problems: list = field(default_factory=list)  # files (and lines) that were missing or unreadable
 
     # ---- what was audited -------------------------------------------------------------------------
 
@@ -186,6 +211,19 @@ class RunData:
     def rounds_done(self) -> int:
         return max((int(r["round"]) for r in self.rounds if isinstance(r.get("round"), int)), default=0)
 
+    def recorded_rounds(self) -> list[int]:
+        """The distinct rounds rounds.jsonl holds an intact line for, sorted."""
+        return sorted({int(r["round"]) for r in self.rounds
+                       if isinstance(r.get("round"), int) and not isinstance(r.get("round"), bool)})
+
+    def missing_rounds(self) -> list[int]:
+        """Rounds up to the last recorded one (or the configured number) with no intact line."""
+        recorded = set(self.recorded_rounds())
+        last = max(recorded, default=0)
+        if self.scenario is not None and self.status.get("state") == "finished":
+            last = max(last, self.scenario.federation.rounds)
+        return [r for r in range(1, last + 1) if r not in recorded]
+
     def client_rounds(self, tm: str = "server", key: str = "auc") -> tuple[list, list, np.ndarray]:
         """(rounds, clients, matrix[client, round]) of per-client per-round metrics (NaN where absent)."""
         table: dict = {}
@@ -273,7 +311,7 @@ def load_run(run_dir) -> RunData:
     run = RunData(path=path)
     if (path / "scenario.toml").is_file():
         try:
-            run.scenario = load_scenario(path / "scenario.toml")
+            run.scenario = load_scenario(path / "scenario.toml", run_dir_file=True)
         except FedAuditError as exc:
             run.scenario_error = str(exc)
             run.problems.append(f"scenario.toml: {exc}")
@@ -283,22 +321,34 @@ def load_run(run_dir) -> RunData:
 
             run.ledger = Ledger.load(path / "ledger.npz").summary()
         except FedAuditError as exc:
-            run.problems.append(f"ledger.npz: {exc}")
-    run.rounds = [r for r in read_jsonl(path / "rounds.jsonl") if isinstance(r, dict)]
+            _problem(run, path / "ledger.npz", str(exc))
+    elif (path / "scenario.toml").is_file():
+        _problem(run, path / "ledger.npz", "missing: which record was a member of which client is unknown")
+    run.rounds = read_jsonl(path / "rounds.jsonl", problems=run.problems)
     for name, attr in (("clients.csv", "clients"), ("records.csv", "records")):
         try:
-            setattr(run, attr, read_csv_table(path / name))
+            setattr(run, attr, read_csv_table(path / name, run.problems))
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            run.problems.append(f"{name}: {exc}")
+            _problem(run, path / name, f"unreadable ({exc})")
     if (path / "summary.json").is_file():
         try:
             summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
-            run.summary = summary if isinstance(summary, dict) else {}
-        except (OSError, json.JSONDecodeError) as exc:
-            run.problems.append(f"summary.json: {exc}")
-    run.member_probs = _load_npy(path / "member_probs.npy")
-    run.nonmember_probs = _load_npy(path / "nonmember_probs.npy")
+            if not isinstance(summary, dict):
+                raise ValueError(f"a JSON {type(summary).__name__}, not an object")
+            run.summary = summary
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            _problem(run, path / "summary.json", f"unreadable ({exc})")
+    run.member_probs = _load_npy(path / "member_probs.npy", run.problems)
+    run.nonmember_probs = _load_npy(path / "nonmember_probs.npy", run.problems)
+    from fedaudit.runstate import read_status
+
+    run.status = read_status(path, run.problems)
     return run
+
+
+def _problem(run: RunData, path: Path, what: str) -> None:
+    log.warning("%s: %s", path, what)
+    run.problems.append(f"{path.name}: {what}")
 
 
 __all__ = ["RunData", "load_run", "read_csv_table", "THREAT_MODELS", "THREAT_MODEL_TITLES",

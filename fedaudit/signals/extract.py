@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from fedaudit.errors import AttackError
+from fedaudit.signals.keras_private import BaseConv, functional_graph, run_through_graph, takes_training_argument
 from fedaudit.signals.layers import LayerRef, kernel_of, resolve_gradient_layers, resolve_output_layers
 
 #: floats one chunk may hold in its outputs and largest intermediates (about 256 MB)
@@ -167,9 +168,8 @@ def _gradient_mode(layer) -> str:
     if isinstance(layer, keras.layers.Dense) and type(layer).call is keras.layers.Dense.call \
             and getattr(layer, "quantization_mode", None) is None:
         return "dense"
-    base_conv = keras.src.layers.convolutional.base_conv.BaseConv
-    if (isinstance(layer, base_conv) and type(layer).call is base_conv.call
-            and type(layer).convolution_op is base_conv.convolution_op and layer.rank in (1, 2)
+    if (isinstance(layer, BaseConv) and type(layer).call is BaseConv.call
+            and type(layer).convolution_op is BaseConv.convolution_op and layer.rank in (1, 2)
             and layer.data_format == "channels_last" and getattr(layer, "groups", 1) == 1):
         return "conv"
     return "generic"
@@ -231,15 +231,14 @@ def _patches(layer, a):
 
 
 def _call_inference(op, *args, **kwargs):
-    if getattr(op, "_call_has_training_arg", False) or "training" in getattr(op, "_call_context_args", ()):
+    if takes_training_argument(op):
         kwargs.setdefault("training", False)
     return op(*args, **kwargs)
 
 
 def _run_with_hooks(model, x, hooks):
     """Run ``model`` on ``x`` in inference mode, calling ``hooks[id(layer)]`` instead of hooked layers."""
-    functional = model if isinstance(model, keras.src.models.functional.Functional) \
-        and not isinstance(model, keras.Sequential) else getattr(model, "_functional", None)
+    functional = functional_graph(model)
     if functional is not None:
         def operation_fn(op):
             hook = hooks.get(id(op))
@@ -247,7 +246,7 @@ def _run_with_hooks(model, x, hooks):
                 return hook
             return lambda *args, **kwargs: _call_inference(op, *args, **kwargs)
 
-        out = functional._run_through_graph(x, operation_fn=operation_fn)
+        out = run_through_graph(functional, x, operation_fn)
         return out[0] if isinstance(out, (list, tuple)) else out
     for layer in model.layers:  # a Sequential model without a functional graph
         hook = hooks.get(id(layer))

@@ -198,7 +198,9 @@ class Auditor:
         """Audit one round. ``new`` and ``client_weights`` hold ObjectRefs (nested, so that Ray hands them
         over unresolved and audit tasks on other nodes fetch them where they run)."""
         try:
-            out = self._core(data).observe(round_, previous, dict(zip(client_ids, client_weights)), new[0], record)
+            with self._all_cpus(round_ >= self.scenario.federation.rounds):
+                out = self._core(data).observe(round_, previous, dict(zip(client_ids, client_weights)), new[0],
+                                               record)
         except Exception as exc:  # noqa: BLE001 - an audit failure must not stop the federation
             log.exception("auditing round %d failed", round_)
             merge_round(self.run_dir, round_, {"audit_error": repr(exc)})
@@ -209,12 +211,27 @@ class Auditor:
         from fedaudit.auditor.aggregate import aggregate_run
 
         started = time.perf_counter()
-        summary = aggregate_run(self.run_dir)
+        with self._all_cpus(True):
+            summary = aggregate_run(self.run_dir)
         atomic_write_text(self.run_dir / AUDIT_DIR / "aggregate_timing.json",
                           json.dumps({"aggregate_seconds": round(time.perf_counter() - started, 4),
                                       "process_cpu_seconds": round(_cpu_seconds(), 3),
                                       "max_rss_mb": round(max_rss_mb(), 1)}) + "\n")
         return summary
+
+    @staticmethod
+    def _all_cpus(when: bool):
+        """Every CPU of the machine for the math libraries, ``when`` the clients are done training (the last
+        round and the aggregation run after them): the run's tail is the audit alone."""
+        import contextlib
+
+        if not when:
+            return contextlib.nullcontext()
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return contextlib.nullcontext()
+        return threadpool_limits(os.cpu_count() or 1)
 
     def pid(self) -> int:
         return os.getpid()

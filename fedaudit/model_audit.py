@@ -169,8 +169,8 @@ def _fitted_scores(settings, model_path, model, records, audit) -> dict:
     if not wanted:
         return {}
     probe = ModelProbe("keras-file", {"path": str(Path(model_path).resolve())}, records.x.shape[1:],
-                       records.num_classes, records.x, records.y, seed=settings.seed)
-    features = probe.view(model.get_weights(), None).features
+                       records.num_classes, seed=settings.seed)
+    features = probe.view(model.get_weights(), None, None, records.x, records.y).features
     usable = ~np.isnan(features).all(axis=0)          # update features (loss drop, cosines) need a previous model
     columns = {"whitebox": np.flatnonzero(usable),
                "blackbox": np.intersect1d(probe.blackbox_columns, np.flatnonzero(usable))}
@@ -181,7 +181,7 @@ def _fitted_scores(settings, model_path, model, records, audit) -> dict:
 def _score_attacks(settings, model_path, model, logits, records, population, audit) -> dict:
     from fedaudit.attacks.base import AttackInputs, run_score_attack
     from fedaudit.attacks.threshold import THRESHOLD_ATTACKS
-    from fedaudit.auditor.attack import population_scores
+    from fedaudit.auditor.shard import population_rows
 
     out = {a: THRESHOLD_ATTACKS[a](logits, records.y) for a in settings.attacks if a in THRESHOLD_ATTACKS}
     pop_logits = pop_labels = None
@@ -195,7 +195,7 @@ def _score_attacks(settings, model_path, model, logits, records, population, aud
             out["population"] = run_score_attack("population", AttackInputs(
                 target_logits=logits, labels=records.y, population_logits=pop_logits, population_labels=pop_labels))
         else:   # calibrated on the adversary's known non-members, cross-fitted
-            out["population"] = population_scores(logits, records.y, records.member, audit.fold, audit.known)
+            out["population"] = population_rows(logits, records.y, audit.fold, audit.known & ~records.member)
     if settings.reference_attacks:
         if population is None:
             raise DataError(f"--population: attacks {', '.join(settings.reference_attacks)} train reference models "

@@ -234,9 +234,11 @@ class AuditCore:
         jobs, weights = [], []
         source = r.round_source(ids, round_)
         server = "server" in self.threat_models and prev_ok and ids
+        rows_of = {}
         if server:
+            rows_of = rows_by_source(source, ids)
             for k in ids:
-                jobs.append(Job(k, np.flatnonzero(source == k), source=True))
+                jobs.append(Job(k, rows_of[k], source=True))
                 weights.append(clients[k])
         participant = "participant" in self.threat_models and new is not None
         if participant:
@@ -254,7 +256,7 @@ class AuditCore:
         non_finite = sorted({k for k in ids if k in results and not results[k].finite})
         if "server" in self.threat_models:
             if server:
-                out["server"] = self._server(round_, ids, source, results, non_finite, arrays, timing)
+                out["server"] = self._server(round_, ids, rows_of, results, non_finite, arrays, timing)
             else:
                 reason = "no client replied" if not ids else "theta_prev is not finite"
                 out["server"] = {"attack": self.headline, **headline_fields(None), "skipped": reason, "clients": []}
@@ -340,7 +342,7 @@ class AuditCore:
             result["clients"].append({"client": int(k), "records": int(np.sum(owner == k)), **light_metrics(ms, ns)})
         return result
 
-    def _server(self, round_, ids, source, results, non_finite, arrays, timing) -> dict:
+    def _server(self, round_, ids, rows_of, results, non_finite, arrays, timing) -> dict:
         r = self.records
         n = len(r)
         audited = [k for k in ids if k in results and results[k].finite]
@@ -359,7 +361,7 @@ class AuditCore:
             pop_scores = {a: np.empty((len(audited), P.size), dtype=np.float32) for a in self.plan.attacks}
             source_loss = np.empty((len(audited), S.size), dtype=np.float32)
             for j, k in enumerate(audited):
-                res, rows = results[k], np.flatnonzero(source == k)
+                res, rows = results[k], rows_of[k]
                 feats[rows], loss[rows], correct[rows], scored_by[rows] = res.features, res.loss, res.correct, k
                 pop_feats[j] = res.pop_features
                 source_loss[j] = res.source_loss
@@ -428,6 +430,17 @@ class AuditCore:
                 trained.update(int(k) for k in row.get("clients", []) or [])
                 trained.update(int(c["client"]) for c in (row.get("server") or {}).get("clients", []) or [])
         return trained
+
+
+def rows_by_source(source: np.ndarray, clients) -> dict:
+    """{client: positions of the records its model scores this round}, from one sort (not a scan per client)."""
+    order = np.argsort(source, kind="stable")
+    keys = source[order]
+    out = {}
+    for k in clients:
+        lo, hi = np.searchsorted(keys, k, side="left"), np.searchsorted(keys, k, side="right")
+        out[int(k)] = order[lo:hi]
+    return out
 
 
 def _client_blocks(positions: np.ndarray, pop_feats: np.ndarray, chunk: int = 128) -> list:

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from fedaudit.data import Ledger
 from fedaudit.federation.strategy import build_strategy
 
 from conftest import REPO, SCENARIOS
+from procs import free_port, stop_processes
 
 
 @pytest.mark.parametrize("strategy, cls", [("fedavg", "FedAvg"), ("fedprox", "FedProx"), ("fedadam", "FedAdam"),
@@ -58,12 +60,17 @@ def test_quickstart_as_a_ray_cluster_job(tmp_path):
                RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")     # as the README says: the head stays on 127.0.0.1
     env.pop("RAY_ADDRESS", None)
     out = tmp_path / "job-run"
+    # A head of the test's own (its own ports and temp dir), stopped by the processes that name that temp dir:
+    # `ray stop` would stop every Ray on the machine.
+    temp_dir = tempfile.mkdtemp(prefix="fa-ray-")        # short: Ray's socket paths live under it
+    dashboard = free_port()
     subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+                    f"--port={free_port()}", f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}",
                     "--num-cpus=2", "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=180)
     try:
-        submit = [ray, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", str(REPO), "--",
-                  "fedaudit", "run", "scenarios/quickstart.toml", "--out", str(out), "--set", "audit.enabled=false",
-                  "-q"]
+        submit = [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
+                  "--", "fedaudit", "run", "scenarios/quickstart.toml", "--out", str(out), "--set",
+                  "audit.enabled=false", "-q"]
         for _ in range(60):  # the head's job agent comes up a few seconds after `ray start` returns
             job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
             if "No available agent" not in job.stderr:
@@ -72,7 +79,8 @@ def test_quickstart_as_a_ray_cluster_job(tmp_path):
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        assert stop_processes(lambda cmd: any(temp_dir in part for part in cmd)) > 0
+        shutil.rmtree(temp_dir, ignore_errors=True)
     rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3, 4, 5]
     assert all(r["clients"] == list(range(10)) for r in rows)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 
@@ -22,63 +20,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from procs import free_port, stop_processes
 
 APP = REPO / "simulations" / "flower_app"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _processes() -> dict[int, tuple[int, list[str]]]:
-    """pid -> (parent pid, command line) of every process (Linux /proc)."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace").split("\0")
-            stat = open(f"/proc/{entry}/stat").read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        out[int(entry)] = (ppid, cmd)
-    return out
-
-
 def stop_superlink(port: int) -> None:
     """Terminate the SuperLink that `flwr run` started on ``port`` and every process under it (by pid)."""
-    procs = _processes()
-    roots = [pid for pid, (_, cmd) in procs.items()
-             if any("flower-superlink" in part for part in cmd) and str(port) in cmd]
-    family, frontier = set(roots), list(roots)
-    while frontier:
-        parent = frontier.pop()
-        for pid, (ppid, _) in procs.items():
-            if ppid == parent and pid not in family:
-                family.add(pid)
-                frontier.append(pid)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in family:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and any(_alive(pid) for pid in family):
-            time.sleep(0.2)
-        if not any(_alive(pid) for pid in family):
-            return
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"     # a zombie has exited; its parent has not collected it
+    stop_processes(lambda cmd: any("flower-superlink" in part for part in cmd) and str(port) in cmd)
 
 
 @pytest.mark.ray

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,18 +21,14 @@ from fedaudit.report.rundata import load_run
 from fedaudit.report.tensorboard import read_scalars, write_scalars
 from fedaudit.rundir import atomic_write_text
 
+from procs import free_port
+
 ROUNDS = [
     {"round": 1, "accuracy": 0.61, "loss": 1.2, "train_loss": 1.4, "server": {"auc": 0.55, "tpr_at_1pct": 0.02},
      "participant": {"auc": 0.52, "tpr_at_1pct": None}},
     {"round": 2, "accuracy": 0.74, "loss": 0.8, "train_loss": 0.9, "server": {"auc": 0.63, "tpr_at_1pct": 0.05},
      "participant": {"auc": 0.57, "tpr_at_1pct": 0.01}},
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str):

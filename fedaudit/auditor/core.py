@@ -124,7 +124,7 @@ def describe_scenario_model(scenario: Scenario, input_shape, num_classes: int):
 
     model = build_model(scenario.model.name, tuple(input_shape), int(num_classes), seed=scenario.federation.seed,
                         **dict(scenario.model.options))
-    return describe_dense(model, scenario.audit.gradients)
+    return describe_dense(model, scenario.audit.gradients, scenario.audit.layers)
 
 
 class InlineExecutor:
@@ -180,7 +180,8 @@ class AuditCore:
         if isinstance(dense, str) and dense == "auto":
             dense = describe_scenario_model(scenario, input_shape, num_classes)
         self.spec = ProbeSpec(scenario.model.name, dict(scenario.model.options), input_shape, num_classes,
-                              gradients=tuple(a.gradients), seed=self.seed, threads=int(threads), dense=dense)
+                              gradients=tuple(a.gradients), seed=self.seed, threads=int(threads), dense=dense,
+                              layers=tuple(a.layers))
         member = records.member
         in_sample = np.zeros(len(records), dtype=bool)
         in_sample[records.population_sample] = True

@@ -35,10 +35,11 @@ class ProbeSpec:
     seed: int = 0
     threads: int = 1
     dense: object = None          # a DenseStack: the model's signals in NumPy (fedaudit.auditor.dense), no TF
+    layers: tuple = ()            # [audit] layers: the layers whose outputs give activation features
 
     def key(self) -> tuple:
         return (self.model_name, repr(sorted(self.model_options.items())), tuple(self.input_shape),
-                int(self.num_classes), tuple(self.gradients), int(self.seed), self.dense)
+                int(self.num_classes), tuple(self.gradients), int(self.seed), self.dense, tuple(self.layers))
 
 
 @dataclass
@@ -102,7 +103,7 @@ def probe_for(spec: ProbeSpec):
 
         configure_tensorflow(spec.threads)
         probe = ModelProbe(spec.model_name, spec.model_options, spec.input_shape, spec.num_classes,
-                           gradients=spec.gradients, seed=spec.seed)
+                           gradients=spec.gradients, seed=spec.seed, layers=spec.layers)
     if spec.key() not in _PROBES:
         _PROBES.clear()
         _PROBES[spec.key()] = probe

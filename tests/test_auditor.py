@@ -167,7 +167,14 @@ def test_source_inference_attributes_to_the_lowest_loss():
     owner = np.array([0, 0, 1, 1, 2, -1])
     loss = np.array([[0.1, 1, 1], [1, 0.1, 1], [1, 0.1, 1], [1, 0.2, 0.1], [0.5, 1, 0.1], [0.1, 0.1, 0.1]])
     out = source_inference(loss, owner, [0, 1, 2])
-    assert out == {"accuracy": 0.6, "chance": pytest.approx(1 / 3), "records": 5}
+    assert {k: out[k] for k in ("accuracy", "chance", "records")} == {"accuracy": 0.6, "chance": pytest.approx(1 / 3),
+                                                                       "records": 5}
+    assert out["ci"][0] < 0.6 < out["ci"][1] and out["method"].startswith("lowest loss")
+    # a score (higher: the source) decides instead, and the lowest loss stays reported beside it
+    score = -loss.copy()
+    score[3] = [0, 1, 0]                                 # record 3: its loss says client 2, its score client 1
+    both = source_inference(loss, owner, [0, 1, 2], score)
+    assert both["accuracy"] == 0.8 and both["lowest_loss"]["accuracy"] == 0.6
     loss[:, 2] = np.nan                              # client 2 did not reply: its member is not attributed
     out = source_inference(loss, owner, [0, 1])
     assert out["records"] == 4 and out["chance"] == 0.5 and out["accuracy"] == 0.75
@@ -286,7 +293,11 @@ def test_aggregate_run_writes_the_run_dir_files_and_rebuilds_them(federation, tm
         np.testing.assert_allclose(z["risk"], risk)
         assert np.all(z["server__max"] >= z["server__mean"])
     si = read_csv(tmp_path / "audit" / "source_inference.csv")
-    assert si[0] == ["record", "client", "attributed", "correct"] and len(si) == 1 + members
+    assert si[0] == ["record", "client", "attributed", "correct", "lowest_loss", "lowest_loss_correct"]
+    assert len(si) == 1 + members
+    acc = on_disk["source_inference"]
+    assert acc["accuracy"] == pytest.approx(np.mean([int(r[3]) for r in si[1:]]))
+    assert acc["lowest_loss"]["accuracy"] == pytest.approx(np.mean([int(r[5]) for r in si[1:]]))
     # rebuilt from run_dir/audit and the ledger alone, the files come out the same
     saved = {name: (tmp_path / name).read_bytes() for name in ("records.csv", "clients.csv", "member_probs.npy")}
     for name in saved:

@@ -171,11 +171,14 @@ def test_dense_signals_match_tensorflow():
         # own rows of different lengths, padded together, give each model's own features
         items = [(w, x[:k], y[:k], b_np.take(np.arange(k)), True) for w, k in zip(ws, (7, 30, 1))]
         pop = (x[100:], y[100:], b_np.take(np.arange(100, 150)))
-        for (v, src), (w, ox, oy, ob, _) in zip(probe.views(items, w0, pop, (x[50:90], y[50:90])), items):
+        src = (x[50:90], y[50:90], b_np.take(np.arange(50, 90)))
+        for (v, sv), (w, ox, oy, ob, _) in zip(probe.views(items, w0, pop, src), items):
             alone = tf_probe.view(w, b_tf.take(np.r_[np.arange(len(oy)), np.arange(100, 150)]), w0,
                                   np.r_[ox, x[100:]], np.r_[oy, y[100:]])
             np.testing.assert_allclose(v.features, alone.features, rtol=2e-3, atol=2e-4)
-            np.testing.assert_allclose(src, tf_probe.losses(w, x[50:90], y[50:90]), rtol=1e-4, atol=1e-5)
+            ref = tf_probe.view(w, b_tf.take(np.arange(50, 90)), w0, x[50:90], y[50:90])
+            np.testing.assert_allclose(sv.features, ref.features, rtol=2e-3, atol=2e-4)
+            np.testing.assert_allclose(sv.loss, tf_probe.losses(w, x[50:90], y[50:90]), rtol=1e-4, atol=1e-5)
     from fedaudit.models import build_model
 
     conv = build_model("cnn", (8, 8, 1), 3, filters=[4], dense=8)

@@ -217,8 +217,9 @@ class DenseProbe(ProbeViews):
         weights = [it[0] for it in items]
         pop_views = self.view_many(weights, pbase, previous, px, py)
         wanted = [i for i, it in enumerate(items) if it[4]]
-        src_loss = self.losses_many([weights[i] for i in wanted], *src) if wanted else None
-        src_of = {i: src_loss[j] for j, i in enumerate(wanted)}
+        sx, sy, sbase = src
+        src_views = self.view_many([weights[i] for i in wanted], sbase, previous, sx, sy) if wanted else []
+        src_of = {i: src_views[j] for j, i in enumerate(wanted)}
         sizes = np.array([len(it[2]) for it in items])
         limit = max(64, 4 * int(np.median(sizes))) if sizes.size else 0
         own: dict = {}

@@ -134,15 +134,16 @@ class ProbeViews:
     """What both probes share: one round's views of many models on own rows plus the shared samples."""
 
     def views(self, items: list, previous, pop: tuple, src: tuple) -> list:
-        """``items``: (weights, own x, own y, own base or None, wants the source sample); ``pop`` (x, y, base):
-        the population sample; ``src`` (x, y): the source sample. Returns per item (ViewSignals of own rows
-        followed by the population sample, source losses or None)."""
+        """``items``: (weights, own x, own y, own base or None, wants the source sample); ``pop`` (x, y, base) and
+        ``src`` (x, y, base): the population and source samples (base None without theta_prev). Returns per item
+        (ViewSignals of own rows followed by the population sample, ViewSignals of the source sample or None)."""
         px, py, pbase = pop
+        sx, sy, sbase = src
         out = []
         for w, ox, oy, obase, wants_source in items:
             base = BaseSignals.concat([obase, pbase]) if obase is not None and pbase is not None else None
             v = self.view(w, base, previous, np.concatenate([ox, px]), np.concatenate([oy, py]))
-            out.append((v, self.losses(w, *src) if wants_source else None))
+            out.append((v, self.view(w, sbase, previous, sx, sy) if wants_source else None))
         return out
 
 

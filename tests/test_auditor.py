@@ -180,6 +180,35 @@ def test_source_inference_attributes_to_the_lowest_loss():
     assert out["records"] == 4 and out["chance"] == 0.5 and out["accuracy"] == 0.75
 
 
+def test_calibrated_source_inference_beats_the_lowest_loss_and_is_chance_without_learning(federation, tmp_path):
+    """On purchase-like records (where a client's update carries its records' inputs) the calibrated attribution
+    names a member's client clearly more often than the lowest loss; on the tiny digits federation, where little
+    leaks, it is not below it; clients whose updates are noise unrelated to their records leave both at chance."""
+    sc = scenario_from_dict({"name": "purchase", "data": {"dataset": "synthetic-purchase", "records": 600,
+                                                          "features": 200, "classes": 10, "test_fraction": 0.25},
+                             "model": {"name": "mlp", "hidden": [64]},
+                             "federation": {"clients": 4, "rounds": 1, "local_epochs": 10, "seed": 0},
+                             "audit": {"enabled": True, "folds": 3}})
+    purchase, (first,) = simulate(sc)
+    si = new_core(purchase, tmp_path / "purchase").observe(*first)["server"]["source_inference"]
+    assert si["records"] == 300 and si["method"].startswith("calibrated")
+    assert si["accuracy"] > si["lowest_loss"]["accuracy"] + 0.05 and si["ci"][0] > si["lowest_loss"]["accuracy"]
+    prepared, rounds = federation
+    core = new_core(prepared, tmp_path / "digits")
+    for rnd in rounds:
+        si = core.observe(*rnd)["server"]["source_inference"]
+        assert si["accuracy"] > si["lowest_loss"]["ci"][0] and si["ci"][0] > 0.25
+    summary = core.finish()["source_inference"]
+    assert summary["accuracy"] > summary["lowest_loss"]["ci"][0] and summary["lowest_loss"]["method"].startswith("lowest")
+    rng = np.random.default_rng(7)
+    r, previous, clients, new = rounds[1]
+    noise = {k: [p + 0.01 * np.std(p) * rng.standard_normal(p.shape).astype(np.float32) for p in previous]
+             for k in clients}
+    si = new_core(prepared, tmp_path / "null").observe(r, previous, noise, new)["server"]["source_inference"]
+    for result in (si, si["lowest_loss"]):
+        assert result["ci"][0] < 0.25 < result["ci"][1], result
+
+
 # --- one round, as the server and as a participant ------------------------------------------
 
 

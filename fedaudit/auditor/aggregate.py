@@ -13,9 +13,8 @@ NumPy and scikit-learn only. For each threat model, from the per-round arrays th
 - per client (server view when audited): client k's members against every population record under k's
   models, with the round at which k's per-round AUC peaked;
 - per class and per slice (:mod:`fedaudit.slices`);
-- source inference: each sampled member attributed to the client under whose models its membership score stands
-  highest above the population sample's (per client, averaged over rounds), with the naive lowest-loss
-  attribution beside it.
+- source inference: each sampled member attributed to the client whose models' calibrated source scores
+  (averaged over rounds) point to it most, with the naive lowest-loss attribution beside it.
 
 Files: ``records.csv``, ``clients.csv``, ``member_probs.npy``, ``nonmember_probs.npy``, ``summary.json``
 (see ``notes/RUNDIR.md``), and under ``audit/``: ``source_inference.csv`` (record, client, attributed, correct,

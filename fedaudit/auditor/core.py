@@ -9,9 +9,9 @@ theta_t, and for each threat model in ``[audit] threat_models``:
   owner replied; a population record under its pseudo-owner's, or a replying client drawn from the seed, see
   :meth:`AuditRecords.round_source`), and the population sample and the source sample are scored under every
   replying client's model. Client k's metrics compare k's members with the population sample under theta_k;
-  source inference attributes each sampled member to the client under whose model its membership score stands
-  highest above the population sample's (:func:`calibrated_source_scores`), and reports the naive lowest-loss
-  attribution beside it;
+  source inference attributes each sampled member to the client whose model's update signals, calibrated per
+  client on the population sample, point to it most (:func:`calibrated_source_scores`), and reports the naive
+  lowest-loss attribution beside it;
 - ``participant`` sees the global models: every record under theta_t, relative to theta_prev; a member counts
   once its owner has trained (with client sampling, the owners of some records may not have yet).
 
@@ -382,7 +382,9 @@ class AuditCore:
             per_client = [(k, (h[member & (scored_by == k)], ph[j])) for j, k in enumerate(audited)]
             result = self._view_result(scores, np.ones(n, dtype=bool), per_client)
             result["clients_audited"] = audited
-            source_score = calibrated_source_scores(feats, r, pop_feats, source_feats)
+            col = {k: j for j, k in enumerate(audited)}
+            owner_col = np.array([col.get(int(k), -1) for k in r.owner[S]], dtype=np.int64)
+            source_score = calibrated_source_scores(r, owner_col, pop_feats, source_feats, self.seed + round_).T
             result["source_inference"] = attribute_sources(source_loss.T, r.owner[S], audited, source_score.T)
         tm = "server" + SEP
         arrays[tm + "clients"] = np.array(audited, dtype=np.int64)
@@ -472,28 +474,55 @@ def threshold_scores(name: str, logits: np.ndarray, labels: np.ndarray) -> np.nd
 
 
 LOWEST_LOSS = "lowest loss: the client whose model gives the record the lowest loss (Hu et al. 2021)"
-CALIBRATED = ("calibrated membership: the client under whose model the record's cross-fitted whitebox membership "
-              "score stands highest above the population sample's scores under that model (z-score)")
+CALIBRATED = ("calibrated: the client under whose model a cross-fitted logistic regression on the record's features, "
+              "standardised per client on the population sample, scores it highest")
 
 
-def calibrated_source_scores(features: np.ndarray, records: AuditRecords, pop_features: np.ndarray,
-                             source_features: np.ndarray) -> np.ndarray:
-    """(K, S) source scores of the source sample under each of K client models: how far above the population
-    sample's the record's membership score stands under that model.
+def calibrated_source_scores(records: AuditRecords, owner_col: np.ndarray, pop_features: np.ndarray,
+                             source_features: np.ndarray, seed: int = 0, negatives: int = 8) -> np.ndarray:
+    """(S, K) source scores of the source sample under each of K client models (higher: more likely the source).
 
-    The membership score is the whitebox attack (a cross-fitted logistic regression on every feature: loss,
-    loss drop from theta_prev, gradient norms, gradient-update cosines per layer) fitted on the round's
-    record-level ``features`` (n, F), as the server's headline attack is; each source record is scored by the
-    classifier of its own fold, which never saw it. A client's scores are standardised by the mean and spread of
-    the population sample's scores under the same model (``pop_features`` (K, P, F)), because clients differ in
-    how far their models moved. Work: linear in (S + P) x K."""
-    attack = fit_folds(features, records.member, records.fold, records.known)
-    src = attack.score(records.source_sample, np.swapaxes(source_features, 0, 1))       # (S, K)
-    pop = attack.score(records.population_sample, np.swapaxes(pop_features, 0, 1))     # (P, K)
+    Every feature of a record under client k's model (loss, loss drop from theta_prev, gradient norms, the
+    gradient-update cosine of every layer, ...) is standardised by the population sample's values under the same
+    model (``pop_features`` (K, P, F)): clients differ in how far their models moved. A logistic regression on
+    these rows, fitted on the known members of the source sample (their row under their own client's model
+    against their rows under up to ``negatives`` other clients'), scores every row; it is cross-fitted like the
+    membership attacks (a record of fold f is scored by the regression fitted outside fold f), so no record is
+    scored with its own owner known. ``owner_col`` (S,): the column of each record's owner (-1: its owner is not
+    among the K). A fold without known members to fit on falls back to the standardised log loss. Work: linear in
+    (S + P) x K."""
+    from fedaudit.auditor.attack import Logistic
+
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)      # a client whose population got no score: NaN
-        mu, sd = np.nanmean(pop, axis=0), np.nanstd(pop, axis=0)
-        return ((src - mu) / np.where(sd > 1e-12, sd, np.nan)).T
+        warnings.simplefilter("ignore", RuntimeWarning)      # all-NaN columns (no theta_prev): left NaN
+        mu, sd = np.nanmean(pop_features, axis=1), np.nanstd(pop_features, axis=1)         # (K, F)
+    sd = np.where(sd > 1e-12, sd, np.nan)
+    z = (np.swapaxes(source_features, 0, 1).astype(np.float64) - mu[None]) / sd[None]     # (S, K, F)
+    z = np.clip(np.where(np.isfinite(z), z, np.nan), -1e3, 1e3)
+    usable = ~np.isnan(z).all(axis=(0, 1))
+    z = z[:, :, usable]
+    S, K = z.shape[:2]
+    names = np.arange(usable.size)[usable]
+    fallback = -z[:, :, list(names).index(1)] if 1 in names else np.zeros((S, K))      # column 1: log_loss
+    fold = records.fold[records.source_sample]
+    known = records.known[records.source_sample] & (owner_col >= 0)
+    rng = np.random.default_rng([int(seed), 0x50])
+    out = np.full((S, K), np.nan)
+    for f in np.unique(fold):
+        target = fold == f
+        train = np.flatnonzero(known & ~target)
+        if not train.size or K < 2 or not z.shape[2]:
+            out[target] = fallback[target]
+            continue
+        rows, labels = [], []
+        for i in train:
+            others = np.delete(np.arange(K), owner_col[i])
+            pick = rng.choice(others, size=min(negatives, others.size), replace=False)
+            rows += [z[i, owner_col[i]], *z[i, pick]]
+            labels += [1.0] + [0.0] * pick.size
+        clf = Logistic().fit(np.asarray(rows), np.asarray(labels))
+        out[target] = clf.decision_function(z[target].reshape(-1, z.shape[2])).reshape(-1, K)
+    return out
 
 
 def attribution_accuracy(correct: np.ndarray) -> dict:

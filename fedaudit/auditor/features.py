@@ -22,7 +22,9 @@ gradient (its input a and the gradient d at its output; the bias gradient is d),
 factorisation (convolutions) contribute gradient norms only.
 
 ``[audit] gradients`` chooses the gradient layers (default: every layer with a kernel), ``[audit] layers`` the
-layers whose outputs give activation features (1-based indices into the model's layers, or names; default none).
+layers whose outputs give activation features (1-based indices into the model's layers, or names; default none:
+measured on ``scenarios/overfit.toml``, the last hidden layer moved the server's per-round whitebox AUC by +0.003 on
+average and the participant's not at all, within the noise, so the columns stay opt-in).
 The full attack network of Nasr et al. (:mod:`fedaudit.attacks.whitebox`) stays with single-model audits; per
 round it would cost minutes where these features cost a fraction of a second (see :mod:`fedaudit.auditor.attack`).
 """

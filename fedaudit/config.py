@@ -78,6 +78,7 @@ class AuditConfig:
     source_sample: int = 1000       # members attributed to a client by source inference, every round
     keep_round_arrays: bool = True  # false: keep only the per-round arrays the aggregation and the report read
     gradients: list = field(default_factory=list)   # layers whose kernel gradient norms are features (1-based)
+    layers: list = field(default_factory=list)      # layers whose outputs give activation features (1-based)
 
 
 @dataclass
@@ -102,7 +103,7 @@ SECTIONS = {
 # Keys that earlier versions accepted and wrote into every resolved scenario.toml without ever using them. A
 # scenario file that sets one is rejected like any unknown key; a run directory's own scenario.toml (read
 # with ``run_dir_file=True``) may still hold them and is read without them.
-RETIRED = {"audit": ("layers", "epochs")}
+RETIRED = {"audit": ("epochs",)}
 # Sections whose unknown keys are options for a registered component rather than errors.
 OPEN_SECTIONS = {"data": ("dataset", "options"), "model": ("name", "options")}
 
@@ -258,9 +259,10 @@ def validate(s: Scenario) -> Scenario:
     _check(a.folds >= 2, "audit.folds", f"must be at least 2, got {a.folds}")
     for key in ("population_sample", "source_sample"):
         _check(getattr(a, key) >= 2, f"audit.{key}", f"must be at least 2, got {getattr(a, key)}")
-    for v in a.gradients:
-        _check((isinstance(v, int) and not isinstance(v, bool) and v >= 1) or isinstance(v, str),
-               "audit.gradients", f"entries are 1-based layer indices or layer names, got {v!r}")
+    for key in ("gradients", "layers"):
+        for v in getattr(a, key):
+            _check((isinstance(v, int) and not isinstance(v, bool) and v >= 1) or (isinstance(v, str) and v != ""),
+                   f"audit.{key}", f"entries are 1-based layer indices or layer names, got {v!r}")
     r = s.ray
     _check(r.num_cpus >= 0, "ray.num_cpus", f"must be >= 0, got {r.num_cpus}")
     _check(not (r.address and r.num_cpus), "ray.num_cpus",

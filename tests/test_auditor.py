@@ -167,10 +167,46 @@ def test_source_inference_attributes_to_the_lowest_loss():
     owner = np.array([0, 0, 1, 1, 2, -1])
     loss = np.array([[0.1, 1, 1], [1, 0.1, 1], [1, 0.1, 1], [1, 0.2, 0.1], [0.5, 1, 0.1], [0.1, 0.1, 0.1]])
     out = source_inference(loss, owner, [0, 1, 2])
-    assert out == {"accuracy": 0.6, "chance": pytest.approx(1 / 3), "records": 5}
+    assert {k: out[k] for k in ("accuracy", "chance", "records")} == {"accuracy": 0.6, "chance": pytest.approx(1 / 3),
+                                                                       "records": 5}
+    assert out["ci"][0] < 0.6 < out["ci"][1] and out["method"].startswith("lowest loss")
+    # a score (higher: the source) decides instead, and the lowest loss stays reported beside it
+    score = -loss.copy()
+    score[3] = [0, 1, 0]                                 # record 3: its loss says client 2, its score client 1
+    both = source_inference(loss, owner, [0, 1, 2], score)
+    assert both["accuracy"] == 0.8 and both["lowest_loss"]["accuracy"] == 0.6
     loss[:, 2] = np.nan                              # client 2 did not reply: its member is not attributed
     out = source_inference(loss, owner, [0, 1])
     assert out["records"] == 4 and out["chance"] == 0.5 and out["accuracy"] == 0.75
+
+
+def test_calibrated_source_inference_beats_the_lowest_loss_and_is_chance_without_learning(federation, tmp_path):
+    """On purchase-like records (where a client's update carries its records' inputs) the calibrated attribution
+    names a member's client clearly more often than the lowest loss; on the tiny digits federation, where little
+    leaks, it is not below it; clients whose updates are noise unrelated to their records leave both at chance."""
+    sc = scenario_from_dict({"name": "purchase", "data": {"dataset": "synthetic-purchase", "records": 600,
+                                                          "features": 200, "classes": 10, "test_fraction": 0.25},
+                             "model": {"name": "mlp", "hidden": [64]},
+                             "federation": {"clients": 4, "rounds": 1, "local_epochs": 10, "seed": 0},
+                             "audit": {"enabled": True, "folds": 3}})
+    purchase, (first,) = simulate(sc)
+    si = new_core(purchase, tmp_path / "purchase").observe(*first)["server"]["source_inference"]
+    assert si["records"] == 300 and si["method"].startswith("calibrated")
+    assert si["accuracy"] > si["lowest_loss"]["accuracy"] + 0.05 and si["ci"][0] > si["lowest_loss"]["accuracy"]
+    prepared, rounds = federation
+    core = new_core(prepared, tmp_path / "digits")
+    for rnd in rounds:
+        si = core.observe(*rnd)["server"]["source_inference"]
+        assert si["accuracy"] > si["lowest_loss"]["ci"][0] and si["ci"][0] > 0.25
+    summary = core.finish()["source_inference"]
+    assert summary["accuracy"] > summary["lowest_loss"]["ci"][0] and summary["lowest_loss"]["method"].startswith("lowest")
+    rng = np.random.default_rng(7)
+    r, previous, clients, new = rounds[1]
+    noise = {k: [p + 0.01 * np.std(p) * rng.standard_normal(p.shape).astype(np.float32) for p in previous]
+             for k in clients}
+    si = new_core(prepared, tmp_path / "null").observe(r, previous, noise, new)["server"]["source_inference"]
+    for result in (si, si["lowest_loss"]):
+        assert result["ci"][0] < 0.25 < result["ci"][1], result
 
 
 # --- one round, as the server and as a participant ------------------------------------------
@@ -286,7 +322,11 @@ def test_aggregate_run_writes_the_run_dir_files_and_rebuilds_them(federation, tm
         np.testing.assert_allclose(z["risk"], risk)
         assert np.all(z["server__max"] >= z["server__mean"])
     si = read_csv(tmp_path / "audit" / "source_inference.csv")
-    assert si[0] == ["record", "client", "attributed", "correct"] and len(si) == 1 + members
+    assert si[0] == ["record", "client", "attributed", "correct", "lowest_loss", "lowest_loss_correct"]
+    assert len(si) == 1 + members
+    acc = on_disk["source_inference"]
+    assert acc["accuracy"] == pytest.approx(np.mean([int(r[3]) for r in si[1:]]))
+    assert acc["lowest_loss"]["accuracy"] == pytest.approx(np.mean([int(r[5]) for r in si[1:]]))
     # rebuilt from run_dir/audit and the ledger alone, the files come out the same
     saved = {name: (tmp_path / name).read_bytes() for name in ("records.csv", "clients.csv", "member_probs.npy")}
     for name in saved:

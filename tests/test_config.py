@@ -46,7 +46,9 @@ def test_open_sections_forward_options():
     ({"unknown": {}}, "unknown"),
     ({"audit": {"enabled": "yes"}}, "audit.enabled"),
     # settings a federation audit never read are rejected, not silently accepted
-    ({"audit": {"layers": [1]}}, "audit.layers"),
+    ({"audit": {"layers": [0]}}, "audit.layers"),
+    ({"audit": {"layers": [2.5]}}, "audit.layers"),
+    ({"audit": {"layers": "dense_1"}}, "audit.layers"),
     ({"audit": {"epochs": 30}}, "audit.epochs"),
     ({"federation": {"partition": "dirichlet:0"}}, "federation.partition"),
     ({"federation": {"partition": "shards:0.5"}}, "federation.partition"),

@@ -18,7 +18,7 @@ from fedaudit.auditor.shard import Job, ShardPlan
 from fedaudit.auditor.state import round_path
 from fedaudit.bench.scale import exponent
 from fedaudit.config import scenario_from_dict
-from fedaudit.errors import ConfigError
+from fedaudit.errors import ConfigError, FedAuditError
 from fedaudit.rundir import read_jsonl
 
 from test_auditor import new_core, simulate, tiny_scenario
@@ -153,11 +153,13 @@ def test_dense_signals_match_tensorflow():
     from fedaudit.auditor.features import ModelProbe
 
     rng = np.random.default_rng(0)
-    for name, options in (("mlp", {"hidden": [24, 12]}), ("mlp", {"hidden": [16], "activation": "tanh"}),
-                          ("mlp", {"hidden": [8], "activation": "sigmoid"})):
-        tf_probe = ModelProbe(name, options, (20,), 5, seed=0)
-        probe = DenseProbe(describe_dense(tf_probe.model))
+    for name, options, layers in (("mlp", {"hidden": [24, 12]}, ()), ("mlp", {"hidden": [24, 12]}, (2, "dense_1", 3)),
+                                  ("mlp", {"hidden": [16], "activation": "tanh"}, ("dense_1",)),
+                                  ("mlp", {"hidden": [8], "activation": "sigmoid"}, (1,))):
+        tf_probe = ModelProbe(name, options, (20,), 5, seed=0, layers=layers)
+        probe = DenseProbe(describe_dense(tf_probe.model, layers=layers))
         assert probe.feature_names == tf_probe.feature_names
+        assert sum(n.startswith("act_") for n in probe.feature_names) == 3 * len(set(layers))
         x, y = rng.random((150, 20)).astype(np.float32), rng.integers(0, 5, 150)
         w0 = tf_probe.model.get_weights()
         ws = [[a + 0.05 * rng.standard_normal(a.shape).astype(np.float32) for a in w0] for _ in range(3)]
@@ -169,15 +171,52 @@ def test_dense_signals_match_tensorflow():
         # own rows of different lengths, padded together, give each model's own features
         items = [(w, x[:k], y[:k], b_np.take(np.arange(k)), True) for w, k in zip(ws, (7, 30, 1))]
         pop = (x[100:], y[100:], b_np.take(np.arange(100, 150)))
-        for (v, src), (w, ox, oy, ob, _) in zip(probe.views(items, w0, pop, (x[50:90], y[50:90])), items):
+        src = (x[50:90], y[50:90], b_np.take(np.arange(50, 90)))
+        for (v, sv), (w, ox, oy, ob, _) in zip(probe.views(items, w0, pop, src), items):
             alone = tf_probe.view(w, b_tf.take(np.r_[np.arange(len(oy)), np.arange(100, 150)]), w0,
                                   np.r_[ox, x[100:]], np.r_[oy, y[100:]])
             np.testing.assert_allclose(v.features, alone.features, rtol=2e-3, atol=2e-4)
-            np.testing.assert_allclose(src, tf_probe.losses(w, x[50:90], y[50:90]), rtol=1e-4, atol=1e-5)
+            ref = tf_probe.view(w, b_tf.take(np.arange(50, 90)), w0, x[50:90], y[50:90])
+            np.testing.assert_allclose(sv.features, ref.features, rtol=2e-3, atol=2e-4)
+            np.testing.assert_allclose(sv.loss, tf_probe.losses(w, x[50:90], y[50:90]), rtol=1e-4, atol=1e-5)
     from fedaudit.models import build_model
 
     conv = build_model("cnn", (8, 8, 1), 3, filters=[4], dense=8)
     assert describe_dense(conv) is None                   # convolutions: the TensorFlow probe
+    for bad, words in ((9, "audit.layers: layer 9 is out of range; allowed: 1..2 "),
+                       ("nope", "audit.layers: the model has no layer named 'nope'")):
+        with pytest.raises(FedAuditError, match=words):
+            describe_dense(tf_probe.model, layers=[bad])
+        with pytest.raises(FedAuditError, match=words):
+            ModelProbe("mlp", {"hidden": [8]}, (20,), 5, layers=[bad])
+
+
+def test_activation_features_of_a_conv_model_and_of_the_input():
+    """The TensorFlow probe's activation features of any layer (a convolution's output is flattened); a Flatten
+    before the Dense stack passes the input through, as the NumPy probe takes it."""
+    from fedaudit.auditor.dense import DenseProbe, describe_dense
+    from fedaudit.auditor.features import ModelProbe, activation_stats
+
+    rng = np.random.default_rng(1)
+    x, y = rng.random((40, 8, 8, 1)).astype(np.float32), rng.integers(0, 3, 40)
+    probe = ModelProbe("cnn", {"filters": [4], "dense": 8}, (8, 8, 1), 3, seed=0, layers=[1])
+    w0 = probe.model.get_weights()
+    w1 = [a + 0.05 * rng.standard_normal(a.shape).astype(np.float32) for a in w0]
+    v = probe.view(w1, probe.base(w0, x, y), w0, x, y)
+    names = probe.feature_names
+    conv_out = probe.model.layers[0](x).numpy().reshape(40, -1)
+    lognorm, active = activation_stats(conv_out)
+    np.testing.assert_allclose(v.features[:, names.index(f"act_lognorm/{probe.outputs[0]}")], lognorm, rtol=1e-5)
+    np.testing.assert_allclose(v.features[:, names.index(f"act_active/{probe.outputs[0]}")], active, atol=1e-6)
+    assert np.isfinite(v.features[:, names.index(f"act_gain/{probe.outputs[0]}")]).all()
+    assert np.isnan(probe.view(w1, None, None, x, y).features[:, -1]).all()    # no theta_prev: no gain
+    flat = ModelProbe("mlp", {"hidden": [6]}, (4, 5), 3, seed=0, layers=[1])    # Flatten, then Dense
+    stack = describe_dense(flat.model, layers=[1])
+    assert flat.model.layers[0].__class__.__name__ == "Flatten" and stack.outputs == (("mlp_flatten", 0),)
+    xs, ys = rng.random((30, 4, 5)).astype(np.float32), rng.integers(0, 3, 30)
+    w = flat.model.get_weights()
+    np.testing.assert_allclose(DenseProbe(stack).view(w, None, None, xs, ys).features,
+                               flat.view(w, None, None, xs, ys).features, rtol=2e-3, atol=2e-4)
 
 
 def test_jobs_split_evenly_over_tasks():

@@ -13,10 +13,12 @@ NumPy and scikit-learn only. For each threat model, from the per-round arrays th
 - per client (server view when audited): client k's members against every population record under k's
   models, with the round at which k's per-round AUC peaked;
 - per class and per slice (:mod:`fedaudit.slices`);
-- source inference: each member attributed to the client with the lowest loss, averaged over rounds.
+- source inference: each sampled member attributed to the client whose models' calibrated source scores
+  (averaged over rounds) point to it most, with the naive lowest-loss attribution beside it.
 
 Files: ``records.csv``, ``clients.csv``, ``member_probs.npy``, ``nonmember_probs.npy``, ``summary.json``
-(see ``notes/RUNDIR.md``), and under ``audit/``: ``source_inference.csv`` (record, client, attributed, correct)
+(see ``notes/RUNDIR.md``), and under ``audit/``: ``source_inference.csv`` (record, client, attributed, correct,
+lowest_loss, lowest_loss_correct)
 and ``aggregated.npz`` (per record, sorted by record: ``<tm>__per_round`` headline scores (records x rounds,
 log-odds or the attack's score), ``<tm>__max``, ``<tm>__mean``, ``<tm>__stacked`` and ``risk``).
 """
@@ -27,12 +29,14 @@ import csv
 import io
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from fedaudit.auditor.attack import BLACKBOX, FITTED, fit_folds, headline, sigmoid
-from fedaudit.auditor.core import attribute_sources, audit_attacks, light_metrics, summary_or_none
+from fedaudit.auditor.core import (CALIBRATED, LOWEST_LOSS, attribute_sources, attribution_accuracy, audit_attacks,
+                                   light_metrics, summary_or_none)
 from fedaudit.auditor.records import AuditRecords
 from fedaudit.auditor.state import AUDIT_DIR, SEP, load_round, round_path, saved_rounds, stack_rounds
 from fedaudit.config import load_scenario
@@ -195,46 +199,79 @@ def _participation(view: _View, round_clients: dict) -> dict:
     return out
 
 
+class _AcrossRounds:
+    """Per source record and client: the mean over the rounds the client was audited in of a per-round score,
+    centred per record over that round's clients (so that every round weighs alike)."""
+
+    def __init__(self, S: int, K: int):
+        self.total, self.count = np.zeros((S, K)), np.zeros((S, K))
+
+    def add(self, score: np.ndarray, clients: list) -> None:
+        """``score`` (S, len(clients)), higher: more likely the source (NaN: no score)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)      # a record without any score this round
+            centred = score - np.nanmean(score, axis=1, keepdims=True)
+        ok = np.isfinite(centred)
+        self.total[:, clients] += np.where(ok, centred, 0.0)
+        self.count[:, clients] += ok
+
+    def attribute(self, owner: np.ndarray, seen: list) -> tuple:
+        """(attributed client per record or -1, whether the record was attributed)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(self.count > 0, self.total / np.maximum(self.count, 1), -np.inf)
+        scored = np.isin(owner, seen) & np.isfinite(mean).any(axis=1)
+        attributed = np.full(owner.size, -1)
+        attributed[scored] = np.argmax(mean[scored], axis=1)
+        return attributed, scored
+
+
 def _source_inference(data: dict, records: AuditRecords, run_dir: Path, write: bool) -> dict | None:
+    """Source inference across rounds: the calibrated attribution (see :func:`calibrated_source_scores`) and the
+    naive lowest-loss one beside it, each per round and with the rounds combined."""
     rounds = sorted(r for r, d in data.items() if f"server{SEP}source_loss" in d)
     if not rounds:
         return None
     S = records.source_sample
     owner = records.owner[S]
     K = records.num_clients
-    total, count = np.zeros((S.size, K)), np.zeros((S.size, K))
-    per_round, seen = [], set()
+    naive, calibrated = _AcrossRounds(S.size, K), _AcrossRounds(S.size, K)
+    per_round, seen, with_scores = [], set(), 0
     for t in rounds:
         clients = [int(k) for k in data[t][f"server{SEP}clients"]]
         seen.update(clients)
         loss = data[t][f"server{SEP}source_loss"].astype(np.float64).T          # (S, clients)
-        per_round.append({"round": t, **attribute_sources(loss, owner, clients)})
+        key = f"server{SEP}source_score"
+        score = data[t][key].astype(np.float64).T if key in data[t] else None  # older run dirs: none
+        per_round.append({"round": t, **attribute_sources(loss, owner, clients, score)})
         if not clients:
             continue
-        # log loss, centred per record over the replying clients: every round weighs alike
-        ll = np.log(loss + 1e-12)
-        centred = ll - np.mean(ll, axis=1, keepdims=True)
-        total[:, clients] += centred
-        count[:, clients] += 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_over_rounds = np.where(count > 0, total / np.maximum(count, 1), np.inf)
-    scored = np.isin(owner, sorted(seen)) & np.isfinite(mean_over_rounds).any(axis=1)
-    attributed = np.full(S.size, -1)
-    attributed[scored] = np.argmin(mean_over_rounds[scored], axis=1)
+        naive.add(-np.log(loss + 1e-12), clients)   # log loss: the lowest-loss rule, every round alike
+        if score is not None:
+            calibrated.add(score, clients)
+            with_scores += 1
+    seen = sorted(seen)
+    chance = 1.0 / max(len(seen), 1)
+    naive_attr, naive_ok = naive.attribute(owner, seen)
+    baseline = {**attribution_accuracy((naive_attr == owner)[naive_ok]), "method": LOWEST_LOSS + "; log loss "
+                "centred per round over its clients, averaged over the rounds each client took part in"}
+    if with_scores:
+        attributed, scored = calibrated.attribute(owner, seen)
+        head = {**attribution_accuracy((attributed == owner)[scored]), "method": CALIBRATED + "; centred per "
+                "round over its clients, averaged over the rounds each client took part in"}
+    else:
+        attributed, scored, head = naive_attr, naive_ok, baseline
     correct = attributed == owner
-    acc = float(np.mean(correct[scored])) if scored.any() else None
     if write:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["record", "client", "attributed", "correct"])
+        w.writerow(["record", "client", "attributed", "correct", "lowest_loss", "lowest_loss_correct"])
         for i in np.argsort(records.index[S]):
             w.writerow([int(records.index[S[i]]), int(owner[i]), int(attributed[i]) if scored[i] else "",
-                        int(correct[i]) if scored[i] else ""])
+                        int(correct[i]) if scored[i] else "", int(naive_attr[i]) if naive_ok[i] else "",
+                        int(naive_attr[i] == owner[i]) if naive_ok[i] else ""])
         atomic_write_text(run_dir / AUDIT_DIR / "source_inference.csv", buf.getvalue())
-    return {"accuracy": acc, "chance": 1.0 / max(len(seen), 1), "records": int(scored.sum()),
-            "sample": int(S.size), "rounds": len(rounds),
-            "method": "argmin over clients of the record's log loss, centred per round and averaged over the "
-                      "rounds each client took part in", "per_round": per_round}
+    return {**head, "chance": chance, "records": int(scored.sum()), "sample": int(S.size), "rounds": len(rounds),
+            "lowest_loss": baseline, "per_round": per_round}
 
 
 def _fmt(v) -> str:

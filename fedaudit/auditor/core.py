@@ -9,7 +9,9 @@ theta_t, and for each threat model in ``[audit] threat_models``:
   owner replied; a population record under its pseudo-owner's, or a replying client drawn from the seed, see
   :meth:`AuditRecords.round_source`), and the population sample and the source sample are scored under every
   replying client's model. Client k's metrics compare k's members with the population sample under theta_k;
-  source inference attributes each sampled member to the client whose model gives it the lowest loss;
+  source inference attributes each sampled member to the client whose model's update signals, calibrated per
+  client on the population sample, point to it most (:func:`calibrated_source_scores`), and reports the naive
+  lowest-loss attribution beside it;
 - ``participant`` sees the global models: every record under theta_t, relative to theta_prev; a member counts
   once its owner has trained (with client sampling, the owners of some records may not have yet).
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,7 +127,7 @@ def describe_scenario_model(scenario: Scenario, input_shape, num_classes: int):
 
     model = build_model(scenario.model.name, tuple(input_shape), int(num_classes), seed=scenario.federation.seed,
                         **dict(scenario.model.options))
-    return describe_dense(model, scenario.audit.gradients)
+    return describe_dense(model, scenario.audit.gradients, scenario.audit.layers)
 
 
 class InlineExecutor:
@@ -180,7 +183,8 @@ class AuditCore:
         if isinstance(dense, str) and dense == "auto":
             dense = describe_scenario_model(scenario, input_shape, num_classes)
         self.spec = ProbeSpec(scenario.model.name, dict(scenario.model.options), input_shape, num_classes,
-                              gradients=tuple(a.gradients), seed=self.seed, threads=int(threads), dense=dense)
+                              gradients=tuple(a.gradients), seed=self.seed, threads=int(threads), dense=dense,
+                              layers=tuple(a.layers))
         member = records.member
         in_sample = np.zeros(len(records), dtype=bool)
         in_sample[records.population_sample] = True
@@ -360,11 +364,13 @@ class AuditCore:
             pop_feats = np.empty((len(audited), P.size, F), dtype=np.float32)
             pop_scores = {a: np.empty((len(audited), P.size), dtype=np.float32) for a in self.plan.attacks}
             source_loss = np.empty((len(audited), S.size), dtype=np.float32)
+            source_feats = np.empty((len(audited), S.size, F), dtype=np.float32)
             for j, k in enumerate(audited):
                 res, rows = results[k], rows_of[k]
                 feats[rows], loss[rows], correct[rows], scored_by[rows] = res.features, res.loss, res.correct, k
                 pop_feats[j] = res.pop_features
                 source_loss[j] = res.source_loss
+                source_feats[j] = res.source_features
                 for a in self.plan.attacks:
                     scores[a][rows] = res.scores[a]
                     pop_scores[a][j] = res.pop_scores[a]
@@ -376,13 +382,17 @@ class AuditCore:
             per_client = [(k, (h[member & (scored_by == k)], ph[j])) for j, k in enumerate(audited)]
             result = self._view_result(scores, np.ones(n, dtype=bool), per_client)
             result["clients_audited"] = audited
-            result["source_inference"] = attribute_sources(source_loss.T, r.owner[S], audited)
+            col = {k: j for j, k in enumerate(audited)}
+            owner_col = np.array([col.get(int(k), -1) for k in r.owner[S]], dtype=np.int64)
+            source_score = calibrated_source_scores(r, owner_col, pop_feats, source_feats, self.seed + round_).T
+            result["source_inference"] = attribute_sources(source_loss.T, r.owner[S], audited, source_score.T)
         tm = "server" + SEP
         arrays[tm + "clients"] = np.array(audited, dtype=np.int64)
         arrays[tm + "scored_by"] = scored_by
         arrays[tm + "loss"] = loss.astype(np.float32)
         arrays[tm + "correct"] = correct
         arrays[tm + "source_loss"] = source_loss
+        arrays[tm + "source_score"] = source_score.astype(np.float32)
         for a, s in scores.items():
             arrays[tm + "score" + SEP + a] = s.astype(np.float32)
         for a, s in pop_scores.items():
@@ -463,27 +473,100 @@ def threshold_scores(name: str, logits: np.ndarray, labels: np.ndarray) -> np.nd
     return out
 
 
-def attribute_sources(loss: np.ndarray, owner: np.ndarray, clients) -> dict:
-    """Attribute every member whose owner replied to the client whose model gives it the lowest loss.
+LOWEST_LOSS = "lowest loss: the client whose model gives the record the lowest loss (Hu et al. 2021)"
+CALIBRATED = ("calibrated: the client under whose model a cross-fitted logistic regression on the record's features, "
+              "standardised per client on the population sample, scores it highest")
 
-    ``loss``: (n, len(clients)), column j the losses under ``clients[j]``'s model (NaN: no score). Returns
-    accuracy, chance (1/replying clients) and the number of members attributed.
+
+def calibrated_source_scores(records: AuditRecords, owner_col: np.ndarray, pop_features: np.ndarray,
+                             source_features: np.ndarray, seed: int = 0, negatives: int = 8) -> np.ndarray:
+    """(S, K) source scores of the source sample under each of K client models (higher: more likely the source).
+
+    Every feature of a record under client k's model (loss, loss drop from theta_prev, gradient norms, the
+    gradient-update cosine of every layer, ...) is standardised by the population sample's values under the same
+    model (``pop_features`` (K, P, F)): clients differ in how far their models moved. A logistic regression on
+    these rows, fitted on the known members of the source sample (their row under their own client's model
+    against their rows under up to ``negatives`` other clients'), scores every row; it is cross-fitted like the
+    membership attacks (a record of fold f is scored by the regression fitted outside fold f), so no record is
+    scored with its own owner known. ``owner_col`` (S,): the column of each record's owner (-1: its owner is not
+    among the K). A fold without known members to fit on falls back to the standardised log loss. Work: linear in
+    (S + P) x K."""
+    from fedaudit.auditor.attack import Logistic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)      # all-NaN columns (no theta_prev): left NaN
+        mu, sd = np.nanmean(pop_features, axis=1), np.nanstd(pop_features, axis=1)         # (K, F)
+    sd = np.where(sd > 1e-12, sd, np.nan)
+    z = (np.swapaxes(source_features, 0, 1).astype(np.float64) - mu[None]) / sd[None]     # (S, K, F)
+    z = np.clip(np.where(np.isfinite(z), z, np.nan), -1e3, 1e3)
+    usable = ~np.isnan(z).all(axis=(0, 1))
+    z = z[:, :, usable]
+    S, K = z.shape[:2]
+    names = np.arange(usable.size)[usable]
+    fallback = -z[:, :, list(names).index(1)] if 1 in names else np.zeros((S, K))      # column 1: log_loss
+    fold = records.fold[records.source_sample]
+    known = records.known[records.source_sample] & (owner_col >= 0)
+    rng = np.random.default_rng([int(seed), 0x50])
+    out = np.full((S, K), np.nan)
+    for f in np.unique(fold):
+        target = fold == f
+        train = np.flatnonzero(known & ~target)
+        if not train.size or K < 2 or not z.shape[2]:
+            out[target] = fallback[target]
+            continue
+        rows, labels = [], []
+        for i in train:
+            others = np.delete(np.arange(K), owner_col[i])
+            pick = rng.choice(others, size=min(negatives, others.size), replace=False)
+            rows += [z[i, owner_col[i]], *z[i, pick]]
+            labels += [1.0] + [0.0] * pick.size
+        clf = Logistic().fit(np.asarray(rows), np.asarray(labels))
+        out[target] = clf.decision_function(z[target].reshape(-1, z.shape[2])).reshape(-1, K)
+    return out
+
+
+def attribution_accuracy(correct: np.ndarray) -> dict:
+    """Accuracy of ``correct`` (bool per attributed record) with its 95% Clopper-Pearson interval."""
+    from fedaudit.metrics import clopper_pearson
+
+    n, k = int(correct.size), int(np.sum(correct))
+    if not n:
+        return {"accuracy": None, "ci": [None, None]}
+    return {"accuracy": k / n, "ci": [float(v) for v in clopper_pearson(k, n)]}
+
+
+def attribute_sources(loss: np.ndarray, owner: np.ndarray, clients, score: np.ndarray | None = None) -> dict:
+    """Attribute every member whose owner replied to a client.
+
+    ``loss``: (n, len(clients)), column j the losses under ``clients[j]``'s model (NaN: no score); ``score``
+    (same shape, higher: more likely the source), e.g. :func:`calibrated_source_scores`. The attribution is the
+    highest score when ``score`` is given, else the lowest loss; the lowest-loss attribution is always reported
+    as ``lowest_loss``, the naive baseline. Returns accuracy with its 95% interval, chance (1/replying clients)
+    and the number of members attributed.
     """
     clients = np.asarray(list(clients), dtype=np.int64)
     sel = (owner >= 0) & np.isin(owner, clients)
+    chance = (1.0 / clients.size) if clients.size else None
     if not sel.any() or not clients.size:
-        return {"accuracy": None, "chance": (1.0 / clients.size) if clients.size else None, "records": 0}
+        out = {"accuracy": None, "ci": [None, None], "chance": chance, "records": 0}
+        return {**out, "method": LOWEST_LOSS} if score is None else \
+            {**out, "method": CALIBRATED, "lowest_loss": {"accuracy": None, "ci": [None, None]}}
     l = np.where(np.isnan(loss[sel]), np.inf, loss[sel])
-    attributed = clients[np.argmin(l, axis=1)]
-    acc = float(np.mean(attributed == owner[sel]))
-    return {"accuracy": acc, "chance": 1.0 / clients.size, "records": int(sel.sum())}
+    naive = attribution_accuracy(clients[np.argmin(l, axis=1)] == owner[sel])
+    if score is None:
+        return {**naive, "chance": chance, "records": int(sel.sum()), "method": LOWEST_LOSS}
+    s = np.where(np.isnan(score[sel]), -np.inf, score[sel])
+    return {**attribution_accuracy(clients[np.argmax(s, axis=1)] == owner[sel]), "chance": chance,
+            "records": int(sel.sum()), "method": CALIBRATED, "lowest_loss": naive}
 
 
-def source_inference(loss: np.ndarray, owner: np.ndarray, clients) -> dict:
-    """:func:`attribute_sources` for ``loss`` (n, K) whose column k is client k (NaN where it did not reply)."""
+def source_inference(loss: np.ndarray, owner: np.ndarray, clients, score: np.ndarray | None = None) -> dict:
+    """:func:`attribute_sources` for ``loss`` (n, K) (and ``score``) whose column k is client k (NaN where it did
+    not reply)."""
     clients = list(clients)
-    return attribute_sources(loss[:, clients] if clients else loss[:, :0], owner, clients)
+    return attribute_sources(loss[:, clients] if clients else loss[:, :0], owner, clients,
+                             None if score is None else score[:, clients])
 
 
-__all__ = ["AuditCore", "InlineExecutor", "Timing", "attribute_sources", "audit_attacks", "light_metrics",
-           "source_inference", "summary_or_none"]
+__all__ = ["AuditCore", "InlineExecutor", "Timing", "attribute_sources", "attribution_accuracy", "audit_attacks",
+           "calibrated_source_scores", "light_metrics", "source_inference", "summary_or_none"]

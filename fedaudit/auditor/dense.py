@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedaudit.auditor.features import BaseSignals, ProbeViews, ViewSignals, assemble_features, feature_names_for
+from fedaudit.auditor.features import (BaseSignals, ProbeViews, ViewSignals, activation_stats, assemble_features,
+                                       feature_names_for)
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "linear")
 FLOAT_BUDGET = 32_000_000     # floats a chunk of clients may hold in activations and gradients (~128 MB)
@@ -43,22 +44,28 @@ class DenseStack:
     layers: tuple
     input_dim: int
     chosen: tuple             # names of the layers whose gradient norms and update cosines are features
+    outputs: tuple = ()       # (name, position) of the layers whose outputs give activation features: position i
+                              # is the output of the i-th Dense layer (0: the input, as Flatten or Dropout pass it)
 
     @property
     def feature_names(self) -> list:
-        return feature_names_for(list(self.chosen), list(self.chosen))
+        return feature_names_for(list(self.chosen), list(self.chosen), [n for n, _ in self.outputs])
 
 
-def describe_dense(model, gradients=()) -> DenseStack | None:
+def describe_dense(model, gradients=(), layers=()) -> DenseStack | None:
     """The :class:`DenseStack` of a Keras model, or None when it is not a plain stack of Dense layers with
-    supported activations ending in linear logits (then the TensorFlow probe computes its signals)."""
-    from fedaudit.signals.layers import kernel_layers, resolve_gradient_layers
+    supported activations ending in linear logits (then the TensorFlow probe computes its signals).
+    ``gradients`` and ``layers`` are ``[audit] gradients`` and ``[audit] layers`` (checked against the model)."""
+    from fedaudit.signals.layers import kernel_layers, resolve_gradient_layers, resolve_output_layers
 
+    order = [r.name for r in resolve_output_layers(model, list(layers), "audit.layers")]
     paths = [w.path for w in model.weights]
     layers = []
+    position = {}
     for layer in model.layers:
         kind = type(layer).__name__
         if kind in ("Flatten", "InputLayer", "Dropout"):    # identities at inference (Flatten: inputs are flat)
+            position[layer.name] = len(layers)
             continue
         if kind != "Dense":
             return None
@@ -69,12 +76,14 @@ def describe_dense(model, gradients=()) -> DenseStack | None:
         layers.append(DenseLayer(layer.name, paths.index(layer.kernel.path),
                                  paths.index(bias.path) if bias is not None else None, act,
                                  int(layer.kernel.shape[1])))
+        position[layer.name] = len(layers)
     if not layers or layers[-1].activation != "linear":
         return None
     refs = (resolve_gradient_layers(model, list(gradients), "audit.gradients") if gradients else
             resolve_gradient_layers(model, list(range(1, len(kernel_layers(model)) + 1))))
     input_dim = int(np.prod([d for d in model.input_shape[1:]]))
-    return DenseStack(tuple(layers), input_dim, tuple(r.name for r in refs))
+    return DenseStack(tuple(layers), input_dim, tuple(r.name for r in refs),
+                      tuple((name, position[name]) for name in order))
 
 
 def _act(name: str, z: np.ndarray) -> np.ndarray:
@@ -115,7 +124,8 @@ class DenseProbe(ProbeViews):
                 for i in range(len(weights_list[0]))]
 
     def _passes(self, stacked, x, y, grads: bool = True):
-        """Logits (B, m, C) and, with ``grads``, each layer's factors (a, d): a (m, in) or (B, m, in), d (B, m, out).
+        """Logits (B, m, C), with ``grads`` each layer's factors (a, d): a (m, in) or (B, m, in), d (B, m, out),
+        and the chosen output layers' :func:`activation_stats`, each (B, m) (or (m,) for the input).
 
         ``x`` is (m, in), shared by the B models, or (B, m, in) with labels ``y`` (B, m): each model its rows."""
         layers = self.stack.layers
@@ -132,7 +142,8 @@ class DenseProbe(ProbeViews):
             acts.append(a)
         logits = acts[-1]
         if not grads:
-            return logits, None
+            return logits, None, {}
+        stats = {name: activation_stats(acts[i]) for name, i in self.stack.outputs}
         shifted = logits - logits.max(axis=-1, keepdims=True)
         e = np.exp(shifted)
         d = e / e.sum(axis=-1, keepdims=True)
@@ -147,7 +158,7 @@ class DenseProbe(ProbeViews):
             if i:
                 d = np.matmul(d, np.swapaxes(stacked[layers[i].kernel], 1, 2))
                 d *= _act_grad(layers[i - 1].activation, zs[i - 1], acts[i])
-        return logits, factors
+        return logits, factors, stats
 
     def _per_row(self) -> int:
         widest = max([self.stack.input_dim] + [l.width for l in self.stack.layers])
@@ -165,7 +176,7 @@ class DenseProbe(ProbeViews):
 
     def base(self, weights, x, y) -> BaseSignals:
         y = np.asarray(y, dtype=np.int64)
-        logits, factors = self._passes(self._stacked([weights]), x, y)
+        logits, factors, stats = self._passes(self._stacked([weights]), x, y)
         f2, grad_sq = {}, {}
         for name in self.dense:
             a, d = factors[name]
@@ -179,7 +190,8 @@ class DenseProbe(ProbeViews):
         from fedaudit.attacks.threshold import loss_scores
 
         z = logits[0].astype(np.float64)
-        return BaseSignals(loss=-loss_scores(z, y), phi=logit_confidence(z, y), factors=f2, grad_sq=grad_sq)
+        return BaseSignals(loss=-loss_scores(z, y), phi=logit_confidence(z, y), factors=f2, grad_sq=grad_sq,
+                           act_lognorm={k: v[0].reshape(-1, len(y))[0] for k, v in stats.items()})
 
     def losses(self, weights, x, y) -> np.ndarray:
         return self.losses_many([weights], x, y)[0]
@@ -193,7 +205,7 @@ class DenseProbe(ProbeViews):
         step = self._chunk(len(y))
         for sl in self._row_slices(len(y)):
             for s in range(0, len(weights_list), step):
-                logits, _ = self._passes(self._stacked(weights_list[s:s + step]), x[sl], y[sl], grads=False)
+                logits, _, _ = self._passes(self._stacked(weights_list[s:s + step]), x[sl], y[sl], grads=False)
                 for b in range(logits.shape[0]):
                     out[s + b, sl] = -loss_scores(logits[b].astype(np.float64), y[sl])
         return out
@@ -205,8 +217,9 @@ class DenseProbe(ProbeViews):
         weights = [it[0] for it in items]
         pop_views = self.view_many(weights, pbase, previous, px, py)
         wanted = [i for i, it in enumerate(items) if it[4]]
-        src_loss = self.losses_many([weights[i] for i in wanted], *src) if wanted else None
-        src_of = {i: src_loss[j] for j, i in enumerate(wanted)}
+        sx, sy, sbase = src
+        src_views = self.view_many([weights[i] for i in wanted], sbase, previous, sx, sy) if wanted else []
+        src_of = {i: src_views[j] for j, i in enumerate(wanted)}
         sizes = np.array([len(it[2]) for it in items])
         limit = max(64, 4 * int(np.median(sizes))) if sizes.size else 0
         own: dict = {}
@@ -232,7 +245,8 @@ class DenseProbe(ProbeViews):
             base = BaseSignals(np.zeros((B, M)), np.zeros((B, M)),
                                {k: (np.zeros((B, M, a.shape[1]), np.float32), np.zeros((B, M, d.shape[1]), np.float32))
                                 for k, (a, d) in items[0][3].factors.items()},
-                               {k: np.zeros((B, M)) for k in items[0][3].grad_sq})
+                               {k: np.zeros((B, M)) for k in items[0][3].grad_sq},
+                               {k: np.zeros((B, M)) for k in items[0][3].act_lognorm})
         for b, (_, ox, oy, obase, _) in enumerate(items):
             m = len(oy)
             x[b, :m], y[b, :m] = ox.reshape(m, -1), oy
@@ -242,6 +256,8 @@ class DenseProbe(ProbeViews):
                     base.factors[k][0][b, :m], base.factors[k][1][b, :m] = a, d
                 for k, g in obase.grad_sq.items():
                     base.grad_sq[k][b, :m] = g
+                for k, g in obase.act_lognorm.items():
+                    base.act_lognorm[k][b, :m] = g
         v = self._chunk_view(self._stacked([it[0] for it in items]), base, previous, x, y)
         out = {}
         for b, key in enumerate(keys):
@@ -272,18 +288,20 @@ class DenseProbe(ProbeViews):
 
     def _chunk_view(self, stacked, base, previous, x, y) -> ViewSignals:
         """The B models' views side by side (B * m rows): one pass and one feature assembly for the chunk."""
-        logits, factors = self._passes(stacked, x, y)
+        logits, factors, stats = self._passes(stacked, x, y)
         B, m = logits.shape[:2]
         norms = {}
         for name in self.layers:
             a, d = factors[name]
             norms[name] = np.broadcast_to(np.linalg.norm(a, axis=-1), (B, m)) * np.linalg.norm(d, axis=-1)
         cos = self._cosines(stacked, previous, base, B, m)
-        flat = None if base is None else BaseSignals(np.broadcast_to(base.loss, (B, m)).reshape(-1),
-                                                     np.broadcast_to(base.phi, (B, m)).reshape(-1), {}, {})
+        flat = None if base is None else BaseSignals(
+            np.broadcast_to(base.loss, (B, m)).reshape(-1), np.broadcast_to(base.phi, (B, m)).reshape(-1), {}, {},
+            {k: np.broadcast_to(v, (B, m)).reshape(-1) for k, v in base.act_lognorm.items()})
+        acts = {k: tuple(np.broadcast_to(v, (B, m)).reshape(-1) for v in pair) for k, pair in stats.items()}
         return assemble_features(logits.reshape(B * m, -1).astype(np.float64), np.broadcast_to(y, (B, m)).reshape(-1),
                                  flat, {k: n.reshape(-1).astype(np.float64) for k, n in norms.items()},
-                                 [c.reshape(-1) for c in cos] if cos is not None else None, len(self.dense))
+                                 [c.reshape(-1) for c in cos] if cos is not None else None, len(self.dense), acts)
 
     def _cosines(self, stacked, previous, base, B: int, n: int):
         """Per chosen layer and in total: (B, n) cosines between minus the gradient at theta_prev and the update

@@ -11,22 +11,27 @@ white-box (adds gradients):
     ``log_gnorm/<layer>`` (per-example kernel-gradient norm at theta, per layer, and in total) and
     ``cos/<layer>``, the cosine between minus the record's loss gradient at theta_prev and the update
     theta - theta_prev, per dense layer (kernel and bias) and over all of them (Li et al. 2023: local
-    training moves the update along the members' negative gradients).
+    training moves the update along the members' negative gradients);
+activations (``[audit] layers``, the outputs of chosen layers, three columns per layer):
+    ``act_lognorm/<layer>`` (log of the output's L2 norm at theta), ``act_active/<layer>`` (the fraction of
+    output units above zero) and ``act_gain/<layer>`` (the change of the log norm from theta_prev to theta).
 
 The cosines need the gradient at theta_prev only as the two factors of each dense layer's per-example kernel
 gradient (its input a and the gradient d at its output; the bias gradient is d), so <g, u> per layer is
 ``sum((a @ U) * d) + d . u_bias`` and no (records, in, out) tensor is ever built. Layers without that
 factorisation (convolutions) contribute gradient norms only.
 
-``[audit] gradients`` chooses the layers (default: every layer with a kernel). ``[audit] layers`` (layer outputs)
-and ``[audit] epochs`` drive only the full attack network of Nasr et al. (:mod:`fedaudit.attacks.whitebox`),
-which single-model audits use; per round it would cost minutes where these features cost a fraction of a second
-(see :mod:`fedaudit.auditor.attack`).
+``[audit] gradients`` chooses the gradient layers (default: every layer with a kernel), ``[audit] layers`` the
+layers whose outputs give activation features (1-based indices into the model's layers, or names; default none:
+measured on ``scenarios/overfit.toml``, the last hidden layer moved the server's per-round whitebox AUC by +0.003 on
+average and the participant's not at all, within the noise, so the columns stay opt-in).
+The full attack network of Nasr et al. (:mod:`fedaudit.attacks.whitebox`) stays with single-model audits; per
+round it would cost minutes where these features cost a fraction of a second (see :mod:`fedaudit.auditor.attack`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,19 +50,23 @@ class BaseSignals:
     phi: np.ndarray
     factors: dict           # layer name -> (a (n, in), d (n, out))
     grad_sq: dict           # layer name -> (n,) squared norm of the record's gradient (kernel + bias)
+    act_lognorm: dict = field(default_factory=dict)   # output layer name -> (n,) log norm of its output
 
     def take(self, rows) -> "BaseSignals":
         """The signals of a subset (or a reordering) of the rows."""
         return BaseSignals(loss=self.loss[rows], phi=self.phi[rows],
                            factors={k: (a[rows], d[rows]) for k, (a, d) in self.factors.items()},
-                           grad_sq={k: v[rows] for k, v in self.grad_sq.items()})
+                           grad_sq={k: v[rows] for k, v in self.grad_sq.items()},
+                           act_lognorm={k: v[rows] for k, v in self.act_lognorm.items()})
 
     @staticmethod
     def concat(parts: list) -> "BaseSignals":
         return BaseSignals(loss=np.concatenate([p.loss for p in parts]), phi=np.concatenate([p.phi for p in parts]),
                            factors={k: (np.concatenate([p.factors[k][0] for p in parts]),
                                         np.concatenate([p.factors[k][1] for p in parts])) for k in parts[0].factors},
-                           grad_sq={k: np.concatenate([p.grad_sq[k] for p in parts]) for k in parts[0].grad_sq})
+                           grad_sq={k: np.concatenate([p.grad_sq[k] for p in parts]) for k in parts[0].grad_sq},
+                           act_lognorm={k: np.concatenate([p.act_lognorm[k] for p in parts])
+                                        for k in parts[0].act_lognorm})
 
 
 @dataclass
@@ -75,16 +84,28 @@ class ViewSignals:
                              for f in ("features", "loss", "correct", "logits")))
 
 
-def feature_names_for(layers: list, dense: list) -> list:
-    """The feature columns for gradient-norm ``layers`` and update-cosine ``dense`` layers."""
+ACTIVATION_STATS = ("act_lognorm", "act_active", "act_gain")
+
+
+def feature_names_for(layers: list, dense: list, outputs: list = ()) -> list:
+    """The feature columns for gradient-norm ``layers``, update-cosine ``dense`` layers and activation
+    ``outputs`` layers."""
     return (list(BLACKBOX) + [f"log_gnorm/{n}" for n in layers] + ["log_gnorm/total"]
-            + [f"cos/{n}" for n in dense] + (["cos/total"] if dense else []))
+            + [f"cos/{n}" for n in dense] + (["cos/total"] if dense else [])
+            + [f"{stat}/{n}" for n in outputs for stat in ACTIVATION_STATS])
+
+
+def activation_stats(out: np.ndarray) -> tuple:
+    """(log L2 norm, fraction of units above zero) per row of a layer's outputs ``out`` (..., units), float64."""
+    norm = np.sqrt(np.einsum("...u,...u->...", out, out, dtype=np.float64))
+    return np.log(norm + _EPS), np.mean(out > 0, axis=-1, dtype=np.float64)
 
 
 def assemble_features(logits: np.ndarray, y: np.ndarray, base: "BaseSignals | None", norms: dict,
-                      cosines: list | None, n_dense: int) -> ViewSignals:
-    """One model's :class:`ViewSignals` from its float64 logits, per-layer gradient norms (in feature order)
-    and update cosines (None: no dense layer; NaN columns without theta_prev)."""
+                      cosines: list | None, n_dense: int, acts: dict | None = None) -> ViewSignals:
+    """One model's :class:`ViewSignals` from its float64 logits, per-layer gradient norms (in feature order),
+    update cosines (None: no dense layer; NaN columns without theta_prev) and the chosen output layers'
+    :func:`activation_stats` (``acts``: name -> (log norm, fraction active), in feature order)."""
     n = len(y)
     loss = -loss_scores(logits, y)
     phi = logit_confidence(logits, y)
@@ -102,6 +123,10 @@ def assemble_features(logits: np.ndarray, y: np.ndarray, base: "BaseSignals | No
     cols.append(0.5 * np.log(sq_total + _EPS))
     if n_dense:
         cols += cosines if cosines is not None else [np.full(n, np.nan)] * (n_dense + 1)
+    for name, (lognorm, active) in (acts or {}).items():
+        gain = lognorm - base.act_lognorm[name] if base is not None and name in base.act_lognorm else \
+            np.full(n, np.nan)
+        cols += [lognorm, active, gain]
     features = np.stack(cols, axis=1)
     return ViewSignals(features=features.astype(np.float32), loss=loss, correct=correct,
                        logits=logits.astype(np.float32))
@@ -111,15 +136,16 @@ class ProbeViews:
     """What both probes share: one round's views of many models on own rows plus the shared samples."""
 
     def views(self, items: list, previous, pop: tuple, src: tuple) -> list:
-        """``items``: (weights, own x, own y, own base or None, wants the source sample); ``pop`` (x, y, base):
-        the population sample; ``src`` (x, y): the source sample. Returns per item (ViewSignals of own rows
-        followed by the population sample, source losses or None)."""
+        """``items``: (weights, own x, own y, own base or None, wants the source sample); ``pop`` (x, y, base) and
+        ``src`` (x, y, base): the population and source samples (base None without theta_prev). Returns per item
+        (ViewSignals of own rows followed by the population sample, ViewSignals of the source sample or None)."""
         px, py, pbase = pop
+        sx, sy, sbase = src
         out = []
         for w, ox, oy, obase, wants_source in items:
             base = BaseSignals.concat([obase, pbase]) if obase is not None and pbase is not None else None
             v = self.view(w, base, previous, np.concatenate([ox, px]), np.concatenate([oy, py]))
-            out.append((v, self.losses(w, *src) if wants_source else None))
+            out.append((v, self.view(w, sbase, previous, sx, sy) if wants_source else None))
         return out
 
 
@@ -127,10 +153,10 @@ class ModelProbe(ProbeViews):
     """Builds the scenario's model once and computes features for any weights on any records."""
 
     def __init__(self, model_name: str, model_options: dict, input_shape, num_classes: int, gradients=(),
-                 seed: int = 0):
+                 seed: int = 0, layers=()):
         from fedaudit.models import build_model
         from fedaudit.signals.extract import _gradient_mode
-        from fedaudit.signals.layers import kernel_layers, resolve_gradient_layers
+        from fedaudit.signals.layers import kernel_layers, resolve_gradient_layers, resolve_output_layers
 
         self.model = build_model(model_name, tuple(input_shape), num_classes, seed=seed, **dict(model_options))
         refs = (resolve_gradient_layers(self.model, list(gradients), "audit.gradients") if gradients else
@@ -144,7 +170,8 @@ class ModelProbe(ProbeViews):
             bias = getattr(r.layer, "bias", None)
             self.slots[r.name] = (paths.index(r.layer.kernel.path),
                                   paths.index(bias.path) if bias is not None else None)
-        self.feature_names = feature_names_for(self.layers, self.dense)
+        self.outputs = [r.name for r in resolve_output_layers(self.model, list(layers), "audit.layers")]
+        self.feature_names = feature_names_for(self.layers, self.dense, self.outputs)
         self.blackbox_columns = np.arange(len(BLACKBOX))
         self._loaded = None
 
@@ -156,8 +183,11 @@ class ModelProbe(ProbeViews):
             self._loaded = weights
         if not gradients:
             return extract(self.model, x, y, gradient_norms=False, from_logits=True)
-        return extract(self.model, x, y, gradients=self.dense, factorize=True, gradient_norms=self.layers,
-                       from_logits=True)
+        return extract(self.model, x, y, layers=self.outputs, gradients=self.dense, factorize=True,
+                       gradient_norms=self.layers, from_logits=True, layers_option="audit.layers")
+
+    def _acts(self, s) -> dict:
+        return {name: activation_stats(s.layer_outputs[name].reshape(len(s), -1)) for name in self.outputs}
 
     def base(self, weights, x, y) -> BaseSignals:
         s = self._extract(weights, x, y)
@@ -171,7 +201,8 @@ class ModelProbe(ProbeViews):
                 (dd if self.slots[name][1] is not None else 0.0)
         logits = s.logits.astype(np.float64)
         return BaseSignals(loss=-loss_scores(logits, y), phi=logit_confidence(logits, y),
-                           factors=factors, grad_sq=grad_sq)
+                           factors=factors, grad_sq=grad_sq,
+                           act_lognorm={k: v[0] for k, v in self._acts(s).items()})
 
     def losses(self, weights, x, y) -> np.ndarray:
         """Per-record loss of ``weights`` (a forward pass only)."""
@@ -183,7 +214,8 @@ class ModelProbe(ProbeViews):
         s = self._extract(weights, x, y)
         norms = {name: s.gradient_norms[name].astype(np.float64) for name in self.layers}
         cosines = self._cosines(weights, previous, base, len(y)) if self.dense else None
-        return assemble_features(s.logits.astype(np.float64), y, base, norms, cosines, len(self.dense))
+        return assemble_features(s.logits.astype(np.float64), y, base, norms, cosines, len(self.dense),
+                                 self._acts(s))
 
     def _cosines(self, weights, previous, base, n) -> list:
         if base is None or previous is None:

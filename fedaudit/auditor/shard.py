@@ -4,13 +4,14 @@ A round's work is a list of :class:`Job`: one per audited client model under the
 (rows: the records that model scores at the record level, i.e. its owner's members and the population records
 it stands for this round), and one for the global model under ``participant`` (rows: every audited record).
 Every job also scores the population sample (the non-member side of each client's metrics, the calibration
-records of attack P and RMIA's comparison records); a server job also computes the loss of the source sample
-(for source inference), a forward pass only. :func:`run_shard` runs a list of jobs where it is called: in the
+records of attack P and RMIA's comparison records); a server job also computes the features of the source sample
+(for source inference: the membership attack on them under every client's model, calibrated per client on the
+population sample). :func:`run_shard` runs a list of jobs where it is called: in the
 auditor actor, or in a Ray task on any node (:func:`shard_task`), so that a cluster audits a round in
 parallel. Work per job is linear in its rows plus the two samples; nothing is shaped records x clients.
 
 The signals of theta_prev (the base of the update features) are computed once per shard, on the union of its
-jobs' rows. The fitted attacks (logistic regressions on the features) need known records from every job, so
+jobs' rows and the two samples. The fitted attacks (logistic regressions on the features) need known records from every job, so
 the auditor fits them after the shards return (:mod:`fedaudit.auditor.core`).
 """
 
@@ -35,10 +36,11 @@ class ProbeSpec:
     seed: int = 0
     threads: int = 1
     dense: object = None          # a DenseStack: the model's signals in NumPy (fedaudit.auditor.dense), no TF
+    layers: tuple = ()            # [audit] layers: the layers whose outputs give activation features
 
     def key(self) -> tuple:
         return (self.model_name, repr(sorted(self.model_options.items())), tuple(self.input_shape),
-                int(self.num_classes), tuple(self.gradients), int(self.seed), self.dense)
+                int(self.num_classes), tuple(self.gradients), int(self.seed), self.dense, tuple(self.layers))
 
 
 @dataclass
@@ -71,6 +73,7 @@ class JobResult:
     pop_features: np.ndarray | None = None   # (P, F) float32 on the population sample
     pop_scores: dict = field(default_factory=dict)   # attack -> (P,) float32
     source_loss: np.ndarray | None = None    # (S,) float32
+    source_features: np.ndarray | None = None   # (S, F) float32 on the source sample
 
 
 @dataclass
@@ -102,7 +105,7 @@ def probe_for(spec: ProbeSpec):
 
         configure_tensorflow(spec.threads)
         probe = ModelProbe(spec.model_name, spec.model_options, spec.input_shape, spec.num_classes,
-                           gradients=spec.gradients, seed=spec.seed)
+                           gradients=spec.gradients, seed=spec.seed, layers=spec.layers)
     if spec.key() not in _PROBES:
         _PROBES.clear()
         _PROBES[spec.key()] = probe
@@ -148,20 +151,22 @@ def run_shard(spec: ProbeSpec, plan: ShardPlan, data, previous, jobs: list, weig
     x, y = data
     probe = probe_for(spec)
     pop, src = plan.population_sample, plan.source_sample
-    union = np.unique(np.concatenate([j.rows for j in jobs] + [pop])) if jobs else pop
+    sources = any(j.source for j in jobs)
+    union = np.unique(np.concatenate([j.rows for j in jobs] + [pop] + ([src] if sources else []))) if jobs else pop
     base = probe.base(previous, x[union], y[union]) if previous is not None else None
     finite = [i for i, w in enumerate(weights) if all_finite(w)]
     pbase = base.take(np.searchsorted(union, pop)) if base is not None else None
+    sbase = base.take(np.searchsorted(union, src)) if base is not None and sources else None
     items = [(weights[i], x[jobs[i].rows], y[jobs[i].rows],
               base.take(np.searchsorted(union, jobs[i].rows)) if base is not None else None, jobs[i].source)
              for i in finite]
-    views = dict(zip(finite, probe.views(items, previous, (x[pop], y[pop], pbase), (x[src], y[src]))))
+    views = dict(zip(finite, probe.views(items, previous, (x[pop], y[pop], pbase), (x[src], y[src], sbase))))
     out = []
     for i, job in enumerate(jobs):
         if i not in views:
             out.append(JobResult(job.key, finite=False, reason="weights"))
             continue
-        v, source_loss = views[i]
+        v, sv = views[i]
         if not np.isfinite(v.logits).all():
             out.append(JobResult(job.key, finite=False, reason="outputs"))   # finite weights, outputs overflow
             continue
@@ -172,7 +177,8 @@ def run_shard(spec: ProbeSpec, plan: ShardPlan, data, previous, jobs: list, weig
                              correct=v.correct[:m], scores={a: s[:m] for a, s in scores.items()},
                              pop_features=v.features[m:],
                              pop_scores={a: s[m:].astype(np.float32) for a, s in scores.items()},
-                             source_loss=source_loss.astype(np.float32) if source_loss is not None else None))
+                             source_loss=sv.loss.astype(np.float32) if sv is not None else None,
+                             source_features=sv.features if sv is not None else None))
     return ShardResult(jobs=out, node=_node_id(), pid=os.getpid(), seconds=time.perf_counter() - started,
                        rows=int(sum(j.rows.size + pop.size for j in jobs)), feature_names=list(probe.feature_names), max_rss_mb=max_rss_mb(),
                        cpu_seconds=time.process_time() - cpu)

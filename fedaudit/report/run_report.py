@@ -140,9 +140,12 @@ def headline_section(run: RunData) -> str:
              "must be at least this large.</p>")
     si = run.source_inference()
     if si and finite(si.get("accuracy")):
+        naive = si.get("lowest_loss") if isinstance(si.get("lowest_loss"), dict) else {}
         body += (f"<p><strong>Source inference</strong> (server): the client a member record came from is named "
                  f"correctly for {pct(si.get('accuracy'))} of members"
-                 + (f" (guessing: {pct(si.get('chance'))})" if finite(si.get("chance")) else "") + ".</p>")
+                 + (f" (guessing: {pct(si.get('chance'))})" if finite(si.get("chance")) else "")
+                 + (f"; the naive rule (the client whose model gives the lowest loss) names "
+                    f"{pct(naive.get('accuracy'))}" if finite(naive.get("accuracy")) else "") + ".</p>")
     if not run.audited:
         body += missing(_not_audited_text(run))
     return section("headline-section", "Headline risk per threat model", body)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedaudit.config import load_scenario, scenario_from_dict
-from fedaudit.errors import ConfigError
+from fedaudit.errors import ConfigError, FedAuditError
 
 from conftest import SCENARIOS
 
@@ -38,6 +38,43 @@ def test_secure_aggregation_accepts_central_dp_with_client_clipping():
     assert max_weight(s, np.array([0, 0, 1, -1])) == 1.0          # DP averages uniformly: every weight is 1
     plain = scenario_from_dict({"federation": {"secure_aggregation": True}})
     assert max_weight(plain, np.array([0, 0, 1, -1, 1, 1])) == 3.0  # the largest partition
+
+
+def _fit_res(arrays, pid, n, clipped=0):
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n,
+                  {"partition-id": pid, "train_loss": 0.5, "num-examples": n, "secagg-clipped": clipped})
+
+
+class _Proxy:
+    def __init__(self, node_id):
+        self.node_id = node_id
+
+
+def test_audited_legacy_strategy_hands_the_observer_the_sum_and_who_took_part():
+    from fedaudit.federation.secagg import AuditedLegacyStrategy, build_legacy_strategy
+    from flwr.common import parameters_to_ndarrays
+
+    from fedaudit.federation.strategy import RoundUpdate
+
+    s = scenario_from_dict({"federation": {"secure_aggregation": True, "clients": 2}})
+    theta = [np.zeros((2, 2), dtype=np.float32)]
+    got = []
+    strategy = AuditedLegacyStrategy(build_legacy_strategy(s, 2, theta), got.append, round_offset=3, num_clients=2)
+    strategy._round = RoundUpdate(round=4, previous=theta)      # as configure_fit leaves it (round 1 + offset 3)
+    strategy._sampled = {7: None, 8: None}
+    summed = [np.full((2, 2), 0.25, dtype=np.float32)]          # what SecAgg+ sets as every reply's parameters
+    arrays, metrics = strategy.aggregate_fit(1, [(_Proxy(8), _fit_res(summed, 1, 30)),
+                                                 (_Proxy(7), _fit_res(summed, 0, 10))], [])
+    assert np.allclose(parameters_to_ndarrays(arrays)[0], 0.25)
+    (update,) = got
+    assert update.clients == {} and update.participants == [0, 1] and update.examples == {0: 10, 1: 30}
+    assert update.aggregate is None and update.failed == [] and metrics == {"train_loss": 0.5}
+    strategy._round = RoundUpdate(round=5, previous=theta)
+    with pytest.raises(FedAuditError, match="federation.secagg_clipping_range"):
+        strategy.aggregate_fit(2, [(_Proxy(8), _fit_res(summed, 1, 30, clipped=4)),
+                                   (_Proxy(7), _fit_res(summed, 0, 10))], [])
 
 
 def _captured(folder, round_):

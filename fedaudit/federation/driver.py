@@ -260,9 +260,9 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
         if start_round < f.rounds:
             with bar:
                 if f.secure_aggregation:
-                    from fedaudit.federation.secagg import make_secure_client_app
+                    from fedaudit.federation.secagg import make_secure_client_app, max_weight
 
-                    client_app = make_secure_client_app(spec, s)
+                    client_app = make_secure_client_app(spec, s, max_weight(s, prepared.ledger.owner))
                 else:
                     client_app = make_client_app(spec, s.dp.mode == "client")
                 run_simulation(server_app=server_app, client_app=client_app,

@@ -32,10 +32,12 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy as LegacyStrategy
 
 from fedaudit.config import Scenario
+from fedaudit.errors import FedAuditError
 from fedaudit.federation.strategy import PARTITION_ID_KEY, RoundGrid, RoundUpdate, RunStopped
 
 log = logging.getLogger(__name__)
 
+CLIPPED_KEY = "secagg-clipped"   # each client reports how many of its weights SecAgg+'s clipping range cuts
 SHARES = 1.0          # every sampled client holds a share of every other's secrets (SecAgg+ with full neighbourhoods)
 THRESHOLD = 0.5       # shares needed to unmask a dropped client: half of them (at least 2)
 
@@ -121,21 +123,27 @@ class AuditedLegacyStrategy(LegacyStrategy):
     def aggregate_fit(self, server_round: int, results: list, failures: list):
         server_round += self.round_offset
         update = self._round
-        replied = set()
+        replied, clipped = set(), {}
         for proxy, res in sorted(results, key=lambda pr: int(pr[1].metrics.get(PARTITION_ID_KEY, -1))):
             metrics = res.metrics
             if PARTITION_ID_KEY not in metrics:
-                from fedaudit.errors import FedAuditError
-
                 raise FedAuditError(f"round {server_round}: a client's train reply has no {PARTITION_ID_KEY!r} in "
                                     "its metrics")
             pid = int(metrics.pop(PARTITION_ID_KEY))
+            if metrics.get(CLIPPED_KEY, 0):
+                clipped[pid] = int(metrics[CLIPPED_KEY])
+            metrics.pop(CLIPPED_KEY, None)
             self._node_to_partition[proxy.node_id] = pid
             replied.add(proxy.node_id)
             update.participants.append(pid)
             update.examples[pid] = int(metrics.get("num-examples", res.num_examples))
             update.train_loss[pid] = float(metrics.get("train_loss", float("nan")))
         update.failed = self._failed([n for n in self._sampled if n not in replied])
+        if clipped:
+            raise FedAuditError(
+                f"round {server_round}: SecAgg+ would clip {sum(clipped.values())} weights of client(s) "
+                f"{', '.join(map(str, sorted(clipped)))} to federation.secagg_clipping_range (their weights exceed it, "
+                "so the sum would be wrong); raise federation.secagg_clipping_range")
         sums = [parameters_to_ndarrays(res.parameters) for _, res in results]
         self.record_seen(server_round, sums)
         aggregated, metrics = self.inner.aggregate_fit(server_round, results, failures)
@@ -185,8 +193,9 @@ def run_secure(grid, context: Context, strategy: AuditedLegacyStrategy, scenario
 
 
 class _Client(NumPyClient):
-    def __init__(self, spec, partition_id: int, uniform: bool):
+    def __init__(self, spec, partition_id: int, uniform: bool, weight_bound: float, clipping_range: float):
         self.spec, self.partition_id, self.uniform = spec, partition_id, uniform
+        self.weight_bound, self.clipping_range = weight_bound, clipping_range
 
     def fit(self, parameters, config: dict[str, Scalar]):
         from fedaudit.federation.task import local_train
@@ -197,8 +206,12 @@ class _Client(NumPyClient):
         if capture:
             _capture(capture, self.partition_id, int(config["server-round"]), parameters, weights)
         n = 1 if self.uniform else int(metrics["num-examples"])
+        # SecAgg+ quantises n / max_weight * theta_k clipped to the range (a count says nothing about the weights)
+        ratio = n / self.weight_bound
+        clipped = int(sum(np.count_nonzero(np.abs(np.asarray(w, dtype=np.float64) * ratio) > self.clipping_range)
+                          for w in weights))
         return weights, n, {"train_loss": float(metrics["train_loss"]), PARTITION_ID_KEY: self.partition_id,
-                            "num-examples": int(metrics["num-examples"])}
+                            "num-examples": int(metrics["num-examples"]), CLIPPED_KEY: clipped}
 
     def evaluate(self, parameters, config):
         from fedaudit.federation.task import local_evaluate
@@ -218,7 +231,7 @@ def _capture(folder: str, partition_id: int, server_round: int, received: list, 
                     **{f"trained__{i:04d}": np.asarray(w) for i, w in enumerate(trained)})
 
 
-def make_secure_client_app(spec, scenario: Scenario):
+def make_secure_client_app(spec, scenario: Scenario, weight_bound: float):
     """The ClientApp of a SecAgg+ run: ``secaggplus_mod`` outermost, then (central DP) the legacy clipping mod."""
     from flwr.client import ClientApp
     from flwr.client.mod import fixedclipping_mod, secaggplus_mod
@@ -229,6 +242,7 @@ def make_secure_client_app(spec, scenario: Scenario):
         mods.append(fixedclipping_mod)
 
     def client_fn(context: Context):
-        return _Client(spec, int(context.node_config["partition-id"]), uniform).to_client()
+        return _Client(spec, int(context.node_config["partition-id"]), uniform, float(weight_bound),
+                       float(scenario.federation.secagg_clipping_range)).to_client()
 
     return ClientApp(client_fn=client_fn, mods=mods)

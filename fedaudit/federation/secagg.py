@@ -177,6 +177,26 @@ class AuditedLegacyStrategy(LegacyStrategy):
         return None     # the driver evaluates the global model in the observer
 
 
+class _Stopped(RunStopped):
+    """A stop request as Flower's node-update thread expects the end of a run (it then ends quietly)."""
+
+
+def _workflow_grid(grid, stop: threading.Event) -> RoundGrid:
+    """A RoundGrid whose node listing ends Flower's node-update thread quietly when a stop is requested."""
+    from flwr.supercore.run import RunNotRunningException
+
+    class Stopped(_Stopped, RunNotRunningException):
+        pass
+
+    class WorkflowGrid(RoundGrid):
+        def get_node_ids(self):
+            if self._stop.is_set():
+                raise Stopped("stop requested")
+            return self._grid.get_node_ids()
+
+    return WorkflowGrid(grid, stop)
+
+
 def run_secure(grid, context: Context, strategy: AuditedLegacyStrategy, scenario: Scenario, sampled: int,
                num_rounds: int, weight_bound: float) -> None:
     """Run ``num_rounds`` rounds of SecAgg+ on ``grid`` (a RoundGrid: a stop request ends the round in progress)."""
@@ -189,7 +209,7 @@ def run_secure(grid, context: Context, strategy: AuditedLegacyStrategy, scenario
                              clipping_range=float(f.secagg_clipping_range),
                              quantization_range=int(f.secagg_quantization_range),
                              modulus_range=int(f.secagg_modulus_range))
-    DefaultWorkflow(fit_workflow=fit)(RoundGrid(grid, strategy.stop), legacy)
+    DefaultWorkflow(fit_workflow=fit)(_workflow_grid(grid, strategy.stop), legacy)
 
 
 class _Client(NumPyClient):

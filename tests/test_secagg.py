@@ -199,3 +199,34 @@ def test_secagg_with_central_dp_sums_clipped_updates_then_adds_noise(tmp_path, m
         # the server's noise: std noise_multiplier * clip / clients per weight, after the server saw the sum
         noise = _flat(u.new) - summed
         assert abs(np.std(noise) - 0.5 * clip / 3) < 0.2 * (0.5 * clip / 3)
+
+
+def test_auditor_under_secure_aggregation_attacks_the_sum_the_server_computed(tmp_path):
+    """No Ray: the server's view is the attack on the aggregate (before central DP noise), never a client's model."""
+    from test_auditor import new_core, simulate, tiny_scenario
+
+    from fedaudit.auditor import aggregate_run
+    from fedaudit.auditor.state import load_round, round_path
+
+    prepared, rounds = simulate(tiny_scenario(secure_aggregation=True))
+    core = new_core(prepared, tmp_path)
+    rng = np.random.default_rng(0)
+    for r, previous, clients, summed in rounds:
+        noised = [w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in summed]   # central DP's noise
+        record = {"round": r, "clients": sorted(clients)}
+        out = core.observe(r, previous, {}, noised, record, aggregate=summed)
+        assert out["server"]["view"] == "aggregate-only" and "source_inference" not in out["server"]
+        assert [c["client"] for c in out["server"]["clients"]] == sorted(clients)
+        arrays = load_round(round_path(tmp_path, r))
+        assert not any(k.startswith("server__") and ("clients" in k or "source" in k or "pop_" in k) for k in arrays)
+        # the server scored every record under the sum, the participant under the noised global model
+        assert not np.allclose(arrays["server__loss"], arrays["participant__loss"])
+    plain = tmp_path / "plain"
+    core = new_core(prepared, plain)
+    r, previous, clients, summed = rounds[-1]
+    out = core.observe(r, previous, {}, summed, {"round": r, "clients": sorted(clients)})
+    assert out["server"]["auc"] == out["participant"]["auc"]        # without DP: the same model, the same attack
+    summary = aggregate_run(tmp_path)
+    assert summary["secure_aggregation"]["server_view"] == "aggregate-only"
+    assert summary["threat_models"]["server"]["view"] == "aggregate-only" and summary["source_inference"] is None
+    assert (tmp_path / "clients.csv").read_text().count("\n") == 1 + len(clients)

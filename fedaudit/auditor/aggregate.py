@@ -319,7 +319,9 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
         # inference; its figures are those of the attack on the aggregated models
         summary["secure_aggregation"] = {"protocol": "SecAgg+", "server_view": AGGREGATE_ONLY,
                                          "source_inference": "not applicable: the server never sees one client's "
-                                                             "update"}
+                                                             "update",
+                                         "clients": "each client's records under the aggregated models (clients.csv); "
+                                                    "no client's own model was seen"}
         if "server" in summary["threat_models"]:
             summary["threat_models"]["server"]["view"] = AGGREGATE_ONLY
     summary["slices"] = slices

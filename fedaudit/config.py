@@ -21,6 +21,7 @@ ATTACKS = ("whitebox", "blackbox", "loss", "confidence", "entropy", "modified-en
            "lira-offline", "lira-online", "rmia-offline", "rmia-online", "lira", "rmia")
 DP_MODES = ("none", "server", "client")
 SECAGG_STRATEGIES = ("fedavg", "fedprox")   # under secure aggregation (Flower's legacy strategy API, no server state)
+SECAGG_DP_MODES = ("none", "client")        # the DP modes fedaudit.federation.secagg wires around SecAgg+
 PARTITION_RE = re.compile(r"^(iid|dirichlet:[0-9.eE+-]+|dirichlet|shards:\d+|shards)$")
 # What fedaudit.flower records for a Flower App's own strategy ("flower:FedMedian") and for records that the app
 # assigned to partitions itself; a scenario with either describes an app's run and cannot be run by `fedaudit run`.
@@ -308,6 +309,9 @@ def _validate_secagg(s: Scenario) -> None:
     _check(s.dp.mode != "server", "dp.mode",
            "'server' clips each client's update on the server, which secure aggregation hides from it; with "
            "federation.secure_aggregation = true use dp.mode = 'client' (clients clip, the server adds noise to the sum)")
+    _check(s.dp.mode in SECAGG_DP_MODES, "dp.mode",
+           f"{s.dp.mode!r} is not wired under secure aggregation; with federation.secure_aggregation = true allowed: "
+           f"{', '.join(SECAGG_DP_MODES)}")
 
 
 def _partition_ok(spec: str) -> bool:

@@ -20,6 +20,8 @@ THREAT_MODELS = ("server", "participant")
 ATTACKS = ("whitebox", "blackbox", "loss", "confidence", "entropy", "modified-entropy", "population", "reference",
            "lira-offline", "lira-online", "rmia-offline", "rmia-online", "lira", "rmia")
 DP_MODES = ("none", "server", "client")
+SECAGG_STRATEGIES = ("fedavg", "fedprox")   # under secure aggregation (Flower's legacy strategy API, no server state)
+SECAGG_DP_MODES = ("none", "client")        # the DP modes fedaudit.federation.secagg wires around SecAgg+
 PARTITION_RE = re.compile(r"^(iid|dirichlet:[0-9.eE+-]+|dirichlet|shards:\d+|shards)$")
 # What fedaudit.flower records for a Flower App's own strategy ("flower:FedMedian") and for records that the app
 # assigned to partitions itself; a scenario with either describes an app's run and cannot be run by `fedaudit run`.
@@ -56,6 +58,11 @@ class FederationConfig:
     proximal_mu: float = 0.01
     server_learning_rate: float = 0.1
     server_momentum: float = 0.9
+    # Flower's SecAgg+: the server sees only the sum of the updates (fedaudit.federation.secagg)
+    secure_aggregation: bool = False
+    secagg_clipping_range: float = 8.0            # every weight is clipped to [-range, range] before quantisation
+    secagg_quantization_range: int = 2 ** 22      # integers per weight
+    secagg_modulus_range: int = 2 ** 32           # the masks' modulus (a power of two above the sum's range)
 
 
 @dataclass
@@ -248,6 +255,7 @@ def validate(s: Scenario) -> Scenario:
     _check(dp.noise_multiplier >= 0, "dp.noise_multiplier", f"must be >= 0, got {dp.noise_multiplier}")
     _check(dp.clipping_norm > 0, "dp.clipping_norm", f"must be positive, got {dp.clipping_norm}")
     _check(0 < dp.delta < 1, "dp.delta", f"must be in (0, 1), got {dp.delta}")
+    _validate_secagg(s)
     a = s.audit
     for tm in a.threat_models:
         _check(tm in THREAT_MODELS, "audit.threat_models", f"unknown threat model {tm!r}; allowed: {', '.join(THREAT_MODELS)}")
@@ -275,6 +283,37 @@ def validate(s: Scenario) -> Scenario:
     _check(bool(re.match(r"^[A-Za-z0-9_.-]+$", s.name)), "name",
            f"got {s.name!r}; allowed: letters, digits, '.', '_' and '-'")
     return s
+
+
+def _validate_secagg(s: Scenario) -> None:
+    """Secure aggregation's combinations: each error names the key and what works with SecAgg+."""
+    f = s.federation
+    _check(f.secagg_clipping_range > 0, "federation.secagg_clipping_range",
+           f"must be positive, got {f.secagg_clipping_range}")
+    _check(f.secagg_quantization_range >= 2, "federation.secagg_quantization_range",
+           f"must be at least 2, got {f.secagg_quantization_range}")
+    m = f.secagg_modulus_range
+    _check(m > f.secagg_quantization_range and m <= 2 ** 32 and m & (m - 1) == 0, "federation.secagg_modulus_range",
+           f"must be a power of two above federation.secagg_quantization_range ({f.secagg_quantization_range}) "
+           f"and at most 2**32, got {m}")
+    if not f.secure_aggregation:
+        return
+    sampled = max(1, int(f.clients * f.fraction))
+    _check(f.strategy in SECAGG_STRATEGIES or f.strategy.startswith(FLOWER_STRATEGY_PREFIX), "federation.strategy",
+           f"{f.strategy!r} keeps server state that fedaudit does not carry under secure aggregation; with "
+           f"federation.secure_aggregation = true allowed: {', '.join(SECAGG_STRATEGIES)}")
+    _check(sampled >= 2, "federation.secure_aggregation",
+           f"needs at least 2 clients per round (federation.clients x federation.fraction = {sampled}): a sum of one "
+           "update is that update")
+    _check(sampled * f.secagg_quantization_range < m, "federation.secagg_quantization_range",
+           f"{f.secagg_quantization_range} x {sampled} clients per round must stay below federation.secagg_modulus_range "
+           f"({m}), or the masked sum overflows")
+    _check(s.dp.mode != "server", "dp.mode",
+           "'server' clips each client's update on the server, which secure aggregation hides from it; with "
+           "federation.secure_aggregation = true use dp.mode = 'client' (clients clip, the server adds noise to the sum)")
+    _check(s.dp.mode in SECAGG_DP_MODES, "dp.mode",
+           f"{s.dp.mode!r} is not wired under secure aggregation; with federation.secure_aggregation = true allowed: "
+           f"{', '.join(SECAGG_DP_MODES)}")
 
 
 def _partition_ok(spec: str) -> bool:

@@ -194,13 +194,14 @@ class Auditor:
         return self.core
 
     def observe(self, round_: int, record: dict, data: list, previous, new: list, client_ids,
-                client_weights: list) -> str:
+                client_weights: list, aggregate: list | None = None) -> str:
         """Audit one round. ``new`` and ``client_weights`` hold ObjectRefs (nested, so that Ray hands them
-        over unresolved and audit tasks on other nodes fetch them where they run)."""
+        over unresolved and audit tasks on other nodes fetch them where they run); ``aggregate`` likewise (secure
+        aggregation: the sum the server computed, where it differs from the new global model)."""
         try:
             with self._all_cpus(round_ >= self.scenario.federation.rounds):
                 out = self._core(data).observe(round_, previous, dict(zip(client_ids, client_weights)), new[0],
-                                               record)
+                                               record, aggregate=(aggregate or [None])[0])
         except Exception as exc:  # noqa: BLE001 - an audit failure must not stop the federation
             log.exception("auditing round %d failed", round_)
             merge_round(self.run_dir, round_, {"audit_error": repr(exc)})
@@ -288,8 +289,11 @@ class AuditorSink:
         weights = [ray.put(clients[k]) for k in ids]
         previous = ray.put(update.previous)
         new = ray.put(update.new) if update.new is not None else None
+        # secure aggregation: no client's weights (``clients`` is empty), the sum where it differs from ``new``
+        summed = getattr(update, "aggregate", None)
+        summed = [ray.put(summed)] if summed is not None else None
         self.refs.append(self.actor.observe.remote(update.round, record, [self.data_ref], previous, [new], ids,
-                                                   weights))
+                                                   weights, summed))
         if self.kill_after is not None and update.round == self.kill_after:
             ray.get(self.refs[:-1])    # the earlier rounds are written: the restart must find and skip them
             log.warning("test hook: killing the auditor after round %d", update.round)

@@ -63,12 +63,14 @@ class _View:
         self.feature_rounds = [r for r in self.rounds if f"{tm}{SEP}features" in self.data[r]]
         self.records = records
         self.head = head
-        self.server = tm == "server"
+        # the server's per-client view (each client's model); under secure aggregation the server's view is the
+        # aggregate-only attack, saved like the participant's
+        self.server = tm == "server" and any(f"server{SEP}clients" in d for d in self.data.values())
         # which audited clients' models each round holds, in the order of its pop_* arrays
         self.clients = {r: ([int(k) for k in self.data[r][f"server{SEP}clients"]] if self.server else [])
                         for r in self.rounds}
         last = self.data[self.rounds[-1]] if self.rounds else {}
-        key = f"participant{SEP}eligible"
+        key = f"{tm}{SEP}eligible"
         # participant: a member counts once its owner has trained (by the last round); server: NaN scores
         # already leave out members whose owner never replied
         self.eligible = last[key].astype(bool) if (not self.server and key in last) else \
@@ -347,6 +349,18 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
     rs = summary_or_none(risk[member & eligible], risk[~member & eligible])
     summary["risk"] = {**(rs.to_dict() if rs is not None else {}), "threat_model": risk_view}
     summary["source_inference"] = _source_inference(data, records, run_dir, write) if "server" in views else None
+    if scenario.federation.secure_aggregation:
+        from fedaudit.auditor.core import AGGREGATE_ONLY
+
+        # the server saw theta_prev and the sum only: no client's model, so no per-client view and no source
+        # inference; its figures are those of the attack on the aggregated models
+        summary["secure_aggregation"] = {"protocol": "SecAgg+", "server_view": AGGREGATE_ONLY,
+                                         "source_inference": "not applicable: the server never sees one client's "
+                                                             "update",
+                                         "clients": "each client's records under the aggregated models (clients.csv); "
+                                                    "no client's own model was seen"}
+        if "server" in summary["threat_models"]:
+            summary["threat_models"]["server"]["view"] = AGGREGATE_ONLY
     summary["slices"] = slices
     summary["classes"] = _class_risk(records, np.where(eligible, risk, np.nan))
     if scenario.dp.mode != "none":

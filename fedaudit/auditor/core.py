@@ -49,6 +49,10 @@ from fedaudit.rundir import read_jsonl, upsert_jsonl
 
 log = logging.getLogger(__name__)
 
+AGGREGATE = "aggregate"              # the job key of the model the server computed (secure aggregation)
+AGGREGATE_ONLY = "aggregate-only"    # the server view's "view" under secure aggregation
+
+
 @dataclass
 class Timing:
     """Seconds spent per phase (signals, attacks, io) in one round."""
@@ -170,6 +174,8 @@ class AuditCore:
         self.headline = headline(self.attacks)
         self.seed = scenario.federation.seed
         self.keep_round_arrays = bool(a.keep_round_arrays)
+        # secure aggregation: the server sees theta_prev and the sum only (AGGREGATE_ONLY)
+        self.aggregate_only = bool(scenario.federation.secure_aggregation)
         self.stack_rounds = set(stack_rounds(list(range(1, scenario.federation.rounds + 1))))
         x = np.asarray(x, dtype=np.float32)
         y = np.asarray(y, dtype=np.int64)
@@ -209,11 +215,15 @@ class AuditCore:
     def done(self) -> set[int]:
         return audited_rounds(self.run_dir, self.threat_models)
 
-    def observe(self, round_: int, previous, clients: dict, new, record: dict | None = None) -> dict | None:
+    def observe(self, round_: int, previous, clients: dict, new, record: dict | None = None,
+                aggregate=None) -> dict | None:
         """Audit one round; a no-op (None) if the round is already written. Returns the merged fields.
 
         ``clients``: {client id: weights (or an ObjectRef of them)} of the clients that replied;
         ``previous`` and ``new`` likewise (``new`` None when there is no global model this round).
+        Under secure aggregation ``clients`` is empty (the server never had them), ``record["clients"]`` names
+        the clients that took part, and the server's view is the aggregate-only attack: the participant's attack
+        on the model the server computed, ``aggregate`` (the unmasked sum, before central DP noise) or ``new``.
         """
         from fedaudit.auditor.features import all_finite
         from fedaudit.auditor.shard import Job
@@ -237,7 +247,7 @@ class AuditCore:
         ids = sorted(int(k) for k in clients)
         jobs, weights = [], []
         source = r.round_source(ids, round_)
-        server = "server" in self.threat_models and prev_ok and ids
+        server = "server" in self.threat_models and prev_ok and ids and not self.aggregate_only
         rows_of = {}
         if server:
             rows_of = rows_by_source(source, ids)
@@ -248,6 +258,11 @@ class AuditCore:
         if participant:
             jobs.append(Job("global", np.arange(len(r))))
             weights.append(new)
+        summed = aggregate if aggregate is not None else new
+        if self.aggregate_only and "server" in self.threat_models and summed is not None and \
+                (aggregate is not None or not participant):
+            jobs.append(Job(AGGREGATE, np.arange(len(r))))
+            weights.append(summed)
         shards = []
         if jobs:
             with timing.phase("signals"):
@@ -258,7 +273,11 @@ class AuditCore:
             self.feature_names = list(shards[0].feature_names)
         arrays["feature_names"] = np.array(self.feature_names or [])
         non_finite = sorted({k for k in ids if k in results and not results[k].finite})
-        if "server" in self.threat_models:
+        if "server" in self.threat_models and self.aggregate_only:
+            job = AGGREGATE if AGGREGATE in results else "global"
+            out["server"] = {**self._participant(round_, summed, results.get(job), ids, record, arrays, timing,
+                                                 tm="server"), "view": AGGREGATE_ONLY}
+        elif "server" in self.threat_models:
             if server:
                 out["server"] = self._server(round_, ids, rows_of, results, non_finite, arrays, timing)
             else:
@@ -403,7 +422,9 @@ class AuditCore:
             arrays[tm + "pop_features"] = pop_feats.astype(np.float16)   # loses nothing measurable
         return result
 
-    def _participant(self, round_, new, res, ids, record, arrays, timing) -> dict:
+    def _participant(self, round_, new, res, ids, record, arrays, timing, tm: str = "participant") -> dict:
+        """The attack on one global model (``tm``: the view whose arrays these are; under secure aggregation the
+        server's aggregate-only attack is this one, on the sum it computed)."""
         r = self.records
         if new is None:
             return {"attack": self.headline, **headline_fields(None), "skipped": "no global model this round",
@@ -422,7 +443,7 @@ class AuditCore:
             P = r.population_sample
             per_client = [(k, (h[r.owner == k], h[P])) for k in sorted(trained) if np.any(r.owner == k)]
             result = self._view_result(scores, eligible, per_client)
-        tm = "participant" + SEP
+        tm = tm + SEP
         arrays[tm + "loss"] = res.loss.astype(np.float32)
         arrays[tm + "correct"] = res.correct
         arrays[tm + "eligible"] = eligible

@@ -98,7 +98,7 @@ def round_record(update, accuracy: float, loss: float) -> dict:
         "train_loss": float(np.average(losses, weights=weights)) if losses else None,
         "accuracy": accuracy,
         "loss": loss,
-        "clients": sorted(update.clients),
+        "clients": sorted(update.clients) if update.clients else sorted(update.participants),
         "failed": [str(x) for x in update.failed],
         "non_finite_clients": sorted(k for k, w in update.clients.items()
                                      if not all(np.isfinite(a).all() for a in w)),
@@ -149,7 +149,7 @@ def _kill_clients_from_env() -> dict:
 def run_federation(prepared: Prepared, run_dir: Path, *, sink_factory: Callable | None = None,
                    progress: bool = True, fail_clients: dict | None = None, kill_clients: dict | None = None,
                    start_round: int = 0, start_weights: list | None = None,
-                   start_state: dict | None = None) -> FederationResult:
+                   start_state: dict | None = None, capture_dir: str = "") -> FederationResult:
     """Train the scenario's federation with Flower's simulation runtime on Ray.
 
     ``sink_factory(prepared, run_dir)`` returns the callable that receives each round (default: RoundLog);
@@ -163,15 +163,16 @@ def run_federation(prepared: Prepared, run_dir: Path, *, sink_factory: Callable 
     SIGINT / SIGTERM (in the main thread): the round in progress is dropped, the messages in flight finish,
     Ray is shut down and :class:`fedaudit.interrupt.Interrupted` is raised, with ``round`` set to the round
     that was in progress. Test hooks: ``fail_clients`` ({client: round}) makes that client raise,
-    ``kill_clients`` ({client: round}) kills its actor's process (Ray starts a new one).
+    ``kill_clients`` ({client: round}) kills its actor's process (Ray starts a new one), ``capture_dir`` (secure
+    aggregation) makes each client save the weights it trained there (see :mod:`fedaudit.federation.secagg`).
     """
     with graceful_stop() as stop:
         return _run_federation(prepared, Path(run_dir), sink_factory, progress, fail_clients, kill_clients,
-                               int(start_round), start_weights, start_state, stop)
+                               int(start_round), start_weights, start_state, stop, str(capture_dir or ""))
 
 
 def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kill_clients, start_round,
-                    start_weights, start_state, stop) -> FederationResult:
+                    start_weights, start_state, stop, capture_dir="") -> FederationResult:
     quiet_environment()
     import ray
     from flwr.app import ArrayRecord, Context
@@ -202,7 +203,7 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
                          model_options=dict(s.model.options), input_shape=d.input_shape, num_classes=d.num_classes,
                          optimizer=f.optimizer, learning_rate=f.learning_rate, local_epochs=f.local_epochs,
                          batch_size=f.batch_size, seed=f.seed, client_threads=max(1, int(s.ray.client_cpus)),
-                         fail_clients=dict(fail_clients or {}), kill_clients=kills)
+                         fail_clients=dict(fail_clients or {}), kill_clients=kills, capture_dir=capture_dir)
         evaluator = Evaluator(prepared)
         sink = (sink_factory or (lambda p, r: RoundLog(r)))(prepared, run_dir)
         bar = _progress(progress, f.rounds, done=start_round)
@@ -216,20 +217,33 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
             _prune(run_dir, s)
             bar.advance(f"round {update.round}/{f.rounds}: accuracy {acc:.3f}")
 
+        def _run_secure(grid, context, weights) -> None:
+            from fedaudit.federation import secagg
+
+            strategy = secagg.AuditedLegacyStrategy(
+                secagg.build_legacy_strategy(s, sampled, weights), observe, round_offset=start_round,
+                stop=stop.event, num_clients=f.clients if sampled == f.clients else None)
+            strategy_box["strategy"] = strategy
+            secagg.run_secure(grid, context, strategy, s, sampled, f.rounds - start_round,
+                              secagg.max_weight(s, prepared.ledger.owner))
+
         server_app = ServerApp()
 
         @server_app.main()
         def main(grid: Grid, context: Context) -> None:
             try:
-                inner = build_strategy(s, sampled)
-                if start_state:
-                    restore_strategy_state(inner, start_state)
-                strategy = AuditedStrategy(inner, observe, round_offset=start_round, stop=stop.event,
-                                           num_clients=f.clients if sampled == f.clients else None)
-                strategy_box["strategy"] = strategy
                 weights = start_weights if start_weights is not None else prepared.initial_weights
-                strategy.start(grid=grid, initial_arrays=ArrayRecord([np.asarray(w) for w in weights]),
-                               num_rounds=f.rounds - start_round)
+                if f.secure_aggregation:
+                    _run_secure(grid, context, weights)
+                else:
+                    inner = build_strategy(s, sampled)
+                    if start_state:
+                        restore_strategy_state(inner, start_state)
+                    strategy = AuditedStrategy(inner, observe, round_offset=start_round, stop=stop.event,
+                                               num_clients=f.clients if sampled == f.clients else None)
+                    strategy_box["strategy"] = strategy
+                    strategy.start(grid=grid, initial_arrays=ArrayRecord([np.asarray(w) for w in weights]),
+                                   num_rounds=f.rounds - start_round)
                 _finish(sink, stop.event)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread below
                 state["error"] = exc
@@ -245,7 +259,13 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
             raise RunStopped("stop requested")
         if start_round < f.rounds:
             with bar:
-                run_simulation(server_app=server_app, client_app=make_client_app(spec, s.dp.mode == "client"),
+                if f.secure_aggregation:
+                    from fedaudit.federation.secagg import make_secure_client_app, max_weight
+
+                    client_app = make_secure_client_app(spec, s, max_weight(s, prepared.ledger.owner))
+                else:
+                    client_app = make_client_app(spec, s.dp.mode == "client")
+                run_simulation(server_app=server_app, client_app=client_app,
                                num_supernodes=f.clients, backend_config=backend_config)
     except RunStopped:
         pass

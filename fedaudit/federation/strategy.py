@@ -36,6 +36,10 @@ class RoundUpdate:
     new: list | None = None                          # the aggregated global weights
     started: float = 0.0
     num_partitions: int | None = None                # as the clients reported it (None: not reported)
+    # secure aggregation: ``clients`` stays empty (the server never holds a client's weights); the partition ids
+    # that took part, and the unmasked sum when the new global model differs from it (central DP noise)
+    participants: list = field(default_factory=list)
+    aggregate: list | None = None
 
 
 def _train_metrics(replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:

@@ -25,6 +25,7 @@ class TrainSpec:
     client_threads: int = 1
     fail_clients: dict = field(default_factory=dict)   # testing hook: {partition_id: round} -> raise
     kill_clients: dict = field(default_factory=dict)   # testing hook: {partition_id: round} -> SIGKILL the actor
+    capture_dir: str = ""                              # testing hook (secure aggregation): clients save their weights
 
 
 _CACHE: dict = {}

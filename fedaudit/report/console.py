@@ -35,7 +35,10 @@ def run_lines(run: RunData, report: Path | None = None) -> list[str]:
     for tm in run.threat_models():
         summ, _ = run.headline(tm)
         if summ:
-            lines.append(_risk_line(THREAT_MODEL_TITLES.get(tm, tm).lower(), summ, run.headline_attack(tm)))
+            who = THREAT_MODEL_TITLES.get(tm, tm).lower()
+            if tm == "server" and run.aggregate_only:
+                who += " (secure aggregation: the sum only)"
+            lines.append(_risk_line(who, summ, run.headline_attack(tm)))
     if not lines:
         lines.append("not audited (audit.enabled = false)" if run.scenario is not None and
                      not run.scenario.audit.enabled else "no audit results in the run directory")

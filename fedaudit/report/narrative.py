@@ -21,14 +21,15 @@ NOUNS = {"server": "the honest-but-curious server", "participant": "a participan
 POSSESSIVE = {"server": "the honest-but-curious server's", "participant": "a participant's"}
 
 
-def _tm_sentence(tm: str, summ: dict, first: bool) -> str:
-    who = THREAT_MODEL_DESCRIPTIONS.get(tm, "")
+def _tm_sentence(tm: str, summ: dict, first: bool, who: str | None = None) -> str:
+    who = THREAT_MODEL_DESCRIPTIONS.get(tm, "") if who is None else who
     noun = NOUNS.get(tm, f"the {tm} adversary")
     noun = noun[0].upper() + noun[1:]
     auc = num(summ.get("auc"))
     parts = []
     who = who.replace("the aggregator, who", "who")
     who = who.replace("a client of the federation, who", "who")
+    who = who.replace("the aggregator under secure aggregation, who", "who, under secure aggregation,")
     if first:
         parts.append(f"{esc(noun)}, {esc(who)}, recognises whether a record was used in training with an AUC of "
                      f"<strong>{f3(auc, 2)}</strong> (0.5 is guessing, 1.0 is always right).")
@@ -77,6 +78,14 @@ def _trend(run: RunData, tm: str) -> str | None:
     return text
 
 
+SECURE_AGGREGATION_TEXT = (
+    "Training used <strong>secure aggregation</strong> (Flower's SecAgg+): each client masks its update, and the "
+    "server can unmask only their sum. The server therefore never sees one client's model: it cannot attack a "
+    "client's own update, and it cannot tell which client a record came from (source inference does not apply). "
+    "The server's figures above are those of the aggregate-only attack, on the global models it computed "
+    "(before any noise it adds), which is the attack a participant can run as well; the per-client figures "
+    "are the risk that the aggregated models carry for each client's records.")
+
 MIN_CLIENT_RECORDS = 10   # fewer records than this: an AUC too noisy to single a client out
 
 
@@ -102,7 +111,8 @@ def _clients(run: RunData) -> str | None:
     j = int(np.nanargmin(ranked))
     text = (f"The most exposed client is <strong>client {int(clients[i])}</strong>"
             + (f" ({_records(records[i])})" if np.isfinite(records[i]) else "")
-            + f": the server recognises its records with AUC {f3(auc[i], 2)}"
+            + (": an attack on the aggregated models recognises its records with AUC " if run.aggregate_only
+               else ": the server recognises its records with AUC ") + f"{f3(auc[i], 2)}"
             + (f", most of all in round {int(peak[i])}" if np.isfinite(peak[i]) else "") + ".")
     if np.isfinite(ranked).sum() > 1 and i != j:
         text += f" The least exposed is client {int(clients[j])} (AUC {f3(auc[j], 2)})."
@@ -173,6 +183,7 @@ def _dp(run: RunData, headlines: dict) -> list[str]:
                     f"{esc(delta)} for each client's data (a formal upper bound on what any attack can achieve).")
     else:
         out[-1] += " With no noise, the accountant gives no finite guarantee."
+    seen = "the sum of the updates" if run.aggregate_only else "each client's update"
     for tm, summ in headlines.items():
         low, point = empirical_epsilon(summ)
         if not math.isfinite(low):
@@ -182,12 +193,12 @@ def _dp(run: RunData, headlines: dict) -> list[str]:
         measured = measured[0].upper() + measured[1:]
         if finite(acc) and low > num(acc):
             out.append(f"{measured}: <strong>more than the guarantee allows</strong>. "
-                       + ("This is expected for the server, which sees each client's update before noise is added: "
+                       + (f"This is expected for the server, which sees {seen} before noise is added: "
                           "this form of DP does not protect against the aggregator." if tm == "server" else
                           "The guarantee does not hold as configured; check the DP settings."))
         elif finite(acc):
             out.append(f"{measured}, within the guarantee"
-                       + (" (but the server sees each client's update before noise is added, so the guarantee "
+                       + (f" (but the server sees {seen} before noise is added, so the guarantee "
                           "does not cover it)." if tm == "server" else "."))
     return out
 
@@ -215,9 +226,11 @@ def summarize_run(run: RunData) -> tuple[str | None, list[str]]:
         order = sorted(headlines, key=lambda tm: -num(headlines[tm].get("auc")))
         lead = (f"<strong>Overall membership risk: {esc(LEVEL_TEXT[overall])}.</strong> "
                 if overall else "")
-        paras.append(lead + _tm_sentence(order[0], headlines[order[0]], True))
+        paras.append(lead + _tm_sentence(order[0], headlines[order[0]], True, run.describe(order[0])))
         for tm in order[1:]:
-            paras.append(_tm_sentence(tm, headlines[tm], False))
+            paras.append(_tm_sentence(tm, headlines[tm], False, run.describe(tm)))
+        if run.aggregate_only:
+            paras.append(SECURE_AGGREGATION_TEXT)
         exposed = [s for s in (_clients(run), _classes(run, order[0]), _top_records(run)) if s]
         if exposed:
             paras.append(" ".join(exposed))

@@ -101,7 +101,7 @@ def headline_rows(run: RunData) -> list[list[str]]:
     configured = run.configured_threat_models()
     for tm in list(tms) + [t for t in configured if t not in tms]:
         title = f"<strong>{esc(THREAT_MODEL_TITLES.get(tm, tm))}</strong><br><span class=note>" \
-                f"{esc(THREAT_MODEL_DESCRIPTIONS.get(tm, ''))}</span>"
+                f"{esc(run.describe(tm))}</span>"
         summ, source = run.headline(tm)
         if not summ:
             rows.append([title, '<span class="na">not audited</span>'] + [""] * 6)
@@ -109,6 +109,8 @@ def headline_rows(run: RunData) -> list[list[str]]:
         level = risk_level(summ)
         badge = f'<span class="badge {level}">{esc(LEVEL_TEXT[level])}</span>' if level else ""
         attack = run.headline_attack(tm) or "aggregated"
+        if tm == "server" and run.aggregate_only:
+            attack += " (aggregate-only: on the global models; no client's update is visible)"
         note = f'<br><span class="note">{esc(source)}</span>' if source and not source.startswith("all rounds") else ""
         rows.append([
             title,
@@ -177,16 +179,19 @@ def dp_section(run: RunData) -> str:
         summ, _ = run.headline(tm)
         if summ:
             rows.append([f"Audit: empirical lower bound, {esc(THREAT_MODEL_TITLES.get(tm, tm).lower())}",
-                         _eps_cell(summ), esc(THREAT_MODEL_DESCRIPTIONS.get(tm, ""))])
+                         _eps_cell(summ), esc(run.describe(tm))])
     if len(rows) == 1:
         rows.append(["Audit: empirical lower bound", '<span class="na">not audited</span>', ""])
     body = kv_table(pairs) + table(["", "&epsilon;", "Applies to"], rows, id_="dp-epsilons")
     body += ('<p class="note">The accountant bounds what any attacker who sees the noisy global models can learn about '
              "one client's data (and so about any one record). The audit's number is what its attacks actually "
              "achieved: a lower bound. A lower bound far below the accountant's value means the formal guarantee is "
-             "loose for these attacks, not that it could be tightened. The server sees every update before noise is "
-             "added, so neither DP mode protects against the aggregator itself; the accountant assumes clipped updates "
-             "are averaged uniformly.</p>")
+             "loose for these attacks, not that it could be tightened. "
+             + ("Under secure aggregation the server sees only the sum of the clipped updates, but before it adds the "
+                "noise, so the guarantee does not cover the aggregator itself; " if run.aggregate_only else
+                "The server sees every update before noise is added, so neither DP mode protects against the "
+                "aggregator itself; ")
+             + "the accountant assumes clipped updates are averaged uniformly.</p>")
     return section("dp", "Differential privacy: guaranteed vs measured", body)
 
 
@@ -301,8 +306,10 @@ def clients_section(run: RunData, plots: dict) -> str:
         return section("risk-clients", "Risk per client", missing(
             "Not audited: no per-client results (clients.csv is missing and no round has per-client results)."))
     body = figure(plots.get("clients"), "Attack AUC per client",
-                  "The server attacks each client's returned model: how well it recognises that client's records "
-                  "among non-members. Green is near guessing, red is high.")
+                  ("Under secure aggregation the server has no client's model: this is the attack on the aggregated "
+                   "models, per client's records among non-members. " if run.aggregate_only else
+                   "The server attacks each client's returned model: how well it recognises that client's records "
+                   "among non-members. ") + "Green is near guessing, red is high.")
     body += figure(plots.get("client_rounds"), "AUC per client and round", "The same per client and round.")
     auc = np.asarray(table_cols.get("auc", []), float)
     order = np.argsort(-np.nan_to_num(auc, nan=-1), kind="mergesort")
@@ -452,7 +459,10 @@ def method_section(run: RunData) -> str:
         "records only (cross-fitting), so no record is judged by a model that saw its answer.</p>"
         "<p><strong>Who the adversaries are.</strong> The <em>server</em> (aggregator) sees every client's model "
         "update in every round; the <em>participant</em> sees only the global model after each round. Risk per "
-        "client is the server's view.</p>"
+        "client is the server's view."
+        + (" This run used secure aggregation: the server saw only the sum of the updates, so its view is the "
+           "aggregate-only attack on the global models it computed, with no per-client models and no source "
+           "inference." if run.aggregate_only else "") + "</p>"
         "<p><strong>Why low false-positive rates.</strong> An attack that is right on average can still be harmless "
         "for individuals; what matters for a person is whether the attacker can single out some records with few "
         "false alarms. Rates below 1 / (number of non-members) cannot be measured and are marked so.</p>"

@@ -31,6 +31,9 @@ THREAT_MODEL_DESCRIPTIONS = {
     "server": "the aggregator, who sees every client's model update in every round",
     "participant": "a client of the federation, who sees only the global model of each round",
 }
+# the server under secure aggregation (summary.json: "secure_aggregation", the server's "view")
+AGGREGATE_ONLY_DESCRIPTION = ("the aggregator under secure aggregation, who sees only the sum of the clients' updates "
+                              "(the global model) in every round, never one client's update")
 
 
 def _float(value) -> float:
@@ -265,7 +268,10 @@ class RunData:
         return self.scores("risk")
 
     def source_inference(self) -> dict | None:
-        """{"accuracy", "chance"} of attributing members to their client (server view), if audited."""
+        """{"accuracy", "chance"} of attributing members to their client (server view), if audited (never under
+        secure aggregation: the server has no client's model to attribute a record to)."""
+        if self.aggregate_only:
+            return None
         si = self.summary.get("source_inference")
         if isinstance(si, dict) and si.get("accuracy") is not None:
             return si
@@ -276,6 +282,20 @@ class RunData:
                 si["round"] = r.get("round")
                 return si
         return None
+
+    @property
+    def aggregate_only(self) -> bool:
+        """Secure aggregation: the server saw the sum of the updates only (its view is the aggregate-only attack)."""
+        if isinstance(self.summary.get("secure_aggregation"), dict):
+            return True
+        f = getattr(self.scenario, "federation", None)
+        return bool(getattr(f, "secure_aggregation", False))
+
+    def describe(self, tm: str) -> str:
+        """Who the adversary of threat model ``tm`` is, in this run."""
+        if tm == "server" and self.aggregate_only:
+            return AGGREGATE_ONLY_DESCRIPTION
+        return THREAT_MODEL_DESCRIPTIONS.get(tm, "")
 
     @property
     def dp(self) -> dict | None:
@@ -351,5 +371,5 @@ def _problem(run: RunData, path: Path, what: str) -> None:
     run.problems.append(f"{path.name}: {what}")
 
 
-__all__ = ["RunData", "load_run", "read_csv_table", "THREAT_MODELS", "THREAT_MODEL_TITLES",
+__all__ = ["RunData", "load_run", "read_csv_table", "THREAT_MODELS", "THREAT_MODEL_TITLES", "AGGREGATE_ONLY_DESCRIPTION",
            "THREAT_MODEL_DESCRIPTIONS"]

@@ -8,13 +8,16 @@ from flwr.clientapp import ClientApp
 from fedaudit.federation.task import TrainSpec, local_evaluate, local_train
 
 
-def make_client_app(spec: TrainSpec, clip_updates: bool = False) -> ClientApp:
-    """A ClientApp bound to ``spec``; ``clip_updates`` adds Flower's client-side fixed clipping mod (DP)."""
+def make_client_app(spec: TrainSpec, clip_updates: bool = False, local_dp=None) -> ClientApp:
+    """A ClientApp bound to ``spec``; ``clip_updates`` adds Flower's client-side fixed clipping mod (central DP),
+    ``local_dp`` (the scenario's DPConfig) Flower's ``LocalDpMod`` (clipping and Gaussian noise on the client)."""
     mods = []
     if clip_updates:
         from flwr.clientapp.mod import fixedclipping_mod
 
         mods.append(fixedclipping_mod)
+    if local_dp is not None:
+        mods.append(local_dp_mod(local_dp))
     app = ClientApp(mods=mods)
 
     @app.train()
@@ -35,3 +38,14 @@ def make_client_app(spec: TrainSpec, clip_updates: bool = False) -> ClientApp:
         return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     return app
+
+
+def local_dp_mod(dp):
+    """Flower's ``LocalDpMod`` adding ``N(0, (noise_multiplier * clipping_norm)^2)`` to every parameter of the clipped
+    update (see :func:`fedaudit.federation.canary.local_dp_epsilon` for the mapping)."""
+    from flwr.clientapp.mod import LocalDpMod
+
+    from fedaudit.federation.canary import local_dp_epsilon
+
+    return LocalDpMod(clipping_norm=dp.clipping_norm, sensitivity=dp.clipping_norm,
+                      epsilon=local_dp_epsilon(dp.noise_multiplier, dp.delta), delta=dp.delta)

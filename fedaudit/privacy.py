@@ -108,6 +108,10 @@ def canary_by_threat_model(scenario, canaries: dict | None, seed: int = 0) -> di
         seen = np.isfinite(canaries["server_inserted"]).any(axis=0)
         put(server, est(np.nansum(canaries["server_inserted"], axis=0)[seen],
                         np.nansum(canaries["server_fresh"], axis=0)[seen]))
+        server["canaries"] = int(seen.sum())
+        part["canary_note"] = (f"the {part['canaries']} canaries' own local noise is in the aggregate too, so this "
+                               "measures a federation with that many more noised clients and understates what the "
+                               "real clients' updates leak to a participant")
     else:
         server["canary_note"] = "the server sees each canary's update without noise"
     return out

@@ -232,6 +232,7 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
         @server_app.main()
         def main(grid: Grid, context: Context) -> None:
             try:
+                np.random.seed([f.seed, start_round])   # Flower's central DP noise comes from NumPy's global generator
                 inner = build_strategy(s, sampled, canaries)
                 if start_state:
                     restore_strategy_state(inner, start_state)

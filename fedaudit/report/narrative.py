@@ -167,6 +167,7 @@ def _dp(run: RunData, headlines: dict) -> list[str]:
             "local": "local DP: clipping and noise on each client"}.get(run.dp_mode, run.dp_mode)
     acc = dp.get("accountant_epsilon")
     delta = dp.get("delta")
+    central = run.dp_mode != "local"
     out = [f"Training used differential privacy ({esc(mode)}, noise multiplier {esc(dp.get('noise_multiplier'))}, "
            f"clipping norm {esc(dp.get('clipping_norm'))})."]
     if finite(acc):
@@ -184,12 +185,12 @@ def _dp(run: RunData, headlines: dict) -> list[str]:
         if finite(acc) and low > num(acc):
             out.append(f"{measured}: <strong>more than the guarantee allows</strong>. "
                        + ("This is expected for the server, which sees each client's update before noise is added: "
-                          "this form of DP does not protect against the aggregator." if tm == "server" else
+                          "this form of DP does not protect against the aggregator." if tm == "server" and central else
                           "The guarantee does not hold as configured; check the DP settings."))
         elif finite(acc):
             out.append(f"{measured}, within the guarantee"
                        + (" (but the server sees each client's update before noise is added, so the guarantee "
-                          "does not cover it)." if tm == "server" else "."))
+                          "does not cover it)." if tm == "server" and central else "."))
     return out
 
 

@@ -160,3 +160,26 @@ def test_central_dp_canary_epsilon_is_close_to_the_accountants(tmp_path):
     assert all("accuracy_without_canaries" in r for r in rows)
     # canaries are never audited or counted as clients
     assert all(r["clients"] == [0, 1, 2] for r in rows)
+
+
+def test_canary_rounds_survive_a_resume(tmp_path):
+    from fedaudit.federation.canary import CanaryAudit
+
+    s = scenario_from_dict({"dp": {"mode": "local", "noise_multiplier": 1.0}, "audit": {"canaries": 5}})
+    w0 = [np.zeros((30, 4), dtype=np.float32), np.zeros(4, dtype=np.float32)]
+    audit = CanaryAudit(s, w0, tmp_path)
+    weights = w0
+    after = {}
+    for t in (1, 2):
+        new = audit.add_to(t, weights, real_clients=2)
+        assert not np.allclose(new[0], weights[0])          # canaries (and their local noise) moved the aggregate
+        without = audit.observe(t, weights, new)
+        assert np.allclose(without[0], w0[0], atol=1e-5)     # nothing but canaries moved it
+        after[t] = audit.contribution.copy()
+        weights = new
+    # the checkpoint of round 1 is where a resume starts: round 2's canary record is dropped, its contribution too
+    again = CanaryAudit(s, w0, tmp_path)
+    assert sorted(again.rows) == [1, 2]
+    again.forget_after(1)
+    assert sorted(again.rows) == [1] and np.allclose(again.contribution, after[1])
+    assert np.isfinite(again.rows[1]["server_inserted"]).all()      # local DP: the server saw every canary's update

@@ -222,6 +222,8 @@ def _privacy(run: RunData) -> list[str]:
                 text += (f", {eps(fin) if finite(fin) else 'unbounded'}"
                          + (f" [{eps(fci[0])}, {eps(fci[1])}]" if isinstance(fci, list) and len(fci) == 2 else "")
                          + " (final model only)")
+            if p.get("canary_note"):
+                text += f"; {esc(p['canary_note'])}"
             bits.append(text)
             if finite(acc) and finite(ci[0] if isinstance(ci, list) and ci else None) and ci[0] > 1.05 * num(acc):
                 bits.append("<strong>more than the guarantee allows: check the DP implementation and settings</strong>")

@@ -8,7 +8,8 @@ For each of ``server`` and ``participant``:
   guarantee. Local DP (Flower's ``LocalDpMod``, noise ``N(0, (z C)^2)`` on each clipped update): against the
   server each client's guarantee is the Gaussian mechanism with noise multiplier ``z`` composed over the rounds
   that client took part in (no amplification: the server knows who took part); the headline is the largest over
-  clients and ``per_client`` lists them all. Against a participant, the other ``m - 1`` sampled clients' noise
+  clients and ``per_client`` lists them all, each beside the server attack's empirical epsilon on that client's
+  members (``mia_epsilon_lower``). Against a participant, the other ``m - 1`` sampled clients' noise
   hides a client's update in the aggregate: noise multiplier ``z * sqrt(m - 1)``, amplified by sampling as under
   central DP.
 - ``canary_epsilon`` and ``canary_epsilon_ci``: measured with canary clients (:mod:`fedaudit.canaries`) for the
@@ -162,7 +163,39 @@ def run_privacy(run_dir: Path, scenario, summary: dict) -> dict:
         if utility["accuracy_without_canaries"] is None:
             utility.pop("accuracy_without_canaries")
     headlines = {tm: v for tm, v in (summary.get("threat_models") or {}).items() if isinstance(v, dict)}
-    return privacy_object(scenario, round_clients, load_canaries(run_dir), headlines, utility)
+    out = privacy_object(scenario, round_clients, load_canaries(run_dir), headlines, utility)
+    measured = per_client_mia_epsilon(Path(run_dir) / "records.csv", scenario.dp.delta)
+    for c in out["server"].get("per_client") or []:
+        c["mia_epsilon_lower"] = measured.get(c["client"])
+    return out
+
+
+def per_client_mia_epsilon(records_csv: Path, delta: float) -> dict[int, float | None]:
+    """{client: the server attack's empirical epsilon (conservative end) on that client's members against every
+    non-member}, from records.csv ({} when the run has no server scores)."""
+    import csv
+
+    from fedaudit.metrics import empirical_epsilon
+
+    if not Path(records_csv).is_file():
+        return {}
+    owners, members, scores = [], [], []
+    with open(records_csv, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if not row.get("server"):
+                continue
+            owners.append(int(row["client"]))
+            members.append(row["member"] == "1")
+            scores.append(float(row["server"]))
+    if not scores:
+        return {}
+    owners, members, scores = np.asarray(owners), np.asarray(members), np.asarray(scores)
+    out = {}
+    for k in np.unique(owners[members]):
+        mine = members & (owners == k)
+        low = empirical_epsilon(scores[mine], scores[~members], delta=delta)["low"]
+        out[int(k)] = float(low) if math.isfinite(low) else None
+    return out
 
 
 __all__ = ["accountant_by_threat_model", "canary_by_threat_model", "load_canaries", "privacy_object",

@@ -142,6 +142,7 @@ def test_local_dp_brings_the_servers_attack_to_chance(tmp_path):
     assert abs(local["threat_models"]["server"]["auc"] - 0.5) < 0.05
     server = local["privacy"]["server"]
     assert 0 < server["accountant_epsilon"] < 3 and all(c["rounds"] == 2 for c in server["per_client"])
+    assert all(c["mia_epsilon_lower"] is not None for c in server["per_client"])
     assert server["canary_epsilon_ci"][0] <= server["accountant_epsilon"] * 1.2
     assert "Against the server" in (out / "report.html").read_text()
 

@@ -232,6 +232,13 @@ def _privacy(run: RunData) -> list[str]:
         if mia is not None:
             bits.append(f"the membership attacks on real records show &epsilon; &ge; {eps(mia)}")
         out.append("; ".join(bits) + ".")
+        per = [c for c in p.get("per_client") or [] if isinstance(c, dict)]
+        if per and len(per) <= 20:
+            out.append("Per client, the guarantee for the rounds it took part in beside what the server's attack "
+                       "measured on its records: " + "; ".join(
+                           f"client {esc(c.get('client'))} ({esc(c.get('rounds'))} rounds): at most "
+                           f"{eps(c.get('accountant_epsilon'))}, measured &ge; {eps(c.get('mia_epsilon_lower'))}"
+                           for c in per) + ".")
     util = privacy.get("utility") or {}
     if finite(util.get("accuracy_without_canaries")) and finite(util.get("accuracy")):
         out.append(f"Canaries and utility: the final model reaches {pct(num(util['accuracy']))} test accuracy with the "

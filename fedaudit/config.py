@@ -19,9 +19,11 @@ THREAT_MODELS = ("server", "participant")
 # The trained attack networks, then the score attacks registered in fedaudit.attacks (and their aliases).
 ATTACKS = ("whitebox", "blackbox", "loss", "confidence", "entropy", "modified-entropy", "population", "reference",
            "lira-offline", "lira-online", "rmia-offline", "rmia-online", "lira", "rmia")
-DP_MODES = ("none", "server", "client")
+DP_MODES = ("none", "server", "client", "local")
 SECAGG_STRATEGIES = ("fedavg", "fedprox")   # under secure aggregation (Flower's legacy strategy API, no server state)
 SECAGG_DP_MODES = ("none", "client")        # the DP modes fedaudit.federation.secagg wires around SecAgg+
+# Strategies whose aggregate is the (uniform) mean of the updates, into which canary clients can be added.
+CANARY_STRATEGIES = ("fedavg", "fedprox")
 PARTITION_RE = re.compile(r"^(iid|dirichlet:[0-9.eE+-]+|dirichlet|shards:\d+|shards)$")
 # What fedaudit.flower records for a Flower App's own strategy ("flower:FedMedian") and for records that the app
 # assigned to partitions itself; a scenario with either describes an app's run and cannot be run by `fedaudit run`.
@@ -86,6 +88,7 @@ class AuditConfig:
     keep_round_arrays: bool = True  # false: keep only the per-round arrays the aggregation and the report read
     gradients: list = field(default_factory=list)   # layers whose kernel gradient norms are features (1-based)
     layers: list = field(default_factory=list)      # layers whose outputs give activation features (1-based)
+    canaries: int = 0               # canary clients added to every aggregation (0: none), see fedaudit.canaries
 
 
 @dataclass
@@ -256,6 +259,8 @@ def validate(s: Scenario) -> Scenario:
     _check(dp.clipping_norm > 0, "dp.clipping_norm", f"must be positive, got {dp.clipping_norm}")
     _check(0 < dp.delta < 1, "dp.delta", f"must be in (0, 1), got {dp.delta}")
     _validate_secagg(s)
+    _check(dp.mode != "local" or dp.noise_multiplier > 0, "dp.noise_multiplier",
+           f"local DP (dp.mode = \"local\") needs a positive noise multiplier, got {dp.noise_multiplier}")
     a = s.audit
     for tm in a.threat_models:
         _check(tm in THREAT_MODELS, "audit.threat_models", f"unknown threat model {tm!r}; allowed: {', '.join(THREAT_MODELS)}")
@@ -271,6 +276,11 @@ def validate(s: Scenario) -> Scenario:
         for v in getattr(a, key):
             _check((isinstance(v, int) and not isinstance(v, bool) and v >= 1) or (isinstance(v, str) and v != ""),
                    f"audit.{key}", f"entries are 1-based layer indices or layer names, got {v!r}")
+    _check(a.canaries == 0 or a.canaries >= 3, "audit.canaries",
+           f"must be 0 (no canaries) or at least 3 (to fit their distribution), got {a.canaries}")
+    _check(a.canaries == 0 or f.strategy in CANARY_STRATEGIES, "audit.canaries",
+           f"canary clients are added to a mean of updates; federation.strategy {f.strategy!r} aggregates "
+           f"otherwise; allowed with canaries: {', '.join(CANARY_STRATEGIES)}")
     r = s.ray
     _check(r.num_cpus >= 0, "ray.num_cpus", f"must be >= 0, got {r.num_cpus}")
     _check(not (r.address and r.num_cpus), "ray.num_cpus",
@@ -314,6 +324,9 @@ def _validate_secagg(s: Scenario) -> None:
     _check(s.dp.mode in SECAGG_DP_MODES, "dp.mode",
            f"{s.dp.mode!r} is not wired under secure aggregation; with federation.secure_aggregation = true allowed: "
            f"{', '.join(SECAGG_DP_MODES)}")
+    _check(s.audit.canaries == 0, "audit.canaries",
+           "canary clients are added to the aggregate by the Message-API strategy, which secure aggregation replaces; "
+           "with federation.secure_aggregation = true allowed: 0")
 
 
 def _partition_ok(spec: str) -> bool:

@@ -74,8 +74,14 @@ def scenario_dp(scenario) -> dict | None:
     if dp.mode == "none":
         return None
     f = scenario.federation
-    acc = accountant_epsilon(dp.noise_multiplier, f.rounds, f.clients, sampled_clients(f.clients, f.fraction),
-                             dp.delta)
+    if dp.mode == "local":
+        # every client's own noised update is released: the Gaussian mechanism over the rounds (at most all of them)
+        # it took part in, with no amplification (the server knows who took part); see fedaudit.privacy
+        acc = accountant_epsilon(dp.noise_multiplier, f.rounds, 1, 1, dp.delta)
+        acc["sampling"] = "none (local DP: the server sees each client's noised update)"
+    else:
+        acc = accountant_epsilon(dp.noise_multiplier, f.rounds, f.clients, sampled_clients(f.clients, f.fraction),
+                                 dp.delta)
     return {
         "mode": dp.mode,
         "noise_multiplier": float(dp.noise_multiplier),

@@ -41,7 +41,7 @@ def test_open_sections_forward_options():
     ({"federation": {"partition": "dirichlet:x"}}, "federation.partition"),
     ({"audit": {"threat_models": ["insider"]}}, "audit.threat_models"),
     ({"audit": {"attack_fraction": 1.0}}, "audit.attack_fraction"),
-    ({"dp": {"mode": "local"}}, "dp.mode"),
+    ({"dp": {"mode": "shuffle"}}, "dp.mode"),
     ({"data": {"test_fraction": 0.6, "population_fraction": 0.5}}, "data.test_fraction"),
     ({"unknown": {}}, "unknown"),
     ({"audit": {"enabled": "yes"}}, "audit.enabled"),

@@ -108,11 +108,14 @@ def test_shipped_suites_load():
         suite = load_suite(path)
         assert len(suite.cases) >= 2 and suite.title and suite.description, path
         assert all(c.scenario.audit.enabled for c in suite.cases), path
-        assert all(c.scenario.data.dataset == "digits" for c in suite.cases), path   # laptop-sized
+        assert all(c.scenario.data.dataset in ("digits", "synthetic-purchase") for c in suite.cases), path   # laptop-sized
     dp = load_suite(REPO / "scenarios" / "suite-dp.toml")
     modes = [(c.scenario.dp.mode, c.scenario.dp.noise_multiplier) for c in dp.cases]
     assert modes[0][0] == "none" and [m for m, _ in modes[1:]] == ["server", "server"]
     assert len({z for _, z in modes[1:]}) == 2                                        # two noise levels
+    defences = load_suite(REPO / "scenarios" / "suite-defences.toml")
+    assert {c.scenario.dp.mode for c in defences.cases} == {"none", "server", "local"}
+    assert any(c.scenario.audit.canaries for c in defences.cases)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -205,6 +205,12 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
                          batch_size=f.batch_size, seed=f.seed, client_threads=max(1, int(s.ray.client_cpus)),
                          fail_clients=dict(fail_clients or {}), kill_clients=kills, capture_dir=capture_dir)
         evaluator = Evaluator(prepared)
+        canaries = None
+        if s.audit.canaries:
+            from fedaudit.federation.canary import CanaryAudit
+
+            canaries = CanaryAudit(s, prepared.initial_weights, run_dir)
+            canaries.forget_after(start_round)
         sink = (sink_factory or (lambda p, r: RoundLog(r)))(prepared, run_dir)
         bar = _progress(progress, f.rounds, done=start_round)
 
@@ -212,8 +218,13 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
             weights = update.new if update.new is not None else update.previous
             loss, acc = evaluator(weights)
             state.update(accuracy=acc, loss=loss, rounds=update.round)
+            record = round_record(update, acc, loss)
+            if canaries is not None:
+                without = canaries.observe(update.round, update.previous, update.new)
+                if without is not None and np.isfinite(canaries.contribution).all():
+                    record["loss_without_canaries"], record["accuracy_without_canaries"] = evaluator(without)
             save_checkpoint(run_dir, update.round, weights, _state_of(strategy_box.get("strategy")))
-            sink(update, round_record(update, acc, loss))
+            sink(update, record)
             _prune(run_dir, s)
             bar.advance(f"round {update.round}/{f.rounds}: accuracy {acc:.3f}")
 
@@ -232,11 +243,12 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
         @server_app.main()
         def main(grid: Grid, context: Context) -> None:
             try:
+                np.random.seed([f.seed, start_round])   # Flower's DP noise comes from NumPy's global generator
                 weights = start_weights if start_weights is not None else prepared.initial_weights
                 if f.secure_aggregation:
                     _run_secure(grid, context, weights)
                 else:
-                    inner = build_strategy(s, sampled)
+                    inner = build_strategy(s, sampled, canaries)
                     if start_state:
                         restore_strategy_state(inner, start_state)
                     strategy = AuditedStrategy(inner, observe, round_offset=start_round, stop=stop.event,
@@ -264,7 +276,8 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
 
                     client_app = make_secure_client_app(spec, s, max_weight(s, prepared.ledger.owner))
                 else:
-                    client_app = make_client_app(spec, s.dp.mode == "client")
+                    client_app = make_client_app(spec, s.dp.mode == "client",
+                                                 s.dp if s.dp.mode == "local" else None)
                 run_simulation(server_app=server_app, client_app=client_app,
                                num_supernodes=f.clients, backend_config=backend_config)
     except RunStopped:

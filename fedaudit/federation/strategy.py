@@ -52,8 +52,9 @@ def _train_metrics(replies: list[RecordDict], weighted_by_key: str) -> MetricRec
     return MetricRecord({"train_loss": float(np.average(losses, weights=weights))})
 
 
-def build_strategy(scenario: Scenario, sampled: int) -> Strategy:
-    """The Flower strategy the scenario names, sampling every client it asks for from round 1 on."""
+def build_strategy(scenario: Scenario, sampled: int, canaries=None) -> Strategy:
+    """The Flower strategy the scenario names, sampling every client it asks for from round 1 on; ``canaries`` (a
+    :class:`fedaudit.federation.canary.CanaryAudit`) adds canary clients to each aggregate, under the DP wrapper."""
     f = scenario.federation
     common = dict(fraction_train=f.fraction, fraction_evaluate=0.0, min_train_nodes=sampled,
                   min_available_nodes=f.clients, train_metrics_aggr_fn=_train_metrics)
@@ -71,12 +72,16 @@ def build_strategy(scenario: Scenario, sampled: int) -> Strategy:
         strategy = FedAdam(eta=lr, eta_l=f.learning_rate, **common)
     else:
         strategy = FedAvgM(server_learning_rate=lr, server_momentum=f.server_momentum, **common)
+    if canaries is not None:
+        from fedaudit.federation.canary import CanaryStrategy
+
+        strategy = CanaryStrategy(strategy, canaries)
     return wrap_dp(scenario, strategy, sampled)
 
 
 def wrap_dp(scenario: Scenario, strategy: Strategy, sampled: int) -> Strategy:
     dp = scenario.dp
-    if dp.mode == "none":
+    if dp.mode in ("none", "local"):     # local DP: the clients' LocalDpMod clips and noises
         return strategy
     from flwr.serverapp.strategy import (DifferentialPrivacyClientSideFixedClipping,
                                          DifferentialPrivacyServerSideFixedClipping)

@@ -18,7 +18,7 @@ from fedaudit.errors import FedAuditError
 from fedaudit.report import figures as F
 from fedaudit.report.fmt import LEVEL_TEXT, count, empirical_epsilon, eps, esc, f3, finite, num, pct, pct_ci, risk_level
 from fedaudit.report.html import figure, missing, page, section, table, toc
-from fedaudit.report.run_report import ensure_dp
+from fedaudit.report.run_report import ensure_dp, ensure_privacy
 from fedaudit.report.rundata import THREAT_MODEL_TITLES, RunData, load_run
 from fedaudit.rundir import atomic_write_text
 
@@ -129,6 +129,33 @@ def _accountant(run: RunData) -> str:
     return '<span class="na">n/a</span>'
 
 
+def _privacy(run: RunData, tm: str | None) -> dict | None:
+    p = (run.summary.get("privacy") or {}).get(tm) if tm else None
+    return p if isinstance(p, dict) else None
+
+
+def _tm_accountant(run: RunData, tm: str | None) -> str:
+    """The guarantee against this adversary (summary.json's privacy object), else the run's accountant."""
+    p = _privacy(run, tm)
+    if p is None:
+        return _accountant(run)
+    a = p.get("accountant_epsilon")
+    if finite(a):
+        return f"<strong>{eps(a)}</strong><br><span class=ci>&delta; = {esc(p.get('delta'))}</span>"
+    return f'<span class="na">{"no DP" if run.dp_mode == "none" else "none against this adversary"}</span>'
+
+
+def _canary(run: RunData, tm: str | None) -> str:
+    p = _privacy(run, tm)
+    if p is None or p.get("canary_epsilon") is None:
+        return '<span class="na">n/a</span>'
+    c, ci = p["canary_epsilon"], p.get("canary_epsilon_ci")
+    text = f"<strong>{eps(c) if finite(c) else 'unbounded'}</strong>"
+    if isinstance(ci, list) and len(ci) == 2:
+        text += f'<br><span class="ci">[{eps(ci[0])}, {eps(ci[1])}]</span>'
+    return text
+
+
 def _link(run: RunData, out: Path, label: str) -> str:
     report = run.path / "report.html"
     if report.is_file():
@@ -139,10 +166,13 @@ def _link(run: RunData, out: Path, label: str) -> str:
 
 def comparison_table(runs: list[RunData], labels: list[str], out: Path) -> str:
     any_dp = any(r.dp_mode != "none" for r in runs)
+    any_canary = any(_privacy(r, tm) for r in runs for tm in ("server", "participant"))
     header = ["Run", "Final test accuracy", "Adversary", "AUC", "Members identified at 1% FPR",
               "Members identified at 0.1% FPR", "Empirical &epsilon; (lower bound)"]
-    if any_dp:
+    if any_dp or any_canary:
         header.append("Accountant &epsilon; (DP guarantee)")
+    if any_canary:
+        header.append("Canary &epsilon; (measured, 95% interval)")
     header.append("Risk level")
     body = []
     for run, label in zip(runs, labels):
@@ -162,13 +192,17 @@ def comparison_table(runs: list[RunData], labels: list[str], out: Path) -> str:
                           f'<td class="num">{_tpr(summ, "tpr_at_1pct")}</td>',
                           f'<td class="num">{_tpr(summ, "tpr_at_0_1pct")}</td>',
                           f'<td class="num">{_eps(summ)}</td>']
-                if any_dp:
+                if any_canary:
+                    cells += [f'<td class="num">{_tm_accountant(run, tm)}</td>', f'<td class="num">{_canary(run, tm)}</td>']
+                elif any_dp:
                     cells.append(f'<td rowspan="{n}" class="num">{_accountant(run)}</td>' if j == 0 else "")
                 cells.append(f'<td><span class="badge {level}">{esc(LEVEL_TEXT[level])}</span></td>' if level
                              else "<td></td>")
             else:
                 cells += ['<td colspan="4"><span class="na">not audited</span></td>']
-                if any_dp:
+                if any_canary:
+                    cells += [f'<td class="num">{_tm_accountant(run, tm)}</td>', f'<td class="num">{_canary(run, tm)}</td>']
+                elif any_dp:
                     cells.append(f'<td rowspan="{n}" class="num">{_accountant(run)}</td>' if j == 0 else "")
                 cells.append("<td></td>")
             body.append("<tr>" + "".join(cells) + "</tr>")
@@ -372,6 +406,8 @@ def build_comparison(run_dirs, out, *, labels: list[str] | None = None, title: s
     for p in run_dirs:
         run = load_run(p)
         ensure_dp(run, write=False)
+        if "privacy" not in run.summary:
+            ensure_privacy(run, write=False)
         runs.append(run)
     if labels is None:
         labels = default_labels(runs, differing_settings(runs))

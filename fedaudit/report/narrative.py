@@ -173,9 +173,11 @@ def _dp(run: RunData, headlines: dict) -> list[str]:
     dp = run.dp
     if run.dp_mode == "none" or dp is None:
         return []
-    mode = {"server": "server-side clipping", "client": "client-side clipping"}.get(run.dp_mode, run.dp_mode)
+    mode = {"server": "server-side clipping", "client": "client-side clipping",
+            "local": "local DP: clipping and noise on each client"}.get(run.dp_mode, run.dp_mode)
     acc = dp.get("accountant_epsilon")
     delta = dp.get("delta")
+    central = run.dp_mode != "local"
     out = [f"Training used differential privacy ({esc(mode)}, noise multiplier {esc(dp.get('noise_multiplier'))}, "
            f"clipping norm {esc(dp.get('clipping_norm'))})."]
     if finite(acc):
@@ -194,12 +196,65 @@ def _dp(run: RunData, headlines: dict) -> list[str]:
         if finite(acc) and low > num(acc):
             out.append(f"{measured}: <strong>more than the guarantee allows</strong>. "
                        + (f"This is expected for the server, which sees {seen} before noise is added: "
-                          "this form of DP does not protect against the aggregator." if tm == "server" else
+                          "this form of DP does not protect against the aggregator." if tm == "server" and central else
                           "The guarantee does not hold as configured; check the DP settings."))
         elif finite(acc):
             out.append(f"{measured}, within the guarantee"
                        + (f" (but the server sees {seen} before noise is added, so the guarantee "
-                          "does not cover it)." if tm == "server" else "."))
+                          "does not cover it)." if tm == "server" and central else "."))
+    return out
+
+
+def _privacy(run: RunData) -> list[str]:
+    """Per threat model, the guarantee beside what this run measured (summary.json's ``privacy`` object)."""
+    privacy = run.summary.get("privacy")
+    if not isinstance(privacy, dict):
+        return []
+    out = []
+    for tm in ("server", "participant"):
+        p = privacy.get(tm)
+        if not isinstance(p, dict):
+            continue
+        acc, can, ci = p.get("accountant_epsilon"), p.get("canary_epsilon"), p.get("canary_epsilon_ci")
+        mia, delta = p.get("mia_epsilon_lower"), p.get("delta")
+        if acc is None and can is None and mia is None:
+            continue
+        who = {"server": "Against the server", "participant": "Against a participant"}[tm]
+        claim = (f"the DP guarantee claims at most &epsilon; = <strong>{eps(acc)}</strong>" if finite(acc) else
+                 "no DP guarantee covers this adversary" + (f" ({esc(p['accountant_note'])})"
+                                                            if p.get("accountant_note") else ""))
+        bits = [f"{who} (&delta; = {esc(delta)}): {claim}" if delta is not None else f"{who}: {claim}"]
+        if can is not None:
+            interval = (f" [{eps(ci[0])}, {eps(ci[1])}]" if isinstance(ci, list) and len(ci) == 2 else "")
+            text = (f"measured in this run with {esc(p.get('canaries', ''))} canary clients: "
+                    f"<strong>{eps(can) if finite(can) else 'unbounded'}</strong>{interval} (every round observed)")
+            fin, fci = p.get("canary_epsilon_final"), p.get("canary_epsilon_final_ci")
+            if fin is not None:
+                text += (f", {eps(fin) if finite(fin) else 'unbounded'}"
+                         + (f" [{eps(fci[0])}, {eps(fci[1])}]" if isinstance(fci, list) and len(fci) == 2 else "")
+                         + " (final model only)")
+            if p.get("canary_note"):
+                text += f"; {esc(p['canary_note'])}"
+            bits.append(text)
+            if finite(acc) and finite(ci[0] if isinstance(ci, list) and ci else None) and ci[0] > 1.05 * num(acc):
+                bits.append("<strong>more than the guarantee allows: check the DP implementation and settings</strong>")
+        elif p.get("canary_note"):
+            bits.append(f"canaries measure nothing here ({esc(p['canary_note'])})")
+        if mia is not None:
+            bits.append(f"the membership attacks on real records show &epsilon; &ge; {eps(mia)}")
+        out.append("; ".join(bits) + ".")
+        per = [c for c in p.get("per_client") or [] if isinstance(c, dict)]
+        if per and len(per) <= 20:
+            out.append("Per client, the guarantee for the rounds it took part in beside what the server's attack "
+                       "measured on its records: " + "; ".join(
+                           f"client {esc(c.get('client'))} ({esc(c.get('rounds'))} rounds): at most "
+                           f"{eps(c.get('accountant_epsilon'))}, measured &ge; {eps(c.get('mia_epsilon_lower'))}"
+                           for c in per) + ".")
+    util = privacy.get("utility") or {}
+    if finite(util.get("accuracy_without_canaries")) and finite(util.get("accuracy")):
+        out.append(f"Canaries and utility: the final model reaches {pct(num(util['accuracy']))} test accuracy with the "
+                   f"canaries' updates in it and {pct(num(util['accuracy_without_canaries']))} with their summed "
+                   "contribution removed.")
     return out
 
 
@@ -252,6 +307,7 @@ def summarize_run(run: RunData) -> tuple[str | None, list[str]]:
                          f"{eps(low)} (at &delta; = {esc(headlines[order[0]].get('epsilon_delta', '1e-05'))}, 95% "
                          f"confidence) for this training as configured.")
     paras.extend(_dp(run, headlines))
+    paras.extend(_privacy(run))
     acc = run.final_accuracy
     if math.isfinite(acc):
         paras.append(f"Utility: the global model reaches {pct(acc)} test accuracy after {run.rounds_done} "

@@ -63,6 +63,31 @@ def ensure_dp(run: RunData, write: bool = True) -> dict | None:
     return computed
 
 
+def ensure_privacy(run: RunData, write: bool = True) -> dict | None:
+    """Fill summary.json's ``privacy`` object (see :mod:`fedaudit.privacy`): per threat model the accountant's,
+    the canaries' and the membership attacks' epsilon. Written into an existing summary.json only."""
+    if run.scenario is None:
+        return None
+    from fedaudit.privacy import run_privacy
+
+    try:
+        privacy = run_privacy(run.path, run.scenario, run.summary)
+    except (ImportError, ValueError, OSError, KeyError) as exc:
+        log.warning("privacy object not computed: %s", exc)
+        return None
+    run.summary["privacy"] = json_safe(privacy)
+    path = run.path / "summary.json"
+    if write and path.is_file():
+        try:
+            current = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(current, dict):
+                current["privacy"] = run.summary["privacy"]
+                atomic_write_text(path, json.dumps(json_safe(current), indent=2) + "\n")
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("%s: could not add the privacy object (%s)", path, exc)
+    return run.summary["privacy"]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Sections
 # ----------------------------------------------------------------------------------------------------
@@ -518,6 +543,7 @@ def build_report(run_dir, *, tensorboard: bool = True) -> Path:
     """Write ``report.html``, ``plots/*.png`` and ``tensorboard/`` into ``run_dir``; return report.html's path."""
     run = load_run(run_dir)
     ensure_dp(run)
+    ensure_privacy(run)
     plots = draw_plots(run, run.path / "plots")
     if tensorboard:
         from fedaudit.report.tensorboard import write_scalars
@@ -531,4 +557,4 @@ def build_report(run_dir, *, tensorboard: bool = True) -> Path:
     return out
 
 
-__all__ = ["build_report", "ensure_dp", "render_report", "draw_plots", "headline_rows", "HEADLINE_HEADER"]
+__all__ = ["build_report", "ensure_dp", "ensure_privacy", "render_report", "draw_plots", "headline_rows", "HEADLINE_HEADER"]

@@ -114,7 +114,8 @@ def test_shipped_suites_load():
     assert modes[0][0] == "none" and [m for m, _ in modes[1:]] == ["server", "server"]
     assert len({z for _, z in modes[1:]}) == 2                                        # two noise levels
     defences = load_suite(REPO / "scenarios" / "suite-defences.toml")
-    assert {c.scenario.dp.mode for c in defences.cases} == {"none", "server", "local"}
+    assert {c.scenario.dp.mode for c in defences.cases} == {"none", "server", "client", "local"}
+    assert {c.scenario.dp.mode for c in defences.cases if c.scenario.federation.secure_aggregation} == {"none", "client"}
     assert any(c.scenario.audit.canaries for c in defences.cases)
 
 

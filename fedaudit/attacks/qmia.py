@@ -1,0 +1,104 @@
+"""Quantile-regression membership inference (Bertran et al., NeurIPS 2023): no reference models.
+
+One regression model, fitted on population records (records the target did not train on), predicts from a
+record's own features and label the (1 - alpha)-quantile of the target's score on non-members like it:
+q(x, y). A record whose score exceeds its predicted quantile is flagged at false-positive rate about alpha, and
+the attack's score is ``s(x, y) - q(x, y)`` (higher = more likely a member), so each record is compared with
+what the target does on similar records it never saw: per-record difficulty without training a single shadow
+model. The target's score is the paper's hinge, ``z_y - max_{j != y} z_j`` on the logits (``statistic="phi"``:
+LiRA's logit-scaled confidence instead).
+
+Regressors (scikit-learn, imported when the attack runs): ``gradient-boosting`` (default;
+``HistGradientBoostingRegressor`` with the quantile loss, small and regularised: population samples are a
+few hundred records) or ``linear`` (``QuantileRegressor``, L1-penalised linear quantile regression on
+standardised features). Features: the record's inputs (flattened) and its one-hot label.
+
+In the auditor the population records it is fitted on are the known non-members of the population sample
+outside the scored record's fold (cross-fitted like attack P), so no record is scored by a fit that saw it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedaudit.attacks.base import AttackInputs, register_score_attack
+from fedaudit.attacks.scores import check_logits, logit_confidence
+from fedaudit.errors import AttackError
+
+REGRESSORS = ("gradient-boosting", "linear")
+STATISTICS = ("hinge", "phi")
+MIN_RECORDS = 10
+
+
+def hinge(logits, labels) -> np.ndarray:
+    """The paper's score: the true-class logit minus the largest other logit."""
+    z, y = check_logits(logits, labels)
+    zy = np.take_along_axis(z, y[:, None], axis=1)[:, 0]
+    other = z.copy()
+    np.put_along_axis(other, y[:, None], -np.inf, axis=1)
+    return zy - other.max(axis=1)
+
+
+def statistic_of(name: str, logits, labels) -> np.ndarray:
+    if name == "hinge":
+        return hinge(logits, labels)
+    if name == "phi":
+        return logit_confidence(logits, labels)
+    raise AttackError(f"attack 'qmia': statistic must be one of {', '.join(STATISTICS)}, got {name!r}")
+
+
+def design(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """The regression's inputs: the record's features and its one-hot label."""
+    onehot = np.zeros((labels.size, num_classes))
+    onehot[np.arange(labels.size), labels] = 1.0
+    return np.c_[np.asarray(features, dtype=np.float64).reshape(labels.size, -1), onehot]
+
+
+class QuantileModel:
+    """A fitted (1 - alpha)-quantile regression of the target's score on a record's features."""
+
+    def __init__(self, alpha: float = 0.1, regressor: str = "gradient-boosting", seed: int = 0):
+        if not 0 < alpha < 1:
+            raise AttackError(f"attack 'qmia': alpha must be in (0, 1), got {alpha}")
+        if regressor not in REGRESSORS:
+            raise AttackError(f"attack 'qmia': regressor must be one of {', '.join(REGRESSORS)}, got {regressor!r}")
+        self.alpha, self.regressor, self.seed = float(alpha), regressor, int(seed)
+
+    def fit(self, x: np.ndarray, s: np.ndarray) -> "QuantileModel":
+        x, s = np.asarray(x, dtype=np.float64), np.asarray(s, dtype=np.float64)
+        if s.size < MIN_RECORDS:
+            raise AttackError(f"attack 'qmia' needs at least {MIN_RECORDS} population records to fit its "
+                              f"quantile regression; got {s.size}")
+        q = 1.0 - self.alpha
+        if self.regressor == "gradient-boosting":
+            from sklearn.ensemble import HistGradientBoostingRegressor
+
+            self.model = HistGradientBoostingRegressor(
+                loss="quantile", quantile=q, max_iter=60, learning_rate=0.1, max_leaf_nodes=8,
+                min_samples_leaf=max(5, s.size // 40), l2_regularization=1.0, early_stopping=False,
+                random_state=self.seed)
+            self.mean_, self.scale_ = 0.0, 1.0
+        else:
+            from sklearn.linear_model import QuantileRegressor
+
+            self.model = QuantileRegressor(quantile=q, alpha=1.0 / s.size, solver="highs")
+            self.mean_ = x.mean(axis=0)
+            scale = x.std(axis=0)
+            self.scale_ = np.where(scale > 1e-12, scale, 1.0)
+        self.model.fit((x - self.mean_) / self.scale_, s)
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict((np.asarray(x, dtype=np.float64) - self.mean_) / self.scale_)
+
+
+@register_score_attack("qmia", needs=("population", "features"), rank=95)
+def qmia_attack(inputs: AttackInputs, alpha: float = 0.1, statistic: str = "hinge",
+                regressor: str = "gradient-boosting", seed: int = 0) -> np.ndarray:
+    """Quantile-regression MIA (Bertran et al. 2023): score minus its predicted non-member quantile."""
+    c = inputs.target_logits.shape[1]
+    s_pop = statistic_of(statistic, inputs.population_logits, inputs.population_labels)
+    model = QuantileModel(alpha, regressor, seed).fit(
+        design(inputs.population_features, inputs.population_labels, c), s_pop)
+    s = statistic_of(statistic, inputs.target_logits, inputs.labels)
+    return s - model.predict(design(inputs.features, inputs.labels, c))

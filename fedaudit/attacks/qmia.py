@@ -8,10 +8,12 @@ what the target does on similar records it never saw: per-record difficulty with
 model. The target's score is the paper's hinge, ``z_y - max_{j != y} z_j`` on the logits (``statistic="phi"``:
 LiRA's logit-scaled confidence instead).
 
-Regressors (scikit-learn, imported when the attack runs): ``gradient-boosting`` (default;
-``HistGradientBoostingRegressor`` with the quantile loss, small and regularised: population samples are a
-few hundred records) or ``linear`` (``QuantileRegressor``, L1-penalised linear quantile regression on
-standardised features). Features: the record's inputs (flattened) and its one-hot label.
+Regressors: ``ridge`` (default; closed form, milliseconds: the per-round auditor fits one per client model and
+fold): a ridge regression of the score on the standardised features, plus the (1 - alpha)-quantile of its
+residuals on the fitting records, i.e. a linear location model of the quantile; ``linear``: scikit-learn's
+``QuantileRegressor`` (linear quantile regression, the pinball loss, a small L1 penalty); ``gradient-boosting``:
+``HistGradientBoostingRegressor`` with the quantile loss, small and regularised (population samples are a few
+hundred records), on one thread. Features: the record's inputs (flattened) and its one-hot label.
 
 In the auditor the population records it is fitted on are the known non-members of the population sample
 outside the scored record's fold (cross-fitted like attack P), so no record is scored by a fit that saw it.
@@ -25,7 +27,7 @@ from fedaudit.attacks.base import AttackInputs, register_score_attack
 from fedaudit.attacks.scores import check_logits, logit_confidence
 from fedaudit.errors import AttackError
 
-REGRESSORS = ("gradient-boosting", "linear")
+REGRESSORS = ("ridge", "linear", "gradient-boosting")
 STATISTICS = ("hinge", "phi")
 MIN_RECORDS = 10
 
@@ -57,12 +59,12 @@ def design(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.nda
 class QuantileModel:
     """A fitted (1 - alpha)-quantile regression of the target's score on a record's features."""
 
-    def __init__(self, alpha: float = 0.1, regressor: str = "gradient-boosting", seed: int = 0):
+    def __init__(self, alpha: float = 0.1, regressor: str = "ridge", seed: int = 0, ridge: float = 1.0):
         if not 0 < alpha < 1:
             raise AttackError(f"attack 'qmia': alpha must be in (0, 1), got {alpha}")
         if regressor not in REGRESSORS:
             raise AttackError(f"attack 'qmia': regressor must be one of {', '.join(REGRESSORS)}, got {regressor!r}")
-        self.alpha, self.regressor, self.seed = float(alpha), regressor, int(seed)
+        self.alpha, self.regressor, self.seed, self.ridge = float(alpha), regressor, int(seed), float(ridge)
 
     def fit(self, x: np.ndarray, s: np.ndarray) -> "QuantileModel":
         x, s = np.asarray(x, dtype=np.float64), np.asarray(s, dtype=np.float64)
@@ -70,31 +72,48 @@ class QuantileModel:
             raise AttackError(f"attack 'qmia' needs at least {MIN_RECORDS} population records to fit its "
                               f"quantile regression; got {s.size}")
         q = 1.0 - self.alpha
+        self.mean_ = x.mean(axis=0)
+        scale = x.std(axis=0)
+        self.scale_ = np.where(scale > 1e-12, scale, 1.0)
+        z = (x - self.mean_) / self.scale_
+        if self.regressor == "ridge":
+            a = np.c_[z, np.ones(len(z))]
+            reg = self.ridge * np.eye(a.shape[1])
+            reg[-1, -1] = 0.0
+            self.coef_ = np.linalg.solve(a.T @ a + reg, a.T @ s)
+            self.offset_ = float(np.quantile(s - a @ self.coef_, q))
+            return self
         if self.regressor == "gradient-boosting":
             from sklearn.ensemble import HistGradientBoostingRegressor
+            from threadpoolctl import threadpool_limits
 
             self.model = HistGradientBoostingRegressor(
                 loss="quantile", quantile=q, max_iter=60, learning_rate=0.1, max_leaf_nodes=8,
                 min_samples_leaf=max(5, s.size // 40), l2_regularization=1.0, early_stopping=False,
                 random_state=self.seed)
-            self.mean_, self.scale_ = 0.0, 1.0
+            with threadpool_limits(1):          # OpenMP threads on a few hundred rows cost more than they save
+                self.model.fit(z, s)
         else:
             from sklearn.linear_model import QuantileRegressor
 
-            self.model = QuantileRegressor(quantile=q, alpha=1.0 / s.size, solver="highs")
-            self.mean_ = x.mean(axis=0)
-            scale = x.std(axis=0)
-            self.scale_ = np.where(scale > 1e-12, scale, 1.0)
-        self.model.fit((x - self.mean_) / self.scale_, s)
+            self.model = QuantileRegressor(quantile=q, alpha=1.0 / s.size, solver="highs").fit(z, s)
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.model.predict((np.asarray(x, dtype=np.float64) - self.mean_) / self.scale_)
+        z = (np.asarray(x, dtype=np.float64) - self.mean_) / self.scale_
+        if self.regressor == "ridge":
+            return np.c_[z, np.ones(len(z))] @ self.coef_ + self.offset_
+        if self.regressor == "gradient-boosting":
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(1):
+                return self.model.predict(z)
+        return self.model.predict(z)
 
 
 @register_score_attack("qmia", needs=("population", "features"), rank=95)
 def qmia_attack(inputs: AttackInputs, alpha: float = 0.1, statistic: str = "hinge",
-                regressor: str = "gradient-boosting", seed: int = 0) -> np.ndarray:
+                regressor: str = "ridge", seed: int = 0) -> np.ndarray:
     """Quantile-regression MIA (Bertran et al. 2023): score minus its predicted non-member quantile."""
     c = inputs.target_logits.shape[1]
     s_pop = statistic_of(statistic, inputs.population_logits, inputs.population_labels)

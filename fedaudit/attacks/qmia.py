@@ -9,8 +9,11 @@ model. The target's score is the paper's hinge, ``z_y - max_{j != y} z_j`` on th
 LiRA's logit-scaled confidence instead).
 
 Regressors: ``ridge`` (default; closed form, milliseconds: the per-round auditor fits one per client model and
-fold): a ridge regression of the score on the standardised features, plus the (1 - alpha)-quantile of its
-residuals on the fitting records, i.e. a linear location model of the quantile; ``linear``: scikit-learn's
+fold): a ridge regression of the score on the standardised features, its penalty chosen by leave-one-out
+error in closed form (with a few hundred population records the inputs can often only refine the per-class
+level and a weak penalty fits noise: measured on digits with 150 population records, AUC 0.62 with penalty 1,
+0.73-0.74 with 100-300, loss threshold 0.74), plus the (1 - alpha)-quantile of its residuals on the fitting
+records, i.e. a linear location model of the quantile; ``linear``: scikit-learn's
 ``QuantileRegressor`` (linear quantile regression, the pinball loss, a small L1 penalty); ``gradient-boosting``:
 ``HistGradientBoostingRegressor`` with the quantile loss, small and regularised (population samples are a few
 hundred records), on one thread. Features: the record's inputs (flattened) and its one-hot label.
@@ -56,15 +59,38 @@ def design(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.nda
     return np.c_[np.asarray(features, dtype=np.float64).reshape(labels.size, -1), onehot]
 
 
+PENALTIES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)   # ridge penalties tried, times the number of records
+
+
+def ridge_loo(z: np.ndarray, s: np.ndarray, penalty: float | None = None):
+    """Ridge regression of ``s`` on ``z`` (intercept unpenalised); the penalty, unless given, is the one of
+    :data:`PENALTIES` (times the number of records) with the smallest leave-one-out squared error, computed in
+    closed form from one SVD. Returns (coefficients, intercept, penalty)."""
+    zm, sm = z.mean(axis=0), s.mean()
+    u, sv, vt = np.linalg.svd(z - zm, full_matrices=False)
+    us = u.T @ (s - sm)
+    n = s.size
+    best = None
+    for lam in ([penalty] if penalty is not None else [p * n for p in PENALTIES]):
+        shrink = sv / (sv * sv + lam)
+        fit = u @ (sv * shrink * us)
+        hat = (u * u) @ (sv * shrink) + 1.0 / n
+        loo = float(np.mean(((s - sm - fit) / np.maximum(1.0 - hat, 1e-6)) ** 2))
+        if best is None or loo < best[0]:
+            best = (loo, lam, vt.T @ (shrink * us))
+    _, lam, coef = best
+    return coef, float(sm - zm @ coef), float(lam)
+
+
 class QuantileModel:
     """A fitted (1 - alpha)-quantile regression of the target's score on a record's features."""
 
-    def __init__(self, alpha: float = 0.1, regressor: str = "ridge", seed: int = 0, ridge: float = 1.0):
+    def __init__(self, alpha: float = 0.1, regressor: str = "ridge", seed: int = 0, ridge: float | None = None):
         if not 0 < alpha < 1:
             raise AttackError(f"attack 'qmia': alpha must be in (0, 1), got {alpha}")
         if regressor not in REGRESSORS:
             raise AttackError(f"attack 'qmia': regressor must be one of {', '.join(REGRESSORS)}, got {regressor!r}")
-        self.alpha, self.regressor, self.seed, self.ridge = float(alpha), regressor, int(seed), float(ridge)
+        self.alpha, self.regressor, self.seed, self.ridge = float(alpha), regressor, int(seed), ridge
 
     def fit(self, x: np.ndarray, s: np.ndarray) -> "QuantileModel":
         x, s = np.asarray(x, dtype=np.float64), np.asarray(s, dtype=np.float64)
@@ -77,11 +103,8 @@ class QuantileModel:
         self.scale_ = np.where(scale > 1e-12, scale, 1.0)
         z = (x - self.mean_) / self.scale_
         if self.regressor == "ridge":
-            a = np.c_[z, np.ones(len(z))]
-            reg = self.ridge * np.eye(a.shape[1])
-            reg[-1, -1] = 0.0
-            self.coef_ = np.linalg.solve(a.T @ a + reg, a.T @ s)
-            self.offset_ = float(np.quantile(s - a @ self.coef_, q))
+            self.coef_, self.intercept_, self.penalty_ = ridge_loo(z, s, self.ridge)
+            self.offset_ = float(np.quantile(s - z @ self.coef_ - self.intercept_, q))
             return self
         if self.regressor == "gradient-boosting":
             from sklearn.ensemble import HistGradientBoostingRegressor
@@ -102,7 +125,7 @@ class QuantileModel:
     def predict(self, x: np.ndarray) -> np.ndarray:
         z = (np.asarray(x, dtype=np.float64) - self.mean_) / self.scale_
         if self.regressor == "ridge":
-            return np.c_[z, np.ones(len(z))] @ self.coef_ + self.offset_
+            return z @ self.coef_ + self.intercept_ + self.offset_
         if self.regressor == "gradient-boosting":
             from threadpoolctl import threadpool_limits
 
@@ -113,11 +136,11 @@ class QuantileModel:
 
 @register_score_attack("qmia", needs=("population", "features"), rank=95)
 def qmia_attack(inputs: AttackInputs, alpha: float = 0.1, statistic: str = "hinge",
-                regressor: str = "ridge", seed: int = 0) -> np.ndarray:
+                regressor: str = "ridge", seed: int = 0, ridge: float | None = None) -> np.ndarray:
     """Quantile-regression MIA (Bertran et al. 2023): score minus its predicted non-member quantile."""
     c = inputs.target_logits.shape[1]
     s_pop = statistic_of(statistic, inputs.population_logits, inputs.population_labels)
-    model = QuantileModel(alpha, regressor, seed).fit(
+    model = QuantileModel(alpha, regressor, seed, ridge).fit(
         design(inputs.population_features, inputs.population_labels, c), s_pop)
     s = statistic_of(statistic, inputs.target_logits, inputs.labels)
     return s - model.predict(design(inputs.features, inputs.labels, c))

@@ -13,6 +13,11 @@ theta_t, and for each threat model in ``[audit] threat_models``:
 - ``participant`` sees the global models: every record under theta_t, relative to theta_prev; a member counts
   once its owner has trained (with client sampling, the owners of some records may not have yet).
 
+Which attacks run in which view, and which is a view's headline, come from the attack registry
+(:mod:`fedaudit.attacks.base`, through :mod:`fedaudit.auditor.attack`). FedMIA (``fedmia``, server view) also
+scores every audited record under a fixed number of other replying clients' models, its null distribution
+(:mod:`fedaudit.auditor.null`: a forward pass per record and null client, so the round stays linear).
+
 The signals and score attacks run as jobs (:mod:`fedaudit.auditor.shard`), one per model, handed to an executor:
 in this process by default, as Ray tasks over the cluster's nodes in the actor. The fitted attacks (logistic
 regressions on the features, :mod:`fedaudit.auditor.attack`) are cross-fitted here, on every shard's known
@@ -358,8 +363,8 @@ class AuditCore:
         arrays[tm + "source_loss"] = source_loss
         for a, s in scores.items():
             arrays[tm + "score" + SEP + a] = s.astype(np.float32)
-        for a, s in pop_scores.items():
-            if self.keep_round_arrays or a == head_name:
+        for a, s in pop_scores.items():   # the rounds the stacked attack reads need every attack's (score-only runs)
+            if self._keep(round_) or a == head_name:
                 arrays[tm + "pop_score" + SEP + a] = s.astype(np.float16)
         if self._keep(round_):
             arrays[tm + "features"] = feats

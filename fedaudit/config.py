@@ -16,9 +16,8 @@ from fedaudit.errors import ConfigError
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedavgm")
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 THREAT_MODELS = ("server", "participant")
-# The trained attack networks, then the score attacks registered in fedaudit.attacks (and their aliases).
-ATTACKS = ("whitebox", "blackbox", "loss", "confidence", "entropy", "modified-entropy", "population", "reference",
-           "lira-offline", "lira-online", "rmia-offline", "rmia-online", "lira", "rmia")
+# ATTACKS (module attribute, computed on first use): every attack name the registry of fedaudit.attacks knows
+# (trained and score attacks and aliases, by headline rank); its metadata imports no TensorFlow.
 DP_MODES = ("none", "server", "client", "local")
 SECAGG_STRATEGIES = ("fedavg", "fedprox")   # under secure aggregation (Flower's legacy strategy API, no server state)
 SECAGG_DP_MODES = ("none", "client")        # the DP modes fedaudit.federation.secagg wires around SecAgg+
@@ -265,8 +264,10 @@ def validate(s: Scenario) -> Scenario:
     for tm in a.threat_models:
         _check(tm in THREAT_MODELS, "audit.threat_models", f"unknown threat model {tm!r}; allowed: {', '.join(THREAT_MODELS)}")
     _check(len(a.threat_models) > 0 or not a.enabled, "audit.threat_models", "must name at least one threat model")
+    allowed = attack_names()
     for at in a.attacks:
-        _check(at in ATTACKS, "audit.attacks", f"unknown attack {at!r}; allowed: {', '.join(ATTACKS)}")
+        _check(isinstance(at, str) and at in allowed, "audit.attacks",
+               f"unknown attack {at!r}; allowed: {', '.join(allowed)}")
     _check(0 < a.attack_fraction < 1, "audit.attack_fraction", f"must be in (0, 1), got {a.attack_fraction}")
     _check(a.reference_models >= 0, "audit.reference_models", f"must be >= 0, got {a.reference_models}")
     _check(a.folds >= 2, "audit.folds", f"must be at least 2, got {a.folds}")
@@ -327,6 +328,19 @@ def _validate_secagg(s: Scenario) -> None:
     _check(s.audit.canaries == 0, "audit.canaries",
            "canary clients are added to the aggregate by the Message-API strategy, which secure aggregation replaces; "
            "with federation.secure_aggregation = true allowed: 0")
+
+
+def attack_names() -> list:
+    """Every attack ``[audit] attacks`` accepts, from the registry (:func:`fedaudit.attacks.base.attack_names`)."""
+    from fedaudit.attacks.base import attack_names as registered
+
+    return registered()
+
+
+def __getattr__(name: str):
+    if name == "ATTACKS":
+        return tuple(attack_names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _partition_ok(spec: str) -> bool:

@@ -58,18 +58,18 @@ class ModelAuditSettings:
     delta: float = 1e-5
 
     def check(self) -> "ModelAuditSettings":
-        from fedaudit.attacks.base import resolve
-        from fedaudit.auditor.attack import FITTED, THRESHOLD
-        from fedaudit.config import ATTACKS, OPTIMIZERS
+        from fedaudit.attacks.base import attack_spec
+        from fedaudit.config import OPTIMIZERS, attack_names
 
         if not self.attacks:
             raise ConfigError("--attacks: name at least one attack")
+        allowed = attack_names()
         for a in self.attacks:
-            if a not in ATTACKS:
-                raise ConfigError(f"--attacks: unknown attack {a!r}; allowed: {', '.join(ATTACKS)}")
+            if a not in allowed:
+                raise ConfigError(f"--attacks: unknown attack {a!r}; allowed: {', '.join(allowed)}")
         self.attacks = list(dict.fromkeys(self.attacks))
-        needs = [a for a in self.attacks if a not in (*FITTED, *THRESHOLD, "population")]
-        online = [a for a in needs if resolve(a).online]
+        needs = [a for a in self.attacks if attack_spec(a).uses_reference_models or attack_spec(a).needs_null]
+        online = [a for a in needs if attack_spec(a).online]
         if needs and self.reference_models < 1:
             raise ConfigError(f"--reference-models: attacks {', '.join(needs)} need reference models; allowed: "
                               "--reference-models N with N >= 1 (N >= 2 for the online attacks)")
@@ -91,9 +91,10 @@ class ModelAuditSettings:
 
     @property
     def reference_attacks(self) -> list:
-        from fedaudit.auditor.attack import REFERENCE
+        """The attacks that read reference models (FedMIA's null models are the offline ones here)."""
+        from fedaudit.attacks.base import attack_spec
 
-        return [a for a in self.attacks if a in REFERENCE]
+        return [a for a in self.attacks if attack_spec(a).uses_reference_models or attack_spec(a).needs_null]
 
 
 @dataclass
@@ -161,41 +162,57 @@ def resolve_out(out, model_path) -> Path:
 
 
 def _fitted_scores(settings, model_path, model, records, audit) -> dict:
-    """whitebox / blackbox: cross-fitted logistic regression on the auditor's features of the model."""
-    from fedaudit.auditor.attack import cross_fit
+    """The trained attacks (whitebox, blackbox, ...): cross-fitted logistic regression on the auditor's
+    features of the model, each on the columns the registry says it reads."""
+    from fedaudit.auditor.attack import cross_fit, trained_attacks, spec
     from fedaudit.auditor.features import ModelProbe
 
-    wanted = [a for a in ("whitebox", "blackbox") if a in settings.attacks]
+    wanted = trained_attacks(settings.attacks)
     if not wanted:
         return {}
     probe = ModelProbe("keras-file", {"path": str(Path(model_path).resolve())}, records.x.shape[1:],
                        records.num_classes, seed=settings.seed)
     features = probe.view(model.get_weights(), None, None, records.x, records.y).features
     usable = ~np.isnan(features).all(axis=0)          # update features (loss drop, cosines) need a previous model
-    columns = {"whitebox": np.flatnonzero(usable),
-               "blackbox": np.intersect1d(probe.blackbox_columns, np.flatnonzero(usable))}
     member = records.member
-    return {a: cross_fit(features[:, columns[a]], member, audit.fold, audit.known) for a in wanted}
+    out = {}
+    for a in wanted:
+        cols = np.intersect1d(np.asarray(spec(a).columns(list(probe.feature_names))), np.flatnonzero(usable))
+        out[a] = cross_fit(features[:, cols], member, audit.fold, audit.known)
+    return out
 
 
 def _score_attacks(settings, model_path, model, logits, records, population, audit) -> dict:
-    from fedaudit.attacks.base import AttackInputs, run_score_attack
-    from fedaudit.attacks.threshold import THRESHOLD_ATTACKS
+    """The score attacks, each given what the registry says it needs: the logits alone, the population
+    (the --population file, or without one the known non-members, cross-fitted), or reference models."""
+    from fedaudit.attacks.base import AttackInputs, attack_spec, run_score_attack
     from fedaudit.auditor.shard import population_rows
 
-    out = {a: THRESHOLD_ATTACKS[a](logits, records.y) for a in settings.attacks if a in THRESHOLD_ATTACKS}
-    pop_logits = pop_labels = None
-    if population is not None and ("population" in settings.attacks or settings.reference_attacks):
+    plain = [a for a in settings.attacks if not attack_spec(a).trained and a not in settings.reference_attacks]
+    calibrated = [a for a in plain if "population" in attack_spec(a).needs]
+    flat = records.x.reshape(len(records.x), -1)
+    out = {}
+    for a in plain:
+        if a not in calibrated:
+            feats = flat if "features" in attack_spec(a).needs else None
+            out[a] = run_score_attack(a, AttackInputs(logits, records.y, features=feats))
+    pop_logits = pop_labels = x_pop = None
+    if population is not None and (calibrated or settings.reference_attacks):
         from fedaudit.attacks.reference_models import logits_function
 
-        pop_logits = logits_function(model)(_fit_to_model(population.x, model.input_shape[1:], "--population"))
+        x_pop = _fit_to_model(population.x, model.input_shape[1:], "--population")
+        pop_logits = logits_function(model)(x_pop)
         pop_labels = population.y
-    if "population" in settings.attacks:
+    for a in calibrated:
+        uses_features = "features" in attack_spec(a).needs
         if pop_logits is not None:
-            out["population"] = run_score_attack("population", AttackInputs(
-                target_logits=logits, labels=records.y, population_logits=pop_logits, population_labels=pop_labels))
+            extra = {"features": flat, "population_features": x_pop.reshape(len(x_pop), -1)} if uses_features else {}
+            out[a] = run_score_attack(a, AttackInputs(
+                target_logits=logits, labels=records.y, population_logits=pop_logits, population_labels=pop_labels,
+                **extra))
         else:   # calibrated on the adversary's known non-members, cross-fitted
-            out["population"] = population_rows(logits, records.y, audit.fold, audit.known & ~records.member)
+            out[a] = population_rows(logits, records.y, audit.fold, audit.known & ~records.member, name=a,
+                                     features=flat if uses_features else None)
     if settings.reference_attacks:
         if population is None:
             raise DataError(f"--population: attacks {', '.join(settings.reference_attacks)} train reference models "
@@ -218,9 +235,9 @@ def _score_attacks(settings, model_path, model, logits, records, population, aud
 def _membership_probability(name: str, scores: np.ndarray, records, audit) -> np.ndarray:
     """The headline attack's membership probability: the fitted attacks' log-odds through a sigmoid; a score
     attack's scores calibrated by a cross-fitted logistic regression on the known records (monotone per fold)."""
-    from fedaudit.auditor.attack import FITTED, cross_fit, sigmoid
+    from fedaudit.auditor.attack import cross_fit, sigmoid, spec
 
-    log_odds = scores if name in FITTED else cross_fit(scores[:, None], records.member, audit.fold, audit.known)
+    log_odds = scores if spec(name).trained else cross_fit(scores[:, None], records.member, audit.fold, audit.known)
     return sigmoid(log_odds)
 
 

@@ -1,8 +1,11 @@
 """Membership-inference attacks.
 
-Score attacks (NumPy only; see :mod:`fedaudit.attacks.base`): ``loss``, ``population`` (P), ``reference``
-(R), ``lira-offline``/``lira-online``, ``rmia-offline``/``rmia-online`` (``lira`` and ``rmia`` are the
-offline ones). Run one with :func:`run_score_attack` on an :class:`AttackInputs`, or audit a Keras model
+Every attack is an entry of one registry (:mod:`fedaudit.attacks.base`: needs, views, headline rank), which
+config validation, ``audit-model`` and the per-round auditor read. Score attacks (NumPy only): ``loss``,
+``confidence``, ``entropy``, ``modified-entropy``, ``population`` (P), ``qmia`` (quantile regression, Bertran et
+al. 2023), ``reference`` (R), ``lira-offline``/``lira-online``, ``rmia-offline``/``rmia-online`` (``lira`` and
+``rmia`` are the offline ones), ``fedmia`` (Zhu et al. 2024: the other clients' models as the null). Trained
+attacks (cross-fitted logistic regression on the auditor's features): ``whitebox``, ``blackbox``. Run one with :func:`run_score_attack` on an :class:`AttackInputs`, or audit a Keras model
 with :func:`audit_model`, which trains or reuses reference models and summarizes every attack.
 
 Importing this package imports no TensorFlow; :func:`audit_model` and
@@ -11,7 +14,8 @@ Importing this package imports no TensorFlow; :func:`audit_model` and
 """
 
 from fedaudit.attacks.base import (
-    ALIASES, SCORE_ATTACKS, AttackInputs, ScoreAttack, register_score_attack, resolve, run_score_attack,
+    ALIASES, SCORE_ATTACKS, TRAINED_ATTACKS, AttackInputs, ScoreAttack, attack_names, attack_spec,
+    register_score_attack, register_trained_attack, resolve, run_score_attack,
 )
 from fedaudit.attacks.base import _load_builtin
 
@@ -20,7 +24,8 @@ _load_builtin()
 from fedaudit.attacks.audit import audit_model  # noqa: E402  (imports TensorFlow only when called)
 
 __all__ = [
-    "SCORE_ATTACKS", "ALIASES", "AttackInputs", "ScoreAttack", "register_score_attack", "resolve",
+    "SCORE_ATTACKS", "TRAINED_ATTACKS", "ALIASES", "AttackInputs", "ScoreAttack", "attack_names", "attack_spec",
+    "register_score_attack", "register_trained_attack", "resolve",
     "run_score_attack", "audit_model", "WhiteBoxAttack", "meminf",
 ]
 

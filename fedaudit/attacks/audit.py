@@ -1,5 +1,9 @@
 """Audit one trained Keras model with the score attacks, the way ML Privacy Meter audited a single model.
 
+Every score attack of the registry (:mod:`fedaudit.attacks.base`) can be named; each gets the inputs its
+``needs`` name: the target's logits, the population records (and their features, for QMIA), the reference
+models, or (``fedmia``) the offline reference models as the models that did not train on a record.
+
 :func:`audit_model` computes the target's logits on members, non-members and population records, trains
 (or loads from a cache) the reference models the chosen attacks need, runs every attack and summarizes
 it with :func:`fedaudit.metrics.summarize`. Two sets of reference models, each of ``reference_models``
@@ -24,6 +28,7 @@ import numpy as np
 
 from fedaudit.attacks.base import AttackInputs, resolve, run_score_attack
 from fedaudit.attacks.scores import correct as _correct
+from fedaudit.attacks.scores import logit_confidence
 from fedaudit.attacks.scores import loss as _loss
 from fedaudit.errors import AttackError, ConfigError
 from fedaudit.metrics import Summary, summarize
@@ -78,10 +83,14 @@ def prepare_audit(model, x_members, y_members, x_nonmembers, y_nonmembers, *, x_
     if target_audit.shape[1] != c:
         raise AttackError(f"num_classes: model outputs {target_audit.shape[1]} classes, num_classes is {c}")
     pop = {"population_logits": target_pop, "population_labels": yp if len(xp) else None}
-    plain = AttackInputs(target_audit, y_audit, **pop)
-
     specs = [resolve(a) for a in attacks]
-    need_offline = any(s.uses_reference_models and not s.online for s in specs)
+    features = {}
+    if any("features" in s.needs for s in specs):   # QMIA: the records' own inputs, flattened
+        features = {"features": x_audit.reshape(len(x_audit), -1),
+                    "population_features": xp.reshape(len(xp), -1) if len(xp) else None}
+    plain = AttackInputs(target_audit, y_audit, **pop, **features)
+
+    need_offline = any(s.offline_references for s in specs)
     need_online = any(s.online for s in specs)
     offline = online = None
     if need_offline or need_online:
@@ -133,6 +142,9 @@ def score_all(data: AuditData, attacks=DEFAULT_ATTACKS, attack_options: dict | N
         inputs = data.plain
         if spec.uses_reference_models:
             inputs = data.online if spec.online else data.offline
+        elif spec.needs_null:   # FedMIA's null models: the offline reference models (none saw an audited record)
+            inputs = replace(data.plain, null_phi=None if data.offline is None else
+                             logit_confidence(data.offline.reference_logits, data.offline.labels))
         out[name] = run_score_attack(name, inputs, **attack_options.get(name, {}))
     return out
 

@@ -53,7 +53,7 @@ def _log_normal(x, mean, sd):
     return -0.5 * ((x - mean) / sd) ** 2 - np.log(sd)
 
 
-@register_score_attack("lira-offline", needs=("reference_out",), aliases=("lira",))
+@register_score_attack("lira-offline", needs=("reference_out",), aliases=("lira",), rank=70)
 def lira_offline(inputs: AttackInputs, fixed_variance: bool | None = None) -> np.ndarray:
     """LiRA offline (Carlini et al. 2022): one-sided test against the OUT Gaussian of each record."""
     phi = logit_confidence(inputs.target_logits, inputs.labels)
@@ -63,7 +63,7 @@ def lira_offline(inputs: AttackInputs, fixed_variance: bool | None = None) -> np
     return (phi - mean) / sd
 
 
-@register_score_attack("lira-online", needs=("reference_in", "reference_out"))
+@register_score_attack("lira-online", needs=("reference_in", "reference_out"), rank=40)
 def lira_online(inputs: AttackInputs, fixed_variance: bool | None = None) -> np.ndarray:
     """LiRA online (Carlini et al. 2022): likelihood ratio of the IN and OUT Gaussians of each record."""
     phi = logit_confidence(inputs.target_logits, inputs.labels)

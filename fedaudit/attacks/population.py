@@ -27,26 +27,26 @@ from fedaudit.errors import AttackError
 MIN_STD = 1e-3
 
 
-def _threshold_attack(name: str, fn, doc: str) -> None:
+def _threshold_attack(name: str, fn, doc: str, rank: int) -> None:
     def attack(inputs: AttackInputs) -> np.ndarray:
         return fn(inputs.target_logits, inputs.labels)
 
     attack.__doc__ = doc
     attack.__name__ = f"{name.replace('-', '_')}_attack"
-    register_score_attack(name)(attack)
+    register_score_attack(name, rank=rank)(attack)
 
 
 # The threshold attacks of fedaudit.attacks.threshold, as score attacks (no reference models, no population).
-for _name, _doc in (
-    ("loss", "Loss threshold (Yeom et al. 2018): score = -cross-entropy loss of the target on the record."),
-    ("confidence", "Confidence threshold: score = the target's softmax probability of the true class."),
-    ("entropy", "Entropy threshold: score = -entropy of the target's softmax."),
-    ("modified-entropy", "Modified-entropy threshold (Song and Mittal 2021): score = -modified entropy."),
+for _name, _doc, _rank in (
+    ("loss", "Loss threshold (Yeom et al. 2018): score = -cross-entropy loss of the target on the record.", 120),
+    ("confidence", "Confidence threshold: score = the target's softmax probability of the true class.", 130),
+    ("entropy", "Entropy threshold: score = -entropy of the target's softmax.", 140),
+    ("modified-entropy", "Modified-entropy threshold (Song and Mittal 2021): score = -modified entropy.", 110),
 ):
-    _threshold_attack(_name, THRESHOLD_ATTACKS[_name], _doc)
+    _threshold_attack(_name, THRESHOLD_ATTACKS[_name], _doc, _rank)
 
 
-@register_score_attack("population", needs=("population",))
+@register_score_attack("population", needs=("population",), rank=100)
 def population_attack(inputs: AttackInputs, per_class: bool = True, method: str = "gaussian",
                       min_class_records: int = 10) -> np.ndarray:
     """Attack P (Ye et al. 2022): the target's loss against its own population losses, per class."""

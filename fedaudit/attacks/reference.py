@@ -21,7 +21,7 @@ from fedaudit.errors import AttackError
 MIN_STD = 1e-3
 
 
-@register_score_attack("reference", needs=("reference_out",))
+@register_score_attack("reference", needs=("reference_out",), rank=90)
 def reference_attack(inputs: AttackInputs, smoothing: str = "gaussian", loss_max: float = 1000.0) -> np.ndarray:
     """Attack R (Ye et al. 2022): per-record threshold from OUT reference models, smoothed."""
     out = ~inputs.in_mask()

@@ -126,14 +126,15 @@ def _run(inputs: AttackInputs, offline: bool, a, gamma, tie_break) -> np.ndarray
 
 
 @register_score_attack("rmia-offline", needs=("population", "reference_out", "reference_population"),
-                       aliases=("rmia",))
+                       aliases=("rmia",), rank=50)
 def rmia_offline(inputs: AttackInputs, a: float | None = None, gamma: float = 1.0,
                  tie_break: bool = True) -> np.ndarray:
     """RMIA offline (Zarifzadeh et al. 2024): OUT reference models, p(x) corrected by a (tuned)."""
     return _run(inputs, True, a, gamma, tie_break)
 
 
-@register_score_attack("rmia-online", needs=("population", "reference_in", "reference_out", "reference_population"))
+@register_score_attack("rmia-online", needs=("population", "reference_in", "reference_out", "reference_population"),
+                       rank=30)
 def rmia_online(inputs: AttackInputs, gamma: float = 1.0, tie_break: bool = True) -> np.ndarray:
     """RMIA online (Zarifzadeh et al. 2024): p(x) is the mean over IN and OUT reference models."""
     return _run(inputs, False, None, gamma, tie_break)

@@ -132,6 +132,7 @@ class RayExecutor:
 def split_jobs(jobs: list, shards: int, plan) -> list[list[int]]:
     """Job indices in ``shards`` groups of about equal work (rows plus the samples every job scores)."""
     cost = [j.rows.size + plan.population_sample.size + (plan.source_sample.size // 4 if j.source else 0)
+            + (j.null_rows.size // 4 if getattr(j, "null_rows", None) is not None else 0)   # forward passes only
             for j in jobs]
     groups, load = [[] for _ in range(shards)], np.zeros(shards)
     for j in sorted(range(len(jobs)), key=lambda j: (-cost[j], j)):

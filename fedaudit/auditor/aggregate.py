@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedaudit.auditor.attack import BLACKBOX, FITTED, fit_folds, headline, sigmoid
-from fedaudit.auditor.core import (CALIBRATED, LOWEST_LOSS, attribute_sources, attribution_accuracy, audit_attacks,
-                                   light_metrics, summary_or_none)
+from fedaudit.auditor.attack import audit_attacks, fit_folds, headline, sigmoid, spec, trained_attacks, view_attacks
 from fedaudit.auditor.records import AuditRecords
+from fedaudit.auditor.results import AGGREGATE_ONLY, light_metrics, summary_or_none
+from fedaudit.auditor.sources import CALIBRATED, LOWEST_LOSS, attribute_sources, attribution_accuracy
 from fedaudit.auditor.state import AUDIT_DIR, SEP, load_round, round_path, saved_rounds, stack_rounds
 from fedaudit.config import load_scenario
 from fedaudit.metrics import auc as auc_of
@@ -113,13 +113,14 @@ class _Stacked:
     def __init__(self, view: _View, attacks: list, feature_names):
         r = view.records
         self.view = view
-        fitted = [a for a in attacks if a in FITTED]
+        fitted = trained_attacks(attacks)
         self.fitted = bool(fitted) and bool(view.feature_rounds)
-        if self.fitted:
-            self.cols = np.arange(len(feature_names)) if "whitebox" in fitted else np.arange(len(BLACKBOX))
+        if self.fitted:   # every column a trained attack of the view reads
+            names = list(feature_names)
+            self.cols = np.unique(np.concatenate([np.asarray(spec(a).columns(names), dtype=np.int64) for a in fitted]))
             self.rounds = stack_rounds(view.feature_rounds)
         else:
-            self.attacks = [a for a in attacks if a not in FITTED]
+            self.attacks = [a for a in attacks if not spec(a).trained]
             self.rounds = stack_rounds(view.rounds)
         rows = np.concatenate([self._record_block(t) for t in self.rounds], axis=-1)
         self.attack = fit_folds(rows, r.member, r.fold, r.known, c=STACK_C, eligible=view.eligible)
@@ -158,6 +159,12 @@ def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: di
                     "mean": _nan_reduce(np.nanmean, per_round), "last": per_round[:, -1]}
     m, n = member & eligible, ~member & eligible
     summaries = {k: summary_or_none(v[m], v[n]) for k, v in aggregations.items()}
+    # every attack across rounds: the mean of its per-round scores (for FedMIA's z, Stouffer's combination)
+    across = {}
+    for a in attacks:
+        if all(f"{view.tm}{SEP}score{SEP}{a}" in view.data[t] for t in view.rounds) and view.rounds:
+            mean = _nan_reduce(np.nanmean, np.stack([view.scores(t, a) for t in view.rounds], axis=1))
+            across[a] = summary_or_none(mean[m], mean[n])
     # per client: client k's members against the population sample, under k's models (server) or the
     # global models (participant), with the round at which k's per-round AUC peaked
     P = r.population_sample
@@ -187,6 +194,7 @@ def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: di
         clients.append({"client": k, "records": int((r.owner == k).sum()), "summary": s, "peak_round": peak,
                         "rounds": participation.get(k, [])})
     return {"score": stacked, "per_round": per_round, "aggregations": summaries, "clients": clients,
+            "across_rounds": across, "head": view.head,
             "last_loss": view.latest("loss"), "last_correct": view.latest("correct").astype(bool) if view.rounds
             else np.zeros(len(r), dtype=bool), "rounds": view.rounds, "eligible": eligible,
             "stacked_rounds": stacker.rounds}
@@ -319,17 +327,17 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
         view = _View(tm, data, records, head)
         if view.rounds:
             # attacks whose scores every round saved (a reference attack is missing where its models failed)
-            saved = [a for a in attacks if all(f"{tm}{SEP}score{SEP}{a}" in view.data[t] for t in view.rounds)]
-            if saved and saved != attacks:
-                view.head = headline(saved)
-            views[tm] = _aggregate_view(view, saved or attacks, feature_names, round_clients)
+            mine = view_attacks(attacks, tm)
+            saved = [a for a in mine if all(f"{tm}{SEP}score{SEP}{a}" in view.data[t] for t in view.rounds)]
+            view.head = headline(saved or mine)
+            views[tm] = _aggregate_view(view, saved or mine, feature_names, round_clients)
     probs = {tm: sigmoid(v["score"]) for tm, v in views.items()}
     risk_view = next((tm for tm in THREAT_MODELS if tm in probs), None)
     risk = probs[risk_view] if risk_view else np.full(len(records), np.nan)
     eligible = views[risk_view]["eligible"] if risk_view else np.ones(len(records), dtype=bool)
     trained = _rounds_trained(round_clients, records)
     summary: dict = {"threat_models": {}, "rounds": sorted(data), "attack": f"stacked-{head}"
-                     if any(a in FITTED for a in attacks) else "stacked-scores",
+                     if trained_attacks(attacks) else "stacked-scores",
                      "records": {"members": int(member.sum()), "nonmembers": int((~member).sum()),
                                  "known_of_each": int(records.known[member].sum()), "folds": records.folds,
                                  "members_trained": int(np.sum(member & (trained > 0))),
@@ -342,6 +350,9 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
         entry["attack"] = summary["attack"]
         entry["rounds"] = v["rounds"]
         entry["aggregations"] = {k: (x.to_dict() if x is not None else None) for k, x in v["aggregations"].items()}
+        entry["headline"] = v["head"]
+        entry["attacks_across_rounds"] = {a: (x.to_dict() if x is not None else None)
+                                          for a, x in v["across_rounds"].items()}
         entry["stacked_rounds"] = v["stacked_rounds"]
         summary["threat_models"][tm] = entry
         ok = v["eligible"]
@@ -350,8 +361,6 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
     summary["risk"] = {**(rs.to_dict() if rs is not None else {}), "threat_model": risk_view}
     summary["source_inference"] = _source_inference(data, records, run_dir, write) if "server" in views else None
     if scenario.federation.secure_aggregation:
-        from fedaudit.auditor.core import AGGREGATE_ONLY
-
         # the server saw theta_prev and the sum only: no client's model, so no per-client view and no source
         # inference; its figures are those of the attack on the aggregated models
         summary["secure_aggregation"] = {"protocol": "SecAgg+", "server_view": AGGREGATE_ONLY,

@@ -5,20 +5,14 @@ are scored by an attack fitted on the adversary's known records (a balanced samp
 non-members) from the other folds. A record is therefore never scored by an attack that was fitted on it,
 and every audited record, known or not, gets a score.
 
-Attacks by name (``[audit] attacks``):
-
-- ``whitebox``: logistic regression (:class:`Logistic`) on every feature of :mod:`fedaudit.auditor.features`
-  (outputs, gradient norms, update cosines, loss drop);
-- ``blackbox``: logistic regression on the output-only features;
-- ``loss``, ``confidence``, ``entropy``, ``modified-entropy``: threshold attacks on the view's logits
-  (:mod:`fedaudit.attacks.threshold`, nothing to fit);
-- ``population``: attack P (:mod:`fedaudit.attacks.population`), calibrated per class on the known
-  non-members of the other folds.
-
-The attacks that need reference models (``reference``, ``lira*``, ``rmia*``) run per round when
-``[audit] reference_models >= 2``: the reference models are trained once per run and scored against every
-round's targets (:mod:`fedaudit.auditor.references`); they fit nothing on membership labels, so they are not
-cross-fitted.
+Which attacks exist, what each needs and which is the headline come from the registry
+(:mod:`fedaudit.attacks.base`): :func:`audit_attacks` picks the configured attacks the per-round auditor can run,
+:func:`view_attacks` those of one threat model, :func:`headline` the best-ranked one. The trained attacks
+(``whitebox``: every feature of :mod:`fedaudit.auditor.features`; ``blackbox``: the output-only columns) are the
+logistic regressions below; the score attacks run per model in the shards (:mod:`fedaudit.auditor.shard`:
+those that need ``population`` cross-fitted by fold on the known non-members of the population sample, those
+with reference models when ``[audit] reference_models >= 2``, :mod:`fedaudit.auditor.references`), and the
+``null`` ones (FedMIA) in the server view, on the other clients' models (:mod:`fedaudit.auditor.null`).
 
 Why not Nasr et al.'s attack network per round: measured on ``scenarios/overfit.toml`` (round 1, server view,
 the same records and folds), :func:`fedaudit.attacks.whitebox.fit_attack` trained a 2.3-million-parameter network
@@ -36,23 +30,61 @@ import warnings
 
 import numpy as np
 
+from fedaudit.attacks.fitted import OUTPUT_FEATURES
+
 log = logging.getLogger(__name__)
 
-FITTED = ("whitebox", "blackbox")
 #: the output-only features, first columns of every feature matrix (see fedaudit.auditor.features)
-BLACKBOX = ("phi", "log_loss", "neg_entropy", "neg_mentropy", "correct", "loss_drop", "phi_gain")
-#: threshold attacks on the view's logits (fedaudit.attacks.threshold), nothing to fit
-THRESHOLD = ("loss", "confidence", "entropy", "modified-entropy")
-#: the attacks that use reference models (run per round with [audit] reference_models >= 2)
-REFERENCE = ("reference", "lira-offline", "lira-online", "rmia-offline", "rmia-online", "lira", "rmia")
-#: the attacks the per-round auditor runs without reference models
-RUNNABLE = (*FITTED, "population", *THRESHOLD)
-#: the order in which attacks are chosen as a round's headline (the strongest that was configured first)
-HEADLINE_ORDER = ("whitebox", "blackbox", "rmia-online", "lira-online", "rmia-offline", "rmia", "lira-offline",
-                  "lira", "reference", "population", "modified-entropy", "loss", "confidence", "entropy")
+BLACKBOX = OUTPUT_FEATURES
 #: why the attacks that need reference models are skipped without enough of them
 NOT_PER_ROUND = ("needs at least 2 reference models ([audit] reference_models >= 2: each audited record is IN "
                  "for half of them and OUT for the others)")
+SINGLE_MODEL_ONLY = "runs in single-model audits only (fedaudit audit-model, fedaudit.attacks.audit_model)"
+
+
+def spec(name: str):
+    """The registry's entry of attack ``name``."""
+    from fedaudit.attacks.base import attack_spec
+
+    return attack_spec(name)
+
+
+def audit_attacks(configured, reference_models: int = 0) -> tuple[list, dict]:
+    """(attacks the per-round auditor runs, {attack: why it is skipped}), from the registry.
+
+    The attacks with reference models run when ``reference_models >= 2`` (see
+    :mod:`fedaudit.auditor.references`); nothing runs: the loss threshold."""
+    from fedaudit.auditor.references import MIN_MODELS
+
+    run, skipped = [], {}
+    for name in configured:
+        s = spec(name)
+        if not s.per_round:
+            skipped[name] = SINGLE_MODEL_ONLY
+        elif s.uses_reference_models and int(reference_models) < MIN_MODELS:
+            skipped[name] = NOT_PER_ROUND
+        else:
+            run.append(name)
+    return (run or ["loss"]), skipped
+
+
+def view_attacks(attacks, threat_model: str) -> list:
+    """The attacks of ``attacks`` that run in ``threat_model`` (the loss threshold when none does)."""
+    out = [a for a in attacks if threat_model in spec(a).views]
+    return out or ["loss"]
+
+
+def trained_attacks(attacks) -> list:
+    return [a for a in attacks if spec(a).trained]
+
+
+def job_attacks(attacks) -> list:
+    """The score attacks the shards compute per model (all but the trained and the ``null`` ones)."""
+    return [a for a in attacks if not spec(a).trained and not spec(a).needs_null]
+
+
+def null_attacks(attacks) -> list:
+    return [a for a in attacks if spec(a).needs_null]
 
 
 class Logistic:
@@ -173,11 +205,10 @@ def cross_fit(fit_rows: np.ndarray, member: np.ndarray, fold: np.ndarray, known:
 
 
 def headline(attacks) -> str:
-    """The headline attack among those that ran (the first of :data:`HEADLINE_ORDER`)."""
-    for name in HEADLINE_ORDER:
-        if name in attacks:
-            return name
-    return next(iter(attacks))
+    """The headline attack among those that ran: the best-ranked in the registry."""
+    from fedaudit.attacks.base import headline as best_ranked
+
+    return best_ranked(attacks)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

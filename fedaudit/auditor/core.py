@@ -15,6 +15,11 @@ theta_t, and for each threat model in ``[audit] threat_models``:
 - ``participant`` sees the global models: every record under theta_t, relative to theta_prev; a member counts
   once its owner has trained (with client sampling, the owners of some records may not have yet).
 
+Which attacks run in which view, and which is a view's headline, come from the attack registry
+(:mod:`fedaudit.attacks.base`, through :mod:`fedaudit.auditor.attack`). FedMIA (``fedmia``, server view) also
+scores every audited record under a fixed number of other replying clients' models, its null distribution
+(:mod:`fedaudit.auditor.null`: a forward pass per record and null client, so the round stays linear).
+
 The signals and score attacks run as jobs (:mod:`fedaudit.auditor.shard`), one per model, handed to an executor:
 in this process by default, as Ray tasks over the cluster's nodes in the actor. The fitted attacks (logistic
 regressions on the features, :mod:`fedaudit.auditor.attack`) are cross-fitted here, on every shard's known
@@ -33,24 +38,25 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from fedaudit.auditor.attack import BLACKBOX, FITTED, NOT_PER_ROUND, REFERENCE, RUNNABLE, fit_folds, headline
+from fedaudit.auditor.attack import (
+    audit_attacks, fit_folds, headline, job_attacks, null_attacks, spec, trained_attacks, view_attacks,
+)
 from fedaudit.auditor.records import AuditRecords, scenario_records
+from fedaudit.auditor.results import AGGREGATE_ONLY, headline_fields, light_metrics, summary_or_none
+from fedaudit.auditor.sources import attribute_sources, calibrated_source_scores, source_inference
 from fedaudit.auditor.state import SEP, AUDIT_DIR, audited_rounds, merge_round, save_round, stack_rounds
-from fedaudit.config import Scenario
-from fedaudit.metrics import summarize
+from fedaudit.config import THREAT_MODELS, Scenario
 from fedaudit.rundir import read_jsonl, upsert_jsonl
 
 log = logging.getLogger(__name__)
 
 AGGREGATE = "aggregate"              # the job key of the model the server computed (secure aggregation)
-AGGREGATE_ONLY = "aggregate-only"    # the server view's "view" under secure aggregation
 
 
 @dataclass
@@ -66,61 +72,6 @@ class Timing:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
-
-
-def summary_or_none(member_scores, nonmember_scores):
-    """Metrics on the finite scores, or None when either side has none."""
-    m = np.asarray(member_scores, dtype=np.float64)
-    n = np.asarray(nonmember_scores, dtype=np.float64)
-    m, n = m[~np.isnan(m)], n[~np.isnan(n)]
-    if m.size == 0 or n.size == 0:
-        return None
-    return summarize(m, n)
-
-
-def light_metrics(member_scores, nonmember_scores) -> dict:
-    """AUC, TPR at 1% and 0.1% FPR and balanced accuracy, as :func:`fedaudit.metrics.summarize` computes them
-    (same thresholds, NaN where an FPR is below 1 / non-members) but without intervals: per-client metrics
-    of every round need only these four, and the intervals cost most of a summary."""
-    import math
-
-    from fedaudit.metrics import _auc_from_counts, roc_counts
-
-    m = np.asarray(member_scores, dtype=np.float64)
-    n = np.asarray(nonmember_scores, dtype=np.float64)
-    m, n = m[~np.isnan(m)], n[~np.isnan(n)]
-    if m.size == 0 or n.size == 0:
-        return headline_fields(None)
-    c = roc_counts(m, n)
-    out = {"auc": _auc_from_counts(c)}
-    for name, target in (("tpr_at_1pct", 0.01), ("tpr_at_0_1pct", 0.001)):
-        allowed = math.floor(target * c.n_nonmembers + 1e-9)
-        out[name] = math.nan if allowed < 1 else \
-            float(c.tpr[int(np.searchsorted(c.fp, allowed, side="right")) - 1])
-    out["accuracy"] = float(np.max((c.tpr + 1.0 - c.fpr) / 2.0))
-    return out
-
-
-def headline_fields(summary) -> dict:
-    keys = ("auc", "tpr_at_1pct", "tpr_at_0_1pct", "accuracy")
-    if summary is None:
-        return {k: None for k in keys}
-    return {k: getattr(summary, k) for k in keys}
-
-
-def audit_attacks(configured, reference_models: int = 0) -> tuple[list, dict]:
-    """(attacks the per-round auditor runs, {attack: why it is skipped}).
-
-    The attacks with reference models run when ``reference_models >= 2`` (see
-    :mod:`fedaudit.auditor.references`)."""
-    from fedaudit.auditor.references import MIN_MODELS
-
-    ok = RUNNABLE + (REFERENCE if int(reference_models) >= MIN_MODELS else ())
-    run = [a for a in configured if a in ok]
-    skipped = {a: NOT_PER_ROUND for a in configured if a not in ok}
-    if not run:
-        run = ["loss"]
-    return run, skipped
 
 
 def describe_scenario_model(scenario: Scenario, input_shape, num_classes: int):
@@ -171,18 +122,18 @@ class AuditCore:
         a = scenario.audit
         self.threat_models = list(a.threat_models)
         self.attacks, self.skipped_attacks = audit_attacks(a.attacks, a.reference_models)
-        self.headline = headline(self.attacks)
-        self.seed = scenario.federation.seed
-        self.keep_round_arrays = bool(a.keep_round_arrays)
         # secure aggregation: the server sees theta_prev and the sum only (AGGREGATE_ONLY)
         self.aggregate_only = bool(scenario.federation.secure_aggregation)
+        self._set_views()
+        self.seed = scenario.federation.seed
+        self.keep_round_arrays = bool(a.keep_round_arrays)
         self.stack_rounds = set(stack_rounds(list(range(1, scenario.federation.rounds + 1))))
         x = np.asarray(x, dtype=np.float32)
         y = np.asarray(y, dtype=np.int64)
         num_classes = int(num_classes if num_classes is not None else int(np.max(y)) + 1)
         self.num_classes = num_classes
         # reference models: trained (or loaded from the cache) at the first round this instance audits
-        self.reference_attacks = [n for n in self.attacks if n in REFERENCE]
+        self.reference_attacks = [n for n in self.attacks if spec(n).uses_reference_models]
         self.references = None
         self._reference_data = (x, y) if self.reference_attacks else None
         input_shape = tuple(input_shape or x.shape[1:])
@@ -194,7 +145,7 @@ class AuditCore:
         member = records.member
         in_sample = np.zeros(len(records), dtype=bool)
         in_sample[records.population_sample] = True
-        self.plan = ShardPlan(attacks=[n for n in self.attacks if n not in FITTED], fold=records.fold,
+        self.plan = ShardPlan(attacks=self._job_attacks(), fold=records.fold,
                               calibration=in_sample & records.known & ~member,
                               population_sample=records.population_sample, source_sample=records.source_sample)
         self.executor = executor or InlineExecutor()
@@ -211,6 +162,19 @@ class AuditCore:
                    num_classes=int(np.max(y)) + 1, **kwargs)
 
     # ------------------------------------------------------------------------------------------------
+
+    def _set_views(self) -> None:
+        """Each threat model's attacks and headline (the best-ranked attack in the registry that runs there)."""
+        self.view_attacks = {tm: view_attacks(self.attacks, tm) for tm in THREAT_MODELS}
+        if self.aggregate_only:      # the server's view is the participant's attack, on the sum it computed
+            self.view_attacks["server"] = self.view_attacks["participant"]
+        self.headlines = {tm: headline(v) for tm, v in self.view_attacks.items()}
+        self.headline = self.headlines[self.threat_models[0] if self.threat_models else "server"]
+
+    def _job_attacks(self) -> list:
+        """The score attacks every shard job computes (those of any audited view)."""
+        names = dict.fromkeys(a for tm in self.threat_models for a in self.view_attacks[tm])
+        return job_attacks(list(names))
 
     def done(self) -> set[int]:
         return audited_rounds(self.run_dir, self.threat_models)
@@ -248,11 +212,17 @@ class AuditCore:
         jobs, weights = [], []
         source = r.round_source(ids, round_)
         server = "server" in self.threat_models and prev_ok and ids and not self.aggregate_only
-        rows_of = {}
+        rows_of, null_of, null = {}, {}, None
         if server:
             rows_of = rows_by_source(source, ids)
+            if null_attacks(self.view_attacks["server"]):
+                from fedaudit.attacks.fedmia import NULL_CLIENTS
+                from fedaudit.auditor.null import null_clients, rows_by_client
+
+                null = null_clients(source, ids, NULL_CLIENTS, self.seed, round_)
+                null_of = rows_by_client(null, ids)
             for k in ids:
-                jobs.append(Job(k, rows_of[k], source=True))
+                jobs.append(Job(k, rows_of[k], source=True, null_rows=null_of[k][0] if null_of else None))
                 weights.append(clients[k])
         participant = "participant" in self.threat_models and new is not None
         if participant:
@@ -279,10 +249,12 @@ class AuditCore:
                                                  tm="server"), "view": AGGREGATE_ONLY}
         elif "server" in self.threat_models:
             if server:
-                out["server"] = self._server(round_, ids, rows_of, results, non_finite, arrays, timing)
+                out["server"] = self._server(round_, ids, rows_of, results, non_finite, arrays, timing,
+                                             (null, null_of))
             else:
                 reason = "no client replied" if not ids else "theta_prev is not finite"
-                out["server"] = {"attack": self.headline, **headline_fields(None), "skipped": reason, "clients": []}
+                out["server"] = {"attack": self.headlines["server"], **headline_fields(None), "skipped": reason,
+                                 "clients": []}
         if "participant" in self.threat_models:
             out["participant"] = self._participant(round_, new, results.get("global"), ids, record, arrays,
                                                    timing)
@@ -325,8 +297,8 @@ class AuditCore:
             for n in self.reference_attacks:
                 self.skipped_attacks[n] = f"reference models failed: {exc!r}"
             self.attacks = [n for n in self.attacks if n not in self.reference_attacks] or ["loss"]
-            self.headline = headline(self.attacks)
-            self.plan.attacks = [n for n in self.attacks if n not in FITTED]
+            self._set_views()
+            self.plan.attacks = self._job_attacks()
             self.reference_attacks = []
         self._reference_data = None
 
@@ -335,26 +307,27 @@ class AuditCore:
         aggregation's stacked attack will not read this round)."""
         return self.keep_round_arrays or round_ in self.stack_rounds
 
-    def _fitted(self, features, eligible, blocks=()) -> dict:
-        """Cross-fitted scores of the fitted attacks on record-level ``features`` (n, F), and on each
+    def _fitted(self, tm, features, eligible, blocks=()) -> dict:
+        """Cross-fitted scores of the view's trained attacks on record-level ``features`` (n, F), and on each
         ``(positions, rows)`` block; returns {attack: (record-level scores, [block scores])}."""
         r = self.records
         out = {}
-        for name in (a for a in self.attacks if a in FITTED):
-            cols = slice(None) if name == "whitebox" else np.arange(len(BLACKBOX))
+        for name in trained_attacks(self.view_attacks[tm]):
+            cols = spec(name).columns(self.feature_names)
             attack = fit_folds(features[:, cols], r.member, r.fold, r.known, eligible=eligible)
             out[name] = (attack.score(np.arange(len(r)), features[:, cols]),
                          [attack.score(pos, rows[..., cols]) for pos, rows in blocks])
         return out
 
-    def _view_result(self, record_scores: dict, eligible, per_client) -> dict:
+    def _view_result(self, tm, record_scores: dict, eligible, per_client) -> dict:
         """The threat model's JSON: headline, every attack's summary, per-client headline metrics."""
         member = self.records.member
         m, n = member & eligible, ~member & eligible
         summaries = {a: summary_or_none(s[m], s[n]) for a, s in record_scores.items()}
-        head = summaries[self.headline]
-        h = record_scores[self.headline]
-        result = {"attack": self.headline, **headline_fields(head),
+        name = self.headlines[tm]
+        head = summaries[name]
+        h = record_scores[name]
+        result = {"attack": name, **headline_fields(head),
                   "summary": head.to_dict() if head is not None else None,
                   "attacks": {a: (s.to_dict() if s is not None else None) for a, s in summaries.items()},
                   "records": {"members": int(np.sum(m & ~np.isnan(h))), "nonmembers": int(np.sum(n & ~np.isnan(h))),
@@ -365,12 +338,13 @@ class AuditCore:
             result["clients"].append({"client": int(k), "records": int(np.sum(owner == k)), **light_metrics(ms, ns)})
         return result
 
-    def _server(self, round_, ids, rows_of, results, non_finite, arrays, timing) -> dict:
+    def _server(self, round_, ids, rows_of, results, non_finite, arrays, timing, nulls=(None, {})) -> dict:
         r = self.records
         n = len(r)
         audited = [k for k in ids if k in results and results[k].finite]
+        head_name = self.headlines["server"]
         if not audited:
-            return {"attack": self.headline, **headline_fields(None), "skipped": "no client returned finite outputs",
+            return {"attack": head_name, **headline_fields(None), "skipped": "no client returned finite outputs",
                     "clients": []}
         F = len(self.feature_names)
         P, S = r.population_sample, r.source_sample
@@ -393,13 +367,17 @@ class AuditCore:
                 for a in self.plan.attacks:
                     scores[a][rows] = res.scores[a]
                     pop_scores[a][j] = res.pop_scores[a]
-            for name, (rec, blocks) in self._fitted(feats, None, _client_blocks(P, pop_feats)).items():
+            for name, (rec, blocks) in self._fitted("server", feats, None, _client_blocks(P, pop_feats)).items():
                 scores[name] = rec
                 pop_scores[name] = np.concatenate(blocks, axis=1).T.astype(np.float32)
-            h, ph = scores[self.headline], pop_scores[self.headline]
+            if null_attacks(self.view_attacks["server"]):
+                null_phi = self._null_phi(nulls, results, audited, n)
+                for name, (rec, pop) in self._null_scores(round_, feats, null_phi, pop_feats).items():
+                    scores[name], pop_scores[name] = rec, pop
+            h, ph = scores[head_name], pop_scores[head_name]
             member = r.member
             per_client = [(k, (h[member & (scored_by == k)], ph[j])) for j, k in enumerate(audited)]
-            result = self._view_result(scores, np.ones(n, dtype=bool), per_client)
+            result = self._view_result("server", scores, np.ones(n, dtype=bool), per_client)
             result["clients_audited"] = audited
             col = {k: j for j, k in enumerate(audited)}
             owner_col = np.array([col.get(int(k), -1) for k in r.owner[S]], dtype=np.int64)
@@ -414,35 +392,80 @@ class AuditCore:
         arrays[tm + "source_score"] = source_score.astype(np.float32)
         for a, s in scores.items():
             arrays[tm + "score" + SEP + a] = s.astype(np.float32)
-        for a, s in pop_scores.items():
-            if self.keep_round_arrays or a == self.headline:
+        for a, s in pop_scores.items():   # the rounds the stacked attack reads need every attack's (score-only runs)
+            if self._keep(round_) or a == head_name:
                 arrays[tm + "pop_score" + SEP + a] = s.astype(np.float16)
         if self._keep(round_):
             arrays[tm + "features"] = feats
             arrays[tm + "pop_features"] = pop_feats.astype(np.float16)   # loses nothing measurable
         return result
 
+    def _null_phi(self, nulls, results, audited, n) -> np.ndarray:
+        """(M, n) phi of every audited record under its null clients' models (NaN: no such client replied with
+        finite outputs)."""
+        null, null_of = nulls
+        out = np.full((0 if null is None else null.shape[1], n), np.nan)
+        for k in audited:
+            rows, slots = null_of.get(k, (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+            phi = results[k].null_phi
+            if phi is not None and rows.size:
+                out[slots, rows] = phi
+        return out
+
+    def _null_scores(self, round_, feats, null_phi, pop_feats) -> dict:
+        """The ``null`` attacks (FedMIA) of the server view: record-level scores under each record's source
+        against its null clients, and the population sample under each audited client against ``m`` other
+        audited clients; one call per attack, so that both share the attack's pooled estimates."""
+        from fedaudit.attacks.base import AttackInputs, run_score_attack
+        from fedaudit.attacks.fedmia import NULL_CLIENTS
+        from fedaudit.auditor.null import null_positions, phi_logits
+
+        phi_col = self.feature_names.index("phi")
+        target = feats[:, phi_col].astype(np.float64)
+        Ka, P = pop_feats.shape[0], pop_feats.shape[1]
+        pop_phi = pop_feats[:, :, phi_col].astype(np.float64)                    # (clients, P)
+        width = max(null_phi.shape[0], min(NULL_CLIENTS, Ka - 1))
+        null_rec = np.full((width, null_phi.shape[1]), np.nan)
+        null_rec[:null_phi.shape[0]] = null_phi
+        pos = null_positions(Ka, P, NULL_CLIENTS, self.seed, round_)               # (clients, P, m)
+        null_pop = np.full((width, Ka * P), np.nan)
+        if pos.shape[2]:
+            null_pop[:pos.shape[2]] = np.moveaxis(pop_phi[pos, np.arange(P)[None, :, None]], 2, 0).reshape(-1, Ka * P)
+        phi_all = np.r_[target, pop_phi.ravel()]
+        null_all = np.c_[null_rec, null_pop]
+        ok = np.isfinite(phi_all) & np.isfinite(null_all).any(axis=0)
+        out = {}
+        for name in null_attacks(self.view_attacks["server"]):
+            s = np.full(phi_all.size, np.nan)
+            if ok.any():
+                logits, labels = phi_logits(phi_all[ok])
+                s[ok] = run_score_attack(name, AttackInputs(logits, labels, null_phi=null_all[:, ok]))
+            out[name] = (s[:target.size], s[target.size:].reshape(Ka, P).astype(np.float32))
+        return out
+
     def _participant(self, round_, new, res, ids, record, arrays, timing, tm: str = "participant") -> dict:
         """The attack on one global model (``tm``: the view whose arrays these are; under secure aggregation the
         server's aggregate-only attack is this one, on the sum it computed)."""
         r = self.records
+        head_name = self.headlines[tm]
         if new is None:
-            return {"attack": self.headline, **headline_fields(None), "skipped": "no global model this round",
+            return {"attack": head_name, **headline_fields(None), "skipped": "no global model this round",
                     "clients": []}
         if res is None or not res.finite:
             reason = "the global model is not finite" if res is None or res.reason == "weights" else \
                 "the global model's outputs are not finite"
-            return {"attack": self.headline, **headline_fields(None), "skipped": reason, "clients": []}
+            return {"attack": head_name, **headline_fields(None), "skipped": reason, "clients": []}
         trained = self._trained_clients(round_, ids, record)
         eligible = ~r.member | np.isin(r.owner, list(trained))
         with timing.phase("attacks"):
-            scores = dict(res.scores)
-            for name, (rec, _) in self._fitted(res.features, eligible).items():
+            mine = self.view_attacks[tm]
+            scores = {a: s for a, s in res.scores.items() if a in mine}
+            for name, (rec, _) in self._fitted(tm, res.features, eligible).items():
                 scores[name] = rec
-            h = scores[self.headline]
+            h = scores[head_name]
             P = r.population_sample
             per_client = [(k, (h[r.owner == k], h[P])) for k in sorted(trained) if np.any(r.owner == k)]
-            result = self._view_result(scores, eligible, per_client)
+            result = self._view_result(tm, scores, eligible, per_client)
         tm = tm + SEP
         arrays[tm + "loss"] = res.loss.astype(np.float32)
         arrays[tm + "correct"] = res.correct
@@ -494,100 +517,5 @@ def threshold_scores(name: str, logits: np.ndarray, labels: np.ndarray) -> np.nd
     return out
 
 
-LOWEST_LOSS = "lowest loss: the client whose model gives the record the lowest loss (Hu et al. 2021)"
-CALIBRATED = ("calibrated: the client under whose model a cross-fitted logistic regression on the record's features, "
-              "standardised per client on the population sample, scores it highest")
-
-
-def calibrated_source_scores(records: AuditRecords, owner_col: np.ndarray, pop_features: np.ndarray,
-                             source_features: np.ndarray, seed: int = 0, negatives: int = 8) -> np.ndarray:
-    """(S, K) source scores of the source sample under each of K client models (higher: more likely the source).
-
-    Every feature of a record under client k's model (loss, loss drop from theta_prev, gradient norms, the
-    gradient-update cosine of every layer, ...) is standardised by the population sample's values under the same
-    model (``pop_features`` (K, P, F)): clients differ in how far their models moved. A logistic regression on
-    these rows, fitted on the known members of the source sample (their row under their own client's model
-    against their rows under up to ``negatives`` other clients'), scores every row; it is cross-fitted like the
-    membership attacks (a record of fold f is scored by the regression fitted outside fold f), so no record is
-    scored with its own owner known. ``owner_col`` (S,): the column of each record's owner (-1: its owner is not
-    among the K). A fold without known members to fit on falls back to the standardised log loss. Work: linear in
-    (S + P) x K."""
-    from fedaudit.auditor.attack import Logistic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)      # all-NaN columns (no theta_prev): left NaN
-        mu, sd = np.nanmean(pop_features, axis=1), np.nanstd(pop_features, axis=1)         # (K, F)
-    sd = np.where(sd > 1e-12, sd, np.nan)
-    z = (np.swapaxes(source_features, 0, 1).astype(np.float64) - mu[None]) / sd[None]     # (S, K, F)
-    z = np.clip(np.where(np.isfinite(z), z, np.nan), -1e3, 1e3)
-    usable = ~np.isnan(z).all(axis=(0, 1))
-    z = z[:, :, usable]
-    S, K = z.shape[:2]
-    names = np.arange(usable.size)[usable]
-    fallback = -z[:, :, list(names).index(1)] if 1 in names else np.zeros((S, K))      # column 1: log_loss
-    fold = records.fold[records.source_sample]
-    known = records.known[records.source_sample] & (owner_col >= 0)
-    rng = np.random.default_rng([int(seed), 0x50])
-    out = np.full((S, K), np.nan)
-    for f in np.unique(fold):
-        target = fold == f
-        train = np.flatnonzero(known & ~target)
-        if not train.size or K < 2 or not z.shape[2]:
-            out[target] = fallback[target]
-            continue
-        rows, labels = [], []
-        for i in train:
-            others = np.delete(np.arange(K), owner_col[i])
-            pick = rng.choice(others, size=min(negatives, others.size), replace=False)
-            rows += [z[i, owner_col[i]], *z[i, pick]]
-            labels += [1.0] + [0.0] * pick.size
-        clf = Logistic().fit(np.asarray(rows), np.asarray(labels))
-        out[target] = clf.decision_function(z[target].reshape(-1, z.shape[2])).reshape(-1, K)
-    return out
-
-
-def attribution_accuracy(correct: np.ndarray) -> dict:
-    """Accuracy of ``correct`` (bool per attributed record) with its 95% Clopper-Pearson interval."""
-    from fedaudit.metrics import clopper_pearson
-
-    n, k = int(correct.size), int(np.sum(correct))
-    if not n:
-        return {"accuracy": None, "ci": [None, None]}
-    return {"accuracy": k / n, "ci": [float(v) for v in clopper_pearson(k, n)]}
-
-
-def attribute_sources(loss: np.ndarray, owner: np.ndarray, clients, score: np.ndarray | None = None) -> dict:
-    """Attribute every member whose owner replied to a client.
-
-    ``loss``: (n, len(clients)), column j the losses under ``clients[j]``'s model (NaN: no score); ``score``
-    (same shape, higher: more likely the source), e.g. :func:`calibrated_source_scores`. The attribution is the
-    highest score when ``score`` is given, else the lowest loss; the lowest-loss attribution is always reported
-    as ``lowest_loss``, the naive baseline. Returns accuracy with its 95% interval, chance (1/replying clients)
-    and the number of members attributed.
-    """
-    clients = np.asarray(list(clients), dtype=np.int64)
-    sel = (owner >= 0) & np.isin(owner, clients)
-    chance = (1.0 / clients.size) if clients.size else None
-    if not sel.any() or not clients.size:
-        out = {"accuracy": None, "ci": [None, None], "chance": chance, "records": 0}
-        return {**out, "method": LOWEST_LOSS} if score is None else \
-            {**out, "method": CALIBRATED, "lowest_loss": {"accuracy": None, "ci": [None, None]}}
-    l = np.where(np.isnan(loss[sel]), np.inf, loss[sel])
-    naive = attribution_accuracy(clients[np.argmin(l, axis=1)] == owner[sel])
-    if score is None:
-        return {**naive, "chance": chance, "records": int(sel.sum()), "method": LOWEST_LOSS}
-    s = np.where(np.isnan(score[sel]), -np.inf, score[sel])
-    return {**attribution_accuracy(clients[np.argmax(s, axis=1)] == owner[sel]), "chance": chance,
-            "records": int(sel.sum()), "method": CALIBRATED, "lowest_loss": naive}
-
-
-def source_inference(loss: np.ndarray, owner: np.ndarray, clients, score: np.ndarray | None = None) -> dict:
-    """:func:`attribute_sources` for ``loss`` (n, K) (and ``score``) whose column k is client k (NaN where it did
-    not reply)."""
-    clients = list(clients)
-    return attribute_sources(loss[:, clients] if clients else loss[:, :0], owner, clients,
-                             None if score is None else score[:, clients])
-
-
-__all__ = ["AuditCore", "InlineExecutor", "Timing", "attribute_sources", "attribution_accuracy", "audit_attacks",
-           "calibrated_source_scores", "light_metrics", "source_inference", "summary_or_none"]
+__all__ = ["AuditCore", "InlineExecutor", "Timing", "attribute_sources", "audit_attacks", "light_metrics",
+           "source_inference", "summary_or_none"]

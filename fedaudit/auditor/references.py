@@ -50,11 +50,16 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-#: the attacks of ``[audit] attacks`` that use reference models
-REFERENCE_ATTACKS = ("reference", "lira-offline", "lira-online", "rmia-offline", "rmia-online", "lira", "rmia")
 EPOCHS_CAP = 30
 MIN_MODELS = 2
 CACHE_DIRNAME = ".fedaudit-models"
+
+
+def reference_attacks() -> list:
+    """The attacks of ``[audit] attacks`` that use reference models (from the registry)."""
+    from fedaudit.attacks.base import attack_names, attack_spec
+
+    return [a for a in attack_names() if attack_spec(a).uses_reference_models]
 
 
 def is_online(name: str) -> bool:
@@ -166,5 +171,5 @@ def train_auditor_references(scenario, member: np.ndarray, x: np.ndarray, y: np.
                              info=info)
 
 
-__all__ = ["AuditorReferences", "EPOCHS_CAP", "REFERENCE_ATTACKS", "cache_dir_for", "reference_epochs",
+__all__ = ["AuditorReferences", "EPOCHS_CAP", "cache_dir_for", "reference_attacks", "reference_epochs",
            "train_auditor_references"]

@@ -59,6 +59,7 @@ class Job:
     key: object                   # client id (server) or "global" (participant)
     rows: np.ndarray              # positions of the records this model scores at the record level
     source: bool = False          # also the loss of the source sample
+    null_rows: np.ndarray | None = None   # records whose FedMIA null includes this model (phi, a forward pass)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class JobResult:
     pop_scores: dict = field(default_factory=dict)   # attack -> (P,) float32
     source_loss: np.ndarray | None = None    # (S,) float32
     source_features: np.ndarray | None = None   # (S, F) float32 on the source sample
+    null_phi: np.ndarray | None = None       # (len(null_rows),) phi of the job's null rows under its model
 
 
 @dataclass
@@ -172,43 +174,59 @@ def run_shard(spec: ProbeSpec, plan: ShardPlan, data, previous, jobs: list, weig
             continue
         rows = np.concatenate([job.rows, pop])
         m = job.rows.size
-        scores = job_scores(plan, rows, v.logits, y[rows], v.loss, references)
+        scores = job_scores(plan, rows, v.logits, y[rows], v.loss, references, x=x)
+        null_phi = None
+        if job.null_rows is not None and job.null_rows.size:
+            from fedaudit.auditor.null import phi_from_loss
+
+            null_phi = phi_from_loss(probe.losses(weights[i], x[job.null_rows], y[job.null_rows])).astype(np.float32)
         out.append(JobResult(job.key, finite=True, features=v.features[:m], loss=v.loss[:m].astype(np.float32),
                              correct=v.correct[:m], scores={a: s[:m] for a, s in scores.items()},
                              pop_features=v.features[m:],
                              pop_scores={a: s[m:].astype(np.float32) for a, s in scores.items()},
                              source_loss=sv.loss.astype(np.float32) if sv is not None else None,
-                             source_features=sv.features if sv is not None else None))
+                             source_features=sv.features if sv is not None else None,
+                             null_phi=null_phi))
     return ShardResult(jobs=out, node=_node_id(), pid=os.getpid(), seconds=time.perf_counter() - started,
                        rows=int(sum(j.rows.size + pop.size for j in jobs)), feature_names=list(probe.feature_names), max_rss_mb=max_rss_mb(),
                        cpu_seconds=time.process_time() - cpu)
 
 
 def job_scores(plan: ShardPlan, rows: np.ndarray, logits: np.ndarray, labels: np.ndarray, loss: np.ndarray,
-               references=None) -> dict:
-    """The score attacks of ``plan.attacks`` on one model's ``rows`` (the population sample among them)."""
-    from fedaudit.auditor.attack import THRESHOLD
-    from fedaudit.attacks.threshold import THRESHOLD_ATTACKS
+               references=None, x: np.ndarray | None = None) -> dict:
+    """The score attacks of ``plan.attacks`` on one model's ``rows`` (the population sample among them), by what
+    the registry says each needs: reference models (``references``), the population (cross-fitted by fold on
+    the known non-members of the population sample), or the target's logits alone. ``x``: the audited records'
+    inputs, for attacks that read the records' features."""
+    from fedaudit.attacks.base import AttackInputs, attack_spec, run_score_attack
 
     scores = {}
     is_pop = np.zeros(rows.size, dtype=bool)
     is_pop[rows.size - plan.population_sample.size:] = True   # the population sample comes last
     for name in plan.attacks:
-        if name == "loss":
-            scores[name] = -np.asarray(loss, dtype=np.float64)
-        elif name in THRESHOLD:
-            scores[name] = THRESHOLD_ATTACKS[name](logits, labels)
-        elif name == "population":
-            scores[name] = population_rows(logits, labels, plan.fold[rows], plan.calibration[rows] & is_pop)
-        elif references is not None:
-            scores[name] = references.scores_rows(name, logits, rows, is_pop)
+        s = attack_spec(name)
+        features = x[rows].reshape(rows.size, -1) if x is not None and "features" in s.needs else None
+        if s.uses_reference_models:
+            if references is not None:
+                scores[name] = references.scores_rows(name, logits, rows, is_pop)
+        elif "population" in s.needs:
+            scores[name] = population_rows(logits, labels, plan.fold[rows], plan.calibration[rows] & is_pop,
+                                           name=name, features=features)
+        elif name == "loss":
+            scores[name] = -np.asarray(loss, dtype=np.float64)     # the loss the features already hold
+        else:
+            scores[name] = run_score_attack(name, AttackInputs(logits, labels, features=features))
     return scores
 
 
-def population_rows(logits: np.ndarray, labels: np.ndarray, fold: np.ndarray, calibration: np.ndarray) -> np.ndarray:
-    """Attack P cross-fitted on one model's rows: a row of fold f is scored against the calibration rows
-    (known non-members) outside fold f."""
+def population_rows(logits: np.ndarray, labels: np.ndarray, fold: np.ndarray, calibration: np.ndarray, *,
+                    name: str = "population", features: np.ndarray | None = None) -> np.ndarray:
+    """A population attack (P by default) cross-fitted on one model's rows: a row of fold f is scored against
+    the calibration rows (known non-members) outside fold f (NaN where a fold's attack cannot be fitted)."""
+    import logging
+
     from fedaudit.attacks.base import AttackInputs, run_score_attack
+    from fedaudit.errors import AttackError
 
     out = np.full(len(labels), np.nan)
     for f in np.unique(fold):
@@ -216,9 +234,13 @@ def population_rows(logits: np.ndarray, labels: np.ndarray, fold: np.ndarray, ca
         target = fold == f
         if not calib.any() or not target.any():
             continue
+        extra = {} if features is None else {"features": features[target], "population_features": features[calib]}
         inputs = AttackInputs(target_logits=logits[target], labels=labels[target], population_logits=logits[calib],
-                              population_labels=labels[calib])
-        out[target] = run_score_attack("population", inputs)
+                              population_labels=labels[calib], **extra)
+        try:
+            out[target] = run_score_attack(name, inputs)
+        except AttackError as exc:      # e.g. too few known non-members outside the fold: no score there
+            logging.getLogger(__name__).warning("attack %s, fold %d: %s", name, int(f), exc)
     return out
 
 

@@ -89,6 +89,67 @@ def _auc(member, nonmember) -> float:
     return auc(member, nonmember) if len(member) and len(nonmember) else float("nan")
 
 
+
+def _batches(x_train: list, y_train: np.ndarray, weights: np.ndarray, orders: np.ndarray, batch: int):
+    """Every epoch's minibatches in the order the seeded ``orders`` (one permutation per epoch) give, as one
+    ``tf.data`` stream: (inputs, target, sample weight); an epoch's last batch may be smaller."""
+    xs = tuple(tf.constant(x) for x in x_train)
+    y, w = tf.constant(y_train[:, None]), tf.constant(weights)
+    epochs = tf.data.Dataset.from_tensor_slices(orders.astype(np.int64))
+    stream = epochs.flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch))
+    return stream.map(lambda idx: (tuple(tf.gather(x, idx) for x in xs), tf.gather(y, idx), tf.gather(w, idx)),
+                      deterministic=True).prefetch(2)
+
+
+class _Selection(keras.callbacks.Callback):
+    """After every epoch: the validation loss (classes weighted to balance), AUC and accuracy; keeps the best
+    epoch's weights (lowest validation loss, or highest AUC with ``select="auc"``; the training loss without a
+    validation split) and stops training once the best epoch lies ``patience`` steps back, after at least
+    ``epochs`` passes and once the validation loss has left its initial plateau."""
+
+    def __init__(self, x_val, y_val, *, select: str, epochs: int, patience, steps_per_epoch: int, on_epoch=None):
+        super().__init__()
+        self.x_val, self.y_val, self.select, self.epochs = x_val, y_val, select, epochs
+        self.patience, self.steps_per_epoch, self.on_epoch = patience, steps_per_epoch, on_epoch
+        self.history: list[dict] = []
+        self.best, self.best_weights, self.best_epoch, self.armed = None, None, 0, False
+        self._predict = None
+
+    def on_train_begin(self, logs=None):
+        self.best_weights = self.model.get_weights()
+        if self.x_val is not None:
+            net = self.model
+            specs = [tf.TensorSpec((None, *x.shape[1:]), tf.float32) for x in self.x_val]
+            self._predict = tf.function(lambda inputs: net(list(inputs), training=False)[:, 0],
+                                        input_signature=[specs], autograph=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        epoch += 1
+        record = {"epoch": epoch, "steps": epoch * self.steps_per_epoch, "train_loss": float(logs["loss"])}
+        y_val = self.y_val
+        if self.x_val is not None:
+            logit = np.concatenate([self._predict([x[s:s + 4096] for x in self.x_val]).numpy()
+                                    for s in range(0, len(y_val), 4096)]).astype(np.float64)
+            prob = 1 / (1 + np.exp(-logit))
+            vw = np.where(y_val == 1, 0.5 / y_val.mean(), 0.5 / (1 - y_val.mean()))
+            bce = np.logaddexp(0, logit) - y_val * logit
+            record.update(val_loss=float(np.mean(vw * bce)), val_auc=_auc(prob[y_val == 1], prob[y_val == 0]),
+                          val_accuracy=float(np.mean((prob > 0.5) == (y_val == 1))))
+            score = record["val_loss"] if self.select == "loss" else -record["val_auc"]
+        else:
+            score = record["train_loss"]
+        if self.best is None or score < self.best:
+            self.best, self.best_weights, self.best_epoch = score, self.model.get_weights(), epoch
+        self.history.append(record)
+        if self.on_epoch is not None:
+            self.on_epoch(record, self.model)
+        if self.x_val is not None and not self.armed:  # N(0, 0.01) weights sit on a plateau first: wait it out
+            self.armed = record["val_loss"] < 0.98 * self.history[0]["val_loss"]
+        if (self.patience is not None and self.armed and epoch >= self.epochs
+                and (epoch - self.best_epoch) * self.steps_per_epoch >= self.patience):
+            self.model.stop_training = True
+
+
 def fit_attack(features: WhiteboxFeatures, membership, *, epochs: int = 100, batch_size: int = 64,
                learning_rate: float = 1e-3, seed: int = 0, val_fraction: float = 0.2, min_steps: int = 2000,
                patience: int | None = 500, optimizer: str = "adam", size="auto", select: str = "loss",
@@ -135,61 +196,22 @@ def fit_attack(features: WhiteboxFeatures, membership, *, epochs: int = 100, bat
     weights = np.where(y_train == 1, 0.5 / frac, 0.5 / (1 - frac)).astype(np.float32)
 
     net = build_attack_network(features.components, seed=seed, size=size)
-    opt = ATTACK_OPTIMIZERS[optimizer](float(learning_rate))
-    opt.build(net.trainable_variables)
-    specs = [tf.TensorSpec((None, *x.shape[1:]), tf.float32) for x in x_train]
-
-    def train_step(inputs, target, weight):
-        with tf.GradientTape() as tape:
-            logit = net(list(inputs), training=True)[:, 0]
-            loss = tf.reduce_mean(weight * tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logit))
-        grads = tape.gradient(loss, net.trainable_variables)
-        opt.apply_gradients(zip(grads, net.trainable_variables))
-        return loss
-
-    step = tf.function(train_step, input_signature=[specs, tf.TensorSpec((None,), tf.float32),
-                                                    tf.TensorSpec((None,), tf.float32)], autograph=False)
-    predict = tf.function(lambda inputs: net(list(inputs), training=False)[:, 0], input_signature=[specs],
-                          autograph=False)
-
+    net.compile(optimizer=ATTACK_OPTIMIZERS[optimizer](float(learning_rate)),
+                loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=False)
     n = len(y_train)
     batch = min(int(batch_size), n)
     steps_per_epoch = math.ceil(n / batch)
     total_epochs = max(int(epochs), math.ceil(min_steps / steps_per_epoch))
-    history, best, best_weights, best_epoch, steps, armed = [], None, net.get_weights(), 0, 0, False
-    for epoch in range(1, total_epochs + 1):
-        order = rng.permutation(n)
-        total = 0.0
-        for s in range(0, n, batch):
-            idx = order[s:s + batch]
-            total += float(step([x[idx] for x in x_train], y_train[idx], weights[idx])) * len(idx)
-            steps += 1
-        record = {"epoch": epoch, "steps": steps, "train_loss": total / n}
-        if x_val is not None:
-            logit = np.concatenate([predict([x[s:s + 4096] for x in x_val]).numpy()
-                                    for s in range(0, len(y_val), 4096)]).astype(np.float64)
-            prob = 1 / (1 + np.exp(-logit))
-            vw = np.where(y_val == 1, 0.5 / y_val.mean(), 0.5 / (1 - y_val.mean()))
-            bce = np.logaddexp(0, logit) - y_val * logit
-            record.update(val_loss=float(np.mean(vw * bce)), val_auc=_auc(prob[y_val == 1], prob[y_val == 0]),
-                          val_accuracy=float(np.mean((prob > 0.5) == (y_val == 1))))
-            score = record["val_loss"] if select == "loss" else -record["val_auc"]
-        else:
-            score = record["train_loss"]
-        if best is None or score < best:
-            best, best_weights, best_epoch = score, net.get_weights(), epoch
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record, net)
-        if x_val is not None and not armed:  # N(0, 0.01) weights sit on a plateau first: wait until it is left
-            armed = record["val_loss"] < 0.98 * history[0]["val_loss"]
-        stop = (patience is not None and armed and epoch >= epochs
-                and (epoch - best_epoch) * steps_per_epoch >= patience)
-        if stop:
-            break
+    orders = np.stack([rng.permutation(n) for _ in range(total_epochs)])
+    selection = _Selection(x_val, y_val, select=select, epochs=int(epochs), patience=patience,
+                           steps_per_epoch=steps_per_epoch, on_epoch=on_epoch)
+    net.fit(_batches(x_train, y_train, weights, orders, batch), epochs=total_epochs, steps_per_epoch=steps_per_epoch,
+            shuffle=False, callbacks=[selection], verbose=0)
+    history, best_epoch = selection.history, selection.best_epoch
+    steps = history[-1]["steps"] if history else 0
     if log_dir is not None:
         write_tensorboard(history, Path(log_dir) / run_name)
-    net.set_weights(best_weights)
+    net.set_weights(selection.best_weights)
     return FittedAttack(net, prep, history, best_epoch, steps, train_idx, val_idx,
                         seconds=time.perf_counter() - started)
 

@@ -8,12 +8,18 @@ Function-level core (what the federated auditor reuses, no data handler needed):
   last layer's output, the loss and the label;
 - :func:`build_attack_network` builds the attack network for those features: one component per signal,
   concatenated into an encoder that ends in a membership probability;
-- :func:`fit_attack` trains it on known members and non-members with binary cross-entropy, choosing
-  the epoch on a validation split carved from the known records; ``fitted.predict(features)`` scores.
+- :func:`fit_attack` trains it on known members and non-members with binary cross-entropy (``Model.fit`` on
+  seeded batches, a callback that scores every epoch), choosing the epoch on a validation split carved from the
+  known records; ``fitted.predict(features)`` scores;
+- :func:`~fedaudit.attacks.whitebox.stacking.stack` adds a gradient-boosted model on compact statistics of the
+  same signals, mixed with the network with a weight chosen on the validation split.
 
 ML Privacy Meter's API on top: :class:`WhiteBoxAttack` (also :class:`fedaudit.attacks.meminf.initialize`)
-with ``train_attack()`` and ``test_attack()``; test_attack writes the plots and arrays ML Privacy Meter
-wrote, for records the attack never trained on.
+with ``train_attack()`` and ``test_attack()`` (stacked by default, ``stack=None`` for the network alone);
+test_attack writes the plots and arrays ML Privacy Meter wrote, for records the attack never trained on.
+
+Modules, one job each: ``features`` (signals), ``preprocess`` (standardisation), ``network`` (the attack
+network), ``training`` (fitting it), ``stacking`` (the boosted model beside it), ``api`` (``meminf``'s API).
 
 How the network differs from ML Privacy Meter's 2021 code (see ``shared/ATTACKS.md``): signals are computed
 once, not every epoch; the gradient convolution of a dense kernel gradient ``a (x) d`` is computed from

@@ -13,6 +13,8 @@ import tensorflow as tf
 
 from fedaudit.attacks.threshold import THRESHOLD_ATTACKS
 from fedaudit.attacks.whitebox.features import WhiteboxFeatures, whitebox_features
+from fedaudit.attacks.whitebox.stacking import STACKS, StackedAttack
+from fedaudit.attacks.whitebox.stacking import stack as stack_attack
 from fedaudit.attacks.whitebox.training import ATTACK_OPTIMIZERS, FittedAttack, fit_attack
 from fedaudit.errors import AttackError
 from fedaudit.signals.extract import check_model, check_records
@@ -86,6 +88,9 @@ class WhiteBoxAttack:
         seed: seeds the validation split, the shuffles and the network's initialisation.
         val_fraction: fraction of the known records held out to choose the epoch.
         size: attack network widths, 'auto' (sized to the data) or 'paper' (2021's widths).
+        stack: 'boosting' (default): the network stacked with a gradient-boosted model on compact features of
+            the same signals, mixed with a weight chosen on the validation split
+            (:mod:`fedaudit.attacks.whitebox.stacking`); None: the network alone.
     """
 
     def __init__(self, target_train_model, target_attack_model, train_datahandler, attack_datahandler,
@@ -93,7 +98,7 @@ class WhiteBoxAttack:
                  gradients_to_exploit=None, exploit_loss=True, exploit_label=True, learning_rate=0.001,
                  epochs=100, batch_size=None, *, log_dir="logs", seed: int = 0, min_steps: int = 2000,
                  val_fraction: float = 0.2, size="auto", select: str = "loss", patience: int | None = 500,
-                 signal_batch_size=None):
+                 signal_batch_size=None, stack: str | None = "boosting"):
         self.num_classes = check_model(target_train_model)
         other = check_model(target_attack_model)
         if other != self.num_classes or tuple(target_attack_model.input_shape) != tuple(target_train_model.input_shape):
@@ -133,7 +138,11 @@ class WhiteBoxAttack:
         self.log_dir = Path(log_dir)
         self.seed, self.min_steps, self.val_fraction = int(seed), int(min_steps), float(val_fraction)
         self.size, self.select, self.signal_batch_size, self.patience = size, select, signal_batch_size, patience
+        if stack not in STACKS:
+            raise AttackError(f"stack: unknown stacking {stack!r}; allowed: {', '.join(map(repr, STACKS))}")
+        self.stack = stack
         self.fitted: FittedAttack | None = None
+        self.stacked: StackedAttack | None = None
         self.seconds: dict[str, float] = {}
         self._train_hashes: set = set()
 
@@ -170,12 +179,25 @@ class WhiteBoxAttack:
                                      size=self.size,
                                      select=self.select, log_dir=self.log_dir / "tensorboard", run_name=self.model_name)
         self.seconds["train_fit"] = self.fitted.seconds
+        if self.stack == "boosting":
+            t0 = time.perf_counter()
+            self.stacked = stack_attack(self.fitted, feats, split.membership, seed=self.seed)
+            self.seconds["train_stack"] = time.perf_counter() - t0
         self._train_hashes = set(record_hashes(split.x, split.y).tolist())
         best = self.fitted.history[self.fitted.best_epoch - 1]
         log.info("attack trained: %d known records, %d parameters, %d steps, best epoch %d (validation AUC %.3f)",
                  len(split), self.fitted.parameters, self.fitted.steps, self.fitted.best_epoch, best.get("val_auc", np.nan))
-        return {"known_records": len(split), "parameters": self.fitted.parameters, "steps": self.fitted.steps,
-                "best_epoch": self.fitted.best_epoch, **{k: v for k, v in best.items() if k.startswith("val_")}}
+        out = {"known_records": len(split), "parameters": self.fitted.parameters, "steps": self.fitted.steps,
+               "best_epoch": self.fitted.best_epoch, **{k: v for k, v in best.items() if k.startswith("val_")}}
+        if self.stacked is not None:
+            out["stack_weight"] = self.stacked.weight
+        return out
+
+    def predict(self, features: WhiteboxFeatures) -> np.ndarray:
+        """Membership probability of each record of ``features`` (the stacked attack where there is one)."""
+        if self.fitted is None:
+            raise AttackError("predict: the attack is not trained; call train_attack() first")
+        return (self.stacked or self.fitted).predict(features)
 
     def test_attack(self, log_dir=None) -> AttackResult:
         """Score the attack on records it did not train on; write plots and arrays to ``log_dir``."""
@@ -200,7 +222,7 @@ class WhiteBoxAttack:
         t0 = time.perf_counter()
         feats = self.features(self.target_attack_model, split.x, split.y, "attack_datahandler")
         t1 = time.perf_counter()
-        probs = self.fitted.predict(feats)
+        probs = self.predict(feats)
         t2 = time.perf_counter()
         self.seconds.update(test_signals=t1 - t0, test_scoring=t2 - t1)
         member = split.membership == 1
@@ -230,7 +252,8 @@ class WhiteBoxAttack:
         data = {"model_name": self.model_name, "layers_to_exploit": self.layers_to_exploit,
                 "gradients_to_exploit": self.gradients_to_exploit, "exploit_loss": self.exploit_loss,
                 "exploit_label": self.exploit_label, "attack_parameters": self.fitted.parameters,
-                "attack_steps": self.fitted.steps, "best_epoch": self.fitted.best_epoch, **result.to_dict()}
+                "attack_steps": self.fitted.steps, "best_epoch": self.fitted.best_epoch, "stack": self.stack,
+                "stack_weight": None if self.stacked is None else self.stacked.weight, **result.to_dict()}
         files.append(atomic_write_text(out_dir / "result.json", json.dumps(json_safe(data), indent=2) + "\n"))
         result.files = [str(f) for f in files]
         log.info("attack on %d members / %d non-members it did not train on: AUC %.3f, TPR %.3f at 1%% FPR "

@@ -97,8 +97,8 @@ def _batches(x_train: list, y_train: np.ndarray, weights: np.ndarray, orders: np
     y, w = tf.constant(y_train[:, None]), tf.constant(weights)
     epochs = tf.data.Dataset.from_tensor_slices(orders.astype(np.int64))
     stream = epochs.flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch))
-    return stream.map(lambda idx: (tuple(tf.gather(x, idx) for x in xs), tf.gather(y, idx), tf.gather(w, idx)),
-                      deterministic=True).prefetch(2)
+    return stream.map(lambda idx: (tuple(tf.gather(x, idx) for x in xs), tf.gather(y, idx),
+                                   tf.gather(w, idx))).prefetch(2)
 
 
 class _Selection(keras.callbacks.Callback):

@@ -31,9 +31,9 @@ EXTRA = 'ART is not installed; install the bench extra: pip install "fedaudit[be
 
 def workload(quick: bool) -> dict:
     if quick:
-        return {"records": 800, "features": 60, "classes": 8, "members": 200, "epochs": 20, "targets": 1,
+        return {"records": 800, "features": 60, "classes": 8, "flip": 0.4, "members": 200, "epochs": 40, "targets": 1,
                 "reference_models": 0, "attack_epochs": 5, "attack_min_steps": 100}
-    return {"records": 2400, "features": 600, "classes": 20, "members": 600, "epochs": 40, "targets": 4,
+    return {"records": 2400, "features": 600, "classes": 20, "flip": 0.3, "members": 600, "epochs": 40, "targets": 4,
             "reference_models": 4, "attack_epochs": 30, "attack_min_steps": 2000}
 
 
@@ -88,7 +88,8 @@ def one_target(w: dict, t: int, timings: dict, logs) -> dict:
     from fedaudit.data.handler import attack_data
     from fedaudit.models import build_model, train_model
 
-    d = load_dataset("synthetic-purchase", seed=t, records=w["records"], features=w["features"], classes=w["classes"])
+    d = load_dataset("synthetic-purchase", seed=t, records=w["records"], features=w["features"], classes=w["classes"],
+                     flip=w["flip"])
     nm = w["members"]
     t0 = time.perf_counter()
     model = build_model("purchase-fcn", d.input_shape, d.num_classes, seed=t)

@@ -12,7 +12,7 @@ Function-level core (what the federated auditor reuses, no data handler needed):
   seeded batches, a callback that scores every epoch), choosing the epoch on a validation split carved from the
   known records; ``fitted.predict(features)`` scores;
 - :func:`~fedaudit.attacks.whitebox.stacking.stack` adds a gradient-boosted model on compact statistics of the
-  same signals, mixed with the network with a weight chosen on the validation split.
+  same signals; the score is the mean of the two log-odds.
 
 ML Privacy Meter's API on top: :class:`WhiteBoxAttack` (also :class:`fedaudit.attacks.meminf.initialize`)
 with ``train_attack()`` and ``test_attack()`` (stacked by default, ``stack=None`` for the network alone);

@@ -89,8 +89,8 @@ class WhiteBoxAttack:
         val_fraction: fraction of the known records held out to choose the epoch.
         size: attack network widths, 'auto' (sized to the data) or 'paper' (2021's widths).
         stack: 'boosting' (default): the network stacked with a gradient-boosted model on compact features of
-            the same signals, mixed with a weight chosen on the validation split
-            (:mod:`fedaudit.attacks.whitebox.stacking`); None: the network alone.
+            the same signals, the mean of their log-odds (:mod:`fedaudit.attacks.whitebox.stacking`); None: the
+            network alone.
     """
 
     def __init__(self, target_train_model, target_attack_model, train_datahandler, attack_datahandler,
@@ -190,7 +190,7 @@ class WhiteBoxAttack:
         out = {"known_records": len(split), "parameters": self.fitted.parameters, "steps": self.fitted.steps,
                "best_epoch": self.fitted.best_epoch, **{k: v for k, v in best.items() if k.startswith("val_")}}
         if self.stacked is not None:
-            out["stack_weight"] = self.stacked.weight
+            out["stack_validation"] = dict(self.stacked.validation)
         return out
 
     def predict(self, features: WhiteboxFeatures) -> np.ndarray:
@@ -253,7 +253,7 @@ class WhiteBoxAttack:
                 "gradients_to_exploit": self.gradients_to_exploit, "exploit_loss": self.exploit_loss,
                 "exploit_label": self.exploit_label, "attack_parameters": self.fitted.parameters,
                 "attack_steps": self.fitted.steps, "best_epoch": self.fitted.best_epoch, "stack": self.stack,
-                "stack_weight": None if self.stacked is None else self.stacked.weight, **result.to_dict()}
+                "stack_validation": None if self.stacked is None else self.stacked.validation, **result.to_dict()}
         files.append(atomic_write_text(out_dir / "result.json", json.dumps(json_safe(data), indent=2) + "\n"))
         result.files = [str(f) for f in files]
         log.info("attack on %d members / %d non-members it did not train on: AUC %.3f, TPR %.3f at 1%% FPR "

@@ -6,6 +6,9 @@ The split is :class:`fedaudit.data.attack_data`'s (``attack_percentage=50``): ev
 trains on the same 300 known members and 300 known non-members and is scored on the other 300 members and 300
 further non-members; the reference attacks' models train on the population records left over (none of them
 audited). Scores are pooled over several targets (seeds) so that TPR at 0.1% FPR becomes measurable.
+``meminf ... (network only)`` is ``meminf.initialize`` as ML Privacy Meter's tutorial calls it (layers [5],
+gradients [3, 4, 5] for the whitebox attack; the last layer only for the blackbox one; learning rate 1e-4, 30
+epochs, batch 64); ``(stacked)`` is the same attack with ``stack="boosting"`` (one training gives both).
 
 Peer: ART's ``MembershipInferenceBlackBox`` (``attack_model_type`` "rf" and "gb": scikit-learn's random forest and
 gradient boosting with ART's default settings, seeded here), fed the target's softmax outputs (``pred=``) so that no
@@ -115,7 +118,8 @@ def one_target(w: dict, t: int, timings: dict, logs) -> dict:
         def run_meminf(layers=layers, grads=grads):
             attack = WhiteBoxAttack(model, model, handler, handler, layers_to_exploit=layers,
                                     gradients_to_exploit=grads, learning_rate=1e-4, epochs=w["attack_epochs"],
-                                    batch_size=64, min_steps=w["attack_min_steps"], seed=t, log_dir=logs)
+                                    batch_size=64, min_steps=w["attack_min_steps"], seed=t, log_dir=logs,
+                                    stack="boosting")
             attack.train_attack()
             feats = attack.features(model, held.x, held.y, "attack_datahandler")
             return attack.predict(feats), attack.fitted.predict(feats)

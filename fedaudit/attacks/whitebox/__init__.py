@@ -15,7 +15,7 @@ Function-level core (what the federated auditor reuses, no data handler needed):
   same signals; the score is the mean of the two log-odds.
 
 ML Privacy Meter's API on top: :class:`WhiteBoxAttack` (also :class:`fedaudit.attacks.meminf.initialize`)
-with ``train_attack()`` and ``test_attack()`` (stacked by default, ``stack=None`` for the network alone);
+with ``train_attack()`` and ``test_attack()`` (``stack="boosting"`` adds the boosted model);
 test_attack writes the plots and arrays ML Privacy Meter wrote, for records the attack never trained on.
 
 Modules, one job each: ``features`` (signals), ``preprocess`` (standardisation), ``network`` (the attack

@@ -88,9 +88,9 @@ class WhiteBoxAttack:
         seed: seeds the validation split, the shuffles and the network's initialisation.
         val_fraction: fraction of the known records held out to choose the epoch.
         size: attack network widths, 'auto' (sized to the data) or 'paper' (2021's widths).
-        stack: 'boosting' (default): the network stacked with a gradient-boosted model on compact features of
-            the same signals, the mean of their log-odds (:mod:`fedaudit.attacks.whitebox.stacking`); None: the
-            network alone.
+        stack: None (default): the network alone; 'boosting': the network stacked with a gradient-boosted model
+            on compact features of the same signals, the mean of their log-odds
+            (:mod:`fedaudit.attacks.whitebox.stacking`).
     """
 
     def __init__(self, target_train_model, target_attack_model, train_datahandler, attack_datahandler,
@@ -98,7 +98,7 @@ class WhiteBoxAttack:
                  gradients_to_exploit=None, exploit_loss=True, exploit_label=True, learning_rate=0.001,
                  epochs=100, batch_size=None, *, log_dir="logs", seed: int = 0, min_steps: int = 2000,
                  val_fraction: float = 0.2, size="auto", select: str = "loss", patience: int | None = 500,
-                 signal_batch_size=None, stack: str | None = "boosting"):
+                 signal_batch_size=None, stack: str | None = None):
         self.num_classes = check_model(target_train_model)
         other = check_model(target_attack_model)
         if other != self.num_classes or tuple(target_attack_model.input_shape) != tuple(target_train_model.input_shape):

@@ -195,12 +195,14 @@ def fit_attack(features: WhiteboxFeatures, membership, *, epochs: int = 100, bat
     frac = y_train.mean()
     weights = np.where(y_train == 1, 0.5 / frac, 0.5 / (1 - frac)).astype(np.float32)
 
-    net = build_attack_network(features.components, seed=seed, size=size)
-    net.compile(optimizer=ATTACK_OPTIMIZERS[optimizer](float(learning_rate)),
-                loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=False)
     n = len(y_train)
     batch = min(int(batch_size), n)
     steps_per_epoch = math.ceil(n / batch)
+    net = build_attack_network(features.components, seed=seed, size=size)
+    # one compiled call per epoch (the callback runs between epochs): small networks, many small steps
+    net.compile(optimizer=ATTACK_OPTIMIZERS[optimizer](float(learning_rate)),
+                loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=False,
+                steps_per_execution=steps_per_epoch)
     total_epochs = max(int(epochs), math.ceil(min_steps / steps_per_epoch))
     orders = np.stack([rng.permutation(n) for _ in range(total_epochs)])
     selection = _Selection(x_val, y_val, select=select, epochs=int(epochs), patience=patience,

@@ -123,7 +123,9 @@ def cmd_bench(args) -> int:
     import importlib
 
     module = importlib.import_module(f"fedaudit.bench.{args.what}")
-    module.run(json_path=args.json, quick=args.quick)
+    if args.peer is not None and args.what != "attacks":
+        raise ConfigError(f"--peer: only `fedaudit bench attacks` compares against a peer library, not {args.what}")
+    module.run(json_path=args.json, quick=args.quick, **({"peer": args.peer} if args.peer is not None else {}))
     return 0
 
 
@@ -181,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("what", choices=BENCHES)
     b.add_argument("--json", help="also write the figures to this JSON file")
     b.add_argument("--quick", action="store_true", help="a smaller workload (for smoke tests)")
+    b.add_argument("--peer", choices=("art",), help="attacks: fedaudit's attacks beside a peer library's "
+                                                  "(art: IBM ART, the bench extra)")
     b.set_defaults(func=cmd_bench)
     return p
 

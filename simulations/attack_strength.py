@@ -5,6 +5,7 @@ reference models trained on a disjoint population, and pools the scores so that 
 measurable (it needs well over 1,000 non-members)::
 
     python simulations/attack_strength.py purchase          # purchase-fcn on synthetic-purchase
+    python simulations/attack_strength.py purchase-longtail --targets 2   # Zipf subgroups and 5% label noise
     python simulations/attack_strength.py digits-mlp --reference-models 4 --out strength.json
 
 Prints AUC and TPR at 1% and 0.1% FPR with 95% Clopper-Pearson intervals per attack.
@@ -26,6 +27,10 @@ from fedaudit.models import build_model, train_model
 
 SETUPS = {
     "purchase": dict(dataset="synthetic-purchase", options={}, model="purchase-fcn", population=1000, epochs=40),
+    # a long tail: each class in 20 subgroups of Zipf sizes, 5% of labels flipped (records of unequal difficulty)
+    "purchase-longtail": dict(dataset="synthetic-purchase", options={"records": 4000, "features": 100, "classes": 10,
+                                                                     "subgroups": 20, "label_noise": 0.05},
+                              model="mlp", model_options={"hidden": [256]}, population=2000, epochs=30),
     "digits-mlp": dict(dataset="digits", options={}, model="mlp", population=797, epochs=60),
     "digits-cnn": dict(dataset="digits", options={"image": True}, model="cnn", population=797, epochs=40),
 }
@@ -43,11 +48,12 @@ def run(setup: str, reference_models: int, targets: int, parallel: bool, cache_d
         perm = np.random.default_rng(1000 + t).permutation(side)
         half = len(perm) // 2
         members, nonmembers = perm[:half], perm[half:2 * half]
-        model = build_model(cfg["model"], d.input_shape, d.num_classes, seed=100 + t)
+        model_options = cfg.get("model_options", {})
+        model = build_model(cfg["model"], d.input_shape, d.num_classes, seed=100 + t, **model_options)
         train_model(model, d.x[members], d.y[members], epochs=cfg["epochs"], seed=100 + t)
         data = prepare_audit(model, d.x[members], d.y[members], d.x[nonmembers], d.y[nonmembers],
                              x_population=d.x[population], y_population=d.y[population], attacks=DEFAULT_ATTACKS,
-                             reference_models=reference_models, model_name=cfg["model"], model_options={},
+                             reference_models=reference_models, model_name=cfg["model"], model_options=model_options,
                              epochs=cfg["epochs"], seed=7, cache_dir=cache_dir, parallel=parallel)
         ok = correct(data.plain.target_logits, data.plain.labels)
         accuracy.append((ok[data.is_member].mean(), ok[~data.is_member].mean()))

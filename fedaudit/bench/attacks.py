@@ -6,6 +6,9 @@
     batch with another seed), and the start of Ray itself separately.
 (b) Scoring: seconds per 10,000 audited records for each score attack (R reference models, as many
     population records as audited ones, 20 classes), and for ``summarize`` on its scores.
+
+``--peer art``: instead, fedaudit's attacks beside IBM ART's black-box attack on the same target, split and known
+records (:mod:`fedaudit.bench.peer_art`).
 """
 
 from __future__ import annotations
@@ -103,8 +106,13 @@ def bench_scoring(n: int, repeats: int = 3) -> dict:
     return {"records": n, "reference_models": 4, "classes": 20, "attacks": out}
 
 
-def run(json_path: str | None = None, quick: bool = False) -> dict:
-    """Run both measurements, print a table, optionally write the figures as JSON; returns them."""
+def run(json_path: str | None = None, quick: bool = False, peer: str | None = None) -> dict:
+    """Run both measurements, print a table, optionally write the figures as JSON; returns them.
+    With ``peer`` ("art"): fedaudit's attacks beside that library's instead (:mod:`fedaudit.bench.peer_art`)."""
+    if peer is not None:
+        from fedaudit.bench import peer_art
+
+        return peer_art.run(json_path=json_path, quick=quick, peer=peer)
     w = workload(quick)
     training = bench_training(w)
     scoring = bench_scoring(w["score_records"])

@@ -185,21 +185,52 @@ def _digits(seed: int, image: bool = False) -> Dataset:
 
 @register_dataset("synthetic-purchase")
 def _synthetic_purchase(seed: int, records: int = 2000, features: int = 600, classes: int = 20,
-                        density: float = 0.3, flip: float = 0.3) -> Dataset:
+                        density: float = 0.3, flip: float = 0.3, subgroups: int = 1, zipf: float = 1.0,
+                        label_noise: float = 0.0) -> Dataset:
     """Binary purchase-like records modelled on Purchase100.
 
     ``classes`` binary centroids with P(1) = ``density``; each record is a random class's centroid
     with every bit flipped with probability ``flip``. Deterministic from ``seed``.
+
+    A long tail, for records of unequal difficulty (Feldman 2020's memorisation):
+
+    - ``subgroups`` > 1 splits every class into that many subgroups with Zipf-distributed sizes (subgroup
+      ``s`` = 1, 2, ... holds a share proportional to ``1 / s ** zipf``); each subgroup has its own prototype,
+      the class centroid with every bit drawn anew with probability 1/2, and a record is its subgroup's
+      prototype with ``flip`` noise. Records of rare subgroups look like few others, so a model can only
+      memorise them;
+    - ``label_noise``: that fraction of the records (exactly ``round(label_noise * records)``) get a label drawn
+      uniformly from the other classes.
+
+    With the defaults (``subgroups=1``, ``label_noise=0``) the records are those of earlier versions.
     """
     records = check_int("records", records, minimum=1)
     features = check_int("features", features, minimum=1)
     classes = check_int("classes", classes, minimum=1)
     density, flip = check_fraction("density", density), check_fraction("flip", flip)
+    subgroups = check_int("subgroups", subgroups, minimum=1)
+    if isinstance(zipf, bool) or not isinstance(zipf, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(zipf) or zipf < 0:
+        raise DataError(f"option 'zipf' must be a number >= 0 (the subgroup sizes' Zipf exponent); got {zipf!r}")
+    label_noise = check_fraction("label_noise", label_noise, upper_inclusive=False)
+    if label_noise > 0 and classes < 2:
+        raise DataError(f"option 'label_noise' needs at least 2 classes to flip labels between; got classes={classes}")
     rng = np.random.default_rng(seed)
     centroids = rng.random((classes, features)) < density
     y = rng.integers(0, classes, size=records)
     flips = rng.random((records, features)) < flip
-    return _make("synthetic-purchase", centroids[y] ^ flips, y, classes)
+    centres = centroids[y]
+    if subgroups > 1:
+        redraw = rng.random((classes, subgroups, features)) < 0.5
+        prototypes = np.where(redraw, rng.random((classes, subgroups, features)) < density, centroids[:, None, :])
+        share = 1.0 / np.arange(1, subgroups + 1, dtype=np.float64) ** float(zipf)
+        group = rng.choice(subgroups, size=records, p=share / share.sum())
+        centres = prototypes[y, group]
+    if label_noise > 0:
+        noisy = rng.choice(records, size=int(round(label_noise * records)), replace=False)
+        y = y.copy()
+        y[noisy] = (y[noisy] + rng.integers(1, classes, size=len(noisy))) % classes
+    return _make("synthetic-purchase", centres ^ flips, y, classes)
 
 
 @register_dataset("npz")

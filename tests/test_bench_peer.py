@@ -1,0 +1,62 @@
+"""`fedaudit bench attacks --peer art`: ART's black-box attack beside fedaudit's on the same records (small workload)."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from fedaudit.errors import ConfigError
+
+
+def test_missing_extra_is_one_line_naming_it(monkeypatch):
+    from fedaudit.bench import peer_art
+
+    monkeypatch.setitem(sys.modules, "art", None)      # import art fails as when it is not installed
+    with pytest.raises(ConfigError) as info:
+        peer_art.run(quick=True)
+    assert 'pip install "fedaudit[bench]"' in str(info.value) and "\n" not in str(info.value)
+
+
+def test_peer_only_for_the_attacks_bench(capsys):
+    from fedaudit.cli import main
+
+    assert main(["bench", "signals", "--peer", "art", "--quick"]) == 2
+    assert "--peer" in capsys.readouterr().err
+
+
+def test_art_on_a_model_that_learned_nothing_is_chance():
+    """ART fed predictions that carry no membership: its scores are out of sample, so AUC ~ 0.5."""
+    pytest.importorskip("art")
+    from fedaudit.bench.peer_art import art_scores, softmax
+    from fedaudit.metrics import auc
+
+    rng = np.random.default_rng(0)
+    n, c = 400, 5
+    probs = softmax(rng.normal(size=(2 * n, c)))
+    y = rng.integers(0, c, 2 * n)
+    member = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+    known = rng.permutation(2 * n)[:n]
+    held = np.setdiff1d(np.arange(2 * n), known)
+    s = art_scores("rf", c, (3,), probs[known], y[known], member[known], probs[held], y[held])
+    assert abs(auc(s[member[held]], s[~member[held]]) - 0.5) < 0.08
+
+
+def test_quick_peer_bench_side_by_side(tmp_path, capsys):
+    pytest.importorskip("art")
+    pytest.importorskip("keras")
+    from fedaudit.cli import main
+
+    out = tmp_path / "peer.json"
+    assert main(["bench", "attacks", "--peer", "art", "--quick", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    figures = json.loads(out.read_text())
+    names = set(figures["attacks"])
+    assert {"ART rf", "ART gb", "meminf whitebox (stacked)", "meminf whitebox (network only)", "loss threshold"} <= names
+    for name, a in figures["attacks"].items():
+        assert a["n_members"] == 100 and a["n_nonmembers"] == 100, name     # the held-out records, the same for all
+        assert 0 <= a["auc_ci"][0] <= a["auc"] <= a["auc_ci"][1] <= 1, name
+        assert name in printed
+    # the overfit quick target leaks: every attack that reads it does better than chance
+    assert figures["attacks"]["ART rf"]["auc"] > 0.6 and figures["attacks"]["meminf whitebox (stacked)"]["auc"] > 0.6
+    assert "not measurable" in printed           # 100 non-members cannot measure 1% FPR

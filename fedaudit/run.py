@@ -186,6 +186,19 @@ def _set_aside_damaged_rounds(run_dir: Path, scenario: Scenario) -> None:
             log.warning("%s: unreadable (%s); set aside as %s, round %d is audited again", path, exc, moved.name, r)
 
 
+def _complete_summary(run_dir: Path) -> None:
+    """summary.json's ``dp`` and ``privacy`` objects (accountant, canary and attack epsilon per threat model), with
+    or without a report."""
+    if not (run_dir / "summary.json").is_file():
+        return
+    from fedaudit.report.rundata import load_run
+    from fedaudit.report.run_report import ensure_dp, ensure_privacy
+
+    run = load_run(run_dir)
+    ensure_dp(run)
+    ensure_privacy(run)
+
+
 def _execute(prepared, run_dir: Path, *, progress: bool, report: bool, resumed: bool, start: int = 0,
              weights=None, state=None, hooks: dict | None = None, kill_auditor_after_round=None) -> None:
     """Run (or continue) the federation, record the outcome in status.json, aggregate and report."""
@@ -213,6 +226,7 @@ def _execute(prepared, run_dir: Path, *, progress: bool, report: bool, resumed: 
             from fedaudit.auditor import aggregate_run
 
             aggregate_run(run_dir)          # every round was done; only the aggregation was missing
+        _complete_summary(run_dir)
         if report:
             try:
                 from fedaudit.report import build_report

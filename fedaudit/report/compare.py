@@ -156,6 +156,20 @@ def _canary(run: RunData, tm: str | None) -> str:
     return text
 
 
+def _server_coverage(dp_runs: list) -> str:
+    """Whether the DP runs' guarantees cover the server, in words: central DP's noise comes after the server has
+    seen the updates (or, under secure aggregation, their sum); local DP's comes before anything leaves a client."""
+    central = [r for r in dp_runs if r.dp_mode != "local"]
+    if not central:
+        return " Local DP adds the noise on each client, so the guarantee covers the server too."
+    seen = "the sum of the updates" if all(r.aggregate_only for r in central) else \
+        "each update" if not any(r.aggregate_only for r in central) else "each update (or, under secure aggregation, their sum)"
+    text = f" Under central DP the server sees {seen} before noise is added, so the guarantee does not cover it."
+    if len(central) < len(dp_runs):
+        text += " Local DP adds the noise on each client, so its guarantee covers the server too."
+    return text
+
+
 def _link(run: RunData, out: Path, label: str) -> str:
     report = run.path / "report.html"
     if report.is_file():
@@ -185,7 +199,10 @@ def comparison_table(runs: list[RunData], labels: list[str], out: Path) -> str:
                 cells.append(f'<td rowspan="{n}">{_link(run, out, label)}</td>')
                 cells.append(f'<td rowspan="{n}" class="num">{pct(acc) if math.isfinite(acc) else "n/a"}</td>')
             summ = run.headline(tm)[0] if tm else None
-            cells.append(f"<td>{esc(THREAT_MODEL_TITLES.get(tm, tm)) if tm else '-'}</td>")
+            title = THREAT_MODEL_TITLES.get(tm, tm) if tm else "-"
+            if tm == "server" and run.aggregate_only:
+                title += " (sum of the updates only: secure aggregation)"
+            cells.append(f"<td>{esc(title)}</td>")
             if summ:
                 level = risk_level(summ)
                 cells += [f'<td class="num"><strong>{f3(summ.get("auc"))}</strong></td>',
@@ -286,8 +303,8 @@ def summary_paragraphs(runs: list[RunData], labels: list[str], diff: list[str]) 
         paras.append("Differential privacy (&epsilon; at &delta; = "
                      f"{esc(dp_runs[0][0].dp.get('delta'))}): " + "; ".join(bits) + ". The accountant's value is a "
                      "formal upper bound for anyone who sees the global models, such as a participant; the audit's "
-                     "values are what its attacks achieved (lower bounds, 95% confidence). The server sees each update "
-                     "before noise is added, so the guarantee does not cover it.")
+                     "values are what its attacks achieved (lower bounds, 95% confidence)."
+                     + _server_coverage([run for run, _ in dp_runs]))
         no_dp = [run for run in runs if run.dp_mode == "none"]
         for tm in ("server", "participant"):
             base = [num((r.headline(tm)[0] or {}).get("auc")) for r in no_dp]

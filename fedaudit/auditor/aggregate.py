@@ -466,5 +466,6 @@ def _write_files(run_dir, records, views, probs, risk, client_view, summary, tra
             existing = {}
     if "dp" in existing and "dp" in summary and summary["dp"].get("accountant_epsilon") is None:
         summary["dp"] = {**summary["dp"], **existing["dp"]}
+    existing.pop("privacy", None)   # derived from the headlines rewritten here: recomputed when the run ends
     merged = {**existing, **json_safe(summary)}
     atomic_write_text(path, json.dumps(merged, indent=2) + "\n")

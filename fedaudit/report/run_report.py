@@ -65,9 +65,12 @@ def ensure_dp(run: RunData, write: bool = True) -> dict | None:
 
 def ensure_privacy(run: RunData, write: bool = True) -> dict | None:
     """Fill summary.json's ``privacy`` object (see :mod:`fedaudit.privacy`): per threat model the accountant's,
-    the canaries' and the membership attacks' epsilon. Written into an existing summary.json only."""
+    the canaries' and the membership attacks' epsilon. Written into an existing summary.json only; kept when
+    summary.json already has it (a run writes it when it ends, the report reads it)."""
     if run.scenario is None:
         return None
+    if isinstance(run.summary.get("privacy"), dict):
+        return run.summary["privacy"]
     from fedaudit.privacy import run_privacy
 
     try:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fedaudit.auditor import audit_records
-from fedaudit.auditor.actor import split_jobs
+from fedaudit.auditor.executors import split_jobs
 from fedaudit.auditor.shard import Job, ShardPlan
 from fedaudit.auditor.state import round_path
 from fedaudit.bench.scale import exponent

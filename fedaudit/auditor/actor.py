@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fedaudit.auditor.executors import RayExecutor
 from fedaudit.auditor.records import AuditRecords, scenario_records
+from fedaudit.auditor.runtime import auditor_threads, configure_tensorflow, cpu_seconds, max_rss_mb
 from fedaudit.auditor.state import AUDIT_DIR, audited_rounds, locked, merge_round
 from fedaudit.errors import FedAuditError
 from fedaudit.rundir import atomic_write_text, read_jsonl, upsert_jsonl
@@ -32,114 +34,6 @@ log = logging.getLogger(__name__)
 
 def actor_name(run_dir: Path) -> str:
     return f"fedaudit-auditor-{Path(run_dir).name}"
-
-
-def configure_tensorflow(threads: int) -> None:
-    """GPU memory growth on (share the GPU with clients) and a bounded number of CPU threads."""
-    import tensorflow as tf
-
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except (RuntimeError, ValueError):
-            pass   # TensorFlow already initialised its devices in this process
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        pass
-
-
-def _cpu_seconds() -> float:
-    """CPU seconds (user + system, all threads) this process has used since it started."""
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def max_rss_mb() -> float:
-    """Peak resident memory of this process, in MB."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def auditor_threads() -> int:
-    """CPU threads of the auditor: a quarter of the machine (it shares the CPUs with the clients)."""
-    return max(1, (os.cpu_count() or 1) // 4)
-
-
-class RayExecutor:
-    """Runs a round's jobs (:mod:`fedaudit.auditor.shard`) as Ray tasks over the cluster.
-
-    ``tasks`` shards per round (0: one per alive node), each pinned (softly: another node takes it if that one
-    is gone) to a node, round-robin, so that a cluster with more nodes audits a round proportionally faster.
-    With one shard the jobs run in the auditor's own process: the same function, without a task. Each task
-    asks for ``cpus`` CPUs only when the cluster has that many free beside Flower's client pool (which holds
-    every CPU it can while the simulation runs), else for none (the OS then shares the CPUs with the clients),
-    and for ``gpus`` GPUs when the cluster has them.
-    """
-
-    def __init__(self, tasks: int = 0, cpus: float = 0.0, gpus: float = 0.0):
-        self.tasks, self.cpus, self.gpus = int(tasks), float(cpus), float(gpus)
-        self._refs: dict = {}
-
-    def nodes(self) -> list:
-        import ray
-
-        return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
-
-    def _put_once(self, key: str, value):
-        """One object-store copy of a value that does not change between rounds (the plan, the references)."""
-        import ray
-
-        held = self._refs.get(key)
-        if held is None or held[0] is not value:
-            held = (value, ray.put(value))
-            self._refs[key] = held
-        return held[1]
-
-    def __call__(self, spec, plan, data, previous, jobs, weights, references) -> list:
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        from fedaudit.auditor.core import InlineExecutor, materialize
-        from fedaudit.auditor.shard import shard_task
-
-        nodes = self.nodes()
-        shards = min(len(jobs), self.tasks or len(nodes) or 1)
-        if shards <= 1:
-            return InlineExecutor()(spec, plan, materialize(data), previous, jobs, weights, references)
-        cpus = self.cpus if self.cpus and ray.available_resources().get("CPU", 0.0) >= self.cpus * shards else 0.0
-        if self.cpus and not cpus:
-            log.info("audit tasks: fewer than %g free CPUs per task beside the client pool; sharing CPUs", self.cpus)
-        gpus = self.gpus if self.gpus and ray.available_resources().get("GPU", 0.0) >= self.gpus * shards else 0.0
-        task = ray.remote(shard_task)
-        plan_ref, refs_ref = self._put_once("plan", plan), self._put_once("references", references)
-        prev_ref = ray.put(previous)
-        pending = []
-        for i, group in enumerate(split_jobs(jobs, shards, plan)):
-            node = nodes[i % len(nodes)] if nodes else None
-            options = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 2}
-            if node is not None:
-                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
-            pending.append(task.options(**options).remote(spec, plan_ref, data, prev_ref, [jobs[j] for j in group],
-                                                          refs_ref, *[weights[j] for j in group]))
-        return ray.get(pending)
-
-
-def split_jobs(jobs: list, shards: int, plan) -> list[list[int]]:
-    """Job indices in ``shards`` groups of about equal work (rows plus the samples every job scores)."""
-    cost = [j.rows.size + plan.population_sample.size + (plan.source_sample.size // 4 if j.source else 0)
-            + (j.null_rows.size // 4 if getattr(j, "null_rows", None) is not None else 0)   # forward passes only
-            for j in jobs]
-    groups, load = [[] for _ in range(shards)], np.zeros(shards)
-    for j in sorted(range(len(jobs)), key=lambda j: (-cost[j], j)):
-        g = int(np.argmin(load))
-        groups[g].append(j)
-        load[g] += cost[j]
-    return [sorted(g) for g in groups if g]
 
 
 class Auditor:
@@ -176,7 +70,7 @@ class Auditor:
             start = len(read_jsonl(path)) + 1
             upsert_jsonl(path, {"start": start, "pid": os.getpid(), "time": time.time(), "rounds_done": done,
                                 "init_seconds": round(time.perf_counter() - started, 3),
-                                "init_cpu_seconds": round(_cpu_seconds(), 3)}, key="start")
+                                "init_cpu_seconds": round(cpu_seconds(), 3)}, key="start")
         if start > 1:
             log.warning("auditor restarted (start %d); rounds already audited: %s", start, done)
 
@@ -217,7 +111,7 @@ class Auditor:
             summary = aggregate_run(self.run_dir)
         atomic_write_text(self.run_dir / AUDIT_DIR / "aggregate_timing.json",
                           json.dumps({"aggregate_seconds": round(time.perf_counter() - started, 4),
-                                      "process_cpu_seconds": round(_cpu_seconds(), 3),
+                                      "process_cpu_seconds": round(cpu_seconds(), 3),
                                       "max_rss_mb": round(max_rss_mb(), 1)}) + "\n")
         return summary
 

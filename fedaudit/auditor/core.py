@@ -47,7 +47,9 @@ import numpy as np
 from fedaudit.auditor.attack import (
     audit_attacks, fit_folds, headline, job_attacks, null_attacks, spec, trained_attacks, view_attacks,
 )
+from fedaudit.auditor.executors import InlineExecutor
 from fedaudit.auditor.records import AuditRecords, scenario_records
+from fedaudit.auditor.runtime import materialize
 from fedaudit.auditor.results import AGGREGATE_ONLY, headline_fields, light_metrics, summary_or_none
 from fedaudit.auditor.sources import attribute_sources, calibrated_source_scores, source_inference
 from fedaudit.auditor.state import SEP, AUDIT_DIR, audited_rounds, merge_round, save_round, stack_rounds
@@ -83,24 +85,6 @@ def describe_scenario_model(scenario: Scenario, input_shape, num_classes: int):
     model = build_model(scenario.model.name, tuple(input_shape), int(num_classes), seed=scenario.federation.seed,
                         **dict(scenario.model.options))
     return describe_dense(model, scenario.audit.gradients, scenario.audit.layers)
-
-
-class InlineExecutor:
-    """Runs a round's jobs as one shard in this process (tests, and the auditor on a one-node Ray)."""
-
-    def __call__(self, spec, plan, data, previous, jobs, weights, references) -> list:
-        from fedaudit.auditor.shard import run_shard
-
-        return [run_shard(spec, plan, data, previous, jobs, [materialize(w) for w in weights], references)]
-
-
-def materialize(value):
-    """A value, or the value behind a Ray ObjectRef."""
-    if value is not None and type(value).__name__ == "ObjectRef":
-        import ray
-
-        return ray.get(value)
-    return value
 
 
 class AuditCore:

@@ -102,7 +102,7 @@ def probe_for(spec: ProbeSpec):
         _limit_blas(spec.threads)
         probe = DenseProbe(spec.dense)
     elif probe is None:
-        from fedaudit.auditor.actor import configure_tensorflow
+        from fedaudit.auditor.runtime import configure_tensorflow
         from fedaudit.auditor.features import ModelProbe
 
         configure_tensorflow(spec.threads)
@@ -146,7 +146,7 @@ def run_shard(spec: ProbeSpec, plan: ShardPlan, data, previous, jobs: list, weig
 
     ``previous``: theta_prev, or None when it is not finite (the update features are then NaN).
     """
-    from fedaudit.auditor.actor import max_rss_mb
+    from fedaudit.auditor.runtime import max_rss_mb
     from fedaudit.auditor.features import all_finite
 
     started, cpu = time.perf_counter(), time.process_time()

@@ -1,0 +1,362 @@
+"""The run directory's files, typed: one round's line of ``rounds.jsonl``, a threat model's result in it, the run's
+``summary.json`` and ``status.json``, and the keys of the per-round arrays under ``audit/``.
+
+Every writer and reader of these files goes through this module: the auditor and the driver build a
+:class:`RoundLine` and merge it into ``rounds.jsonl``, the aggregation writes a :class:`RunSummary`, the run's
+state is a :class:`RunStatus`, and the report, the comparison and the suites read the same classes. The readers
+accept the files of earlier versions (``schema_version`` absent: version 1) and keep keys they do not know in
+``extra``, so that nothing a newer writer added is lost when an older reader rewrites a file.
+
+Names that meant two things in version 1 are split: a round line's ``accuracy`` (the global model's accuracy on
+the held-out test split) is ``model_accuracy``, and a threat model's ``accuracy`` (the attack's balanced
+accuracy) is ``attack_accuracy``. Both old names are read.
+
+NumPy-free and TensorFlow-free: plain dataclasses and JSON types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+#: the version this module writes; readers accept every version up to it
+SCHEMA_VERSION = 2
+
+#: the four headline numbers of a threat model's result (a round's, a client's, or the run's)
+HEADLINE_KEYS = ("auc", "tpr_at_1pct", "tpr_at_0_1pct", "attack_accuracy")
+
+#: key separator inside the per-round ``audit/round_NNNN.npz`` files ("server__score__loss")
+SEP = "__"
+
+
+# ---- small helpers ----------------------------------------------------------------------------------------
+
+def _fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _num(value) -> float | None:
+    """A JSON number as float (None, NaN, bool or anything else: None)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _split(cls, data: dict, renames: dict | None = None) -> tuple[dict, dict]:
+    """(known fields, extra) of a JSON object for dataclass ``cls``, with old names renamed."""
+    data = dict(data or {})
+    for old, new in (renames or {}).items():
+        if old in data and new not in data:
+            data[new] = data.pop(old)
+        elif old in data:
+            data.pop(old)
+    known = _fields(cls) - {"extra"}
+    return {k: v for k, v in data.items() if k in known}, {k: v for k, v in data.items() if k not in known}
+
+
+def _out(obj, drop_none: tuple = ()) -> dict:
+    """A dataclass as a JSON object: its fields (``extra`` spread in first, so that fields win)."""
+    out = dict(getattr(obj, "extra", {}) or {})
+    for f in dataclasses.fields(obj):
+        if f.name == "extra":
+            continue
+        value = getattr(obj, f.name)
+        if value is None and f.name in drop_none:
+            continue
+        if f.name == "schema_version":
+            value = SCHEMA_VERSION         # what is written is in this version's form
+        if dataclasses.is_dataclass(value):
+            value = value.to_dict()
+        elif isinstance(value, list):
+            value = [v.to_dict() if dataclasses.is_dataclass(v) else v for v in value]
+        elif isinstance(value, dict):
+            value = {k: (v.to_dict() if dataclasses.is_dataclass(v) else v) for k, v in value.items()}
+        out[f.name] = value
+    return out
+
+
+def headline_of(obj: dict | None) -> dict:
+    """The four headline numbers of a result or a metrics summary (old ``accuracy`` read as ``attack_accuracy``)."""
+    obj = obj or {}
+    out = {k: _num(obj.get(k)) for k in HEADLINE_KEYS}
+    if out["attack_accuracy"] is None:
+        out["attack_accuracy"] = _num(obj.get("accuracy"))
+    return out
+
+
+def metrics_summary(obj) -> dict | None:
+    """A metrics summary (:meth:`fedaudit.metrics.Summary.to_dict`) with the attack's accuracy under its own name
+    (``attack_accuracy``; the old ``accuracy`` is read too), or None."""
+    if not isinstance(obj, dict):
+        return None
+    out = dict(obj)
+    if "attack_accuracy" not in out and "accuracy" in out:
+        out["attack_accuracy"] = out.pop("accuracy")
+        if "accuracy_ci" in out:
+            out["attack_accuracy_ci"] = out.pop("accuracy_ci")
+    return out
+
+
+# ---- rounds.jsonl ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ClientResult:
+    """One client's headline numbers in one round (or across rounds) of a threat model."""
+
+    client: int
+    records: int | None = None
+    auc: float | None = None
+    tpr_at_1pct: float | None = None
+    tpr_at_0_1pct: float | None = None
+    attack_accuracy: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ClientResult":
+        known, extra = _split(cls, data, {"accuracy": "attack_accuracy"})
+        known["client"] = int(known.get("client", -1))
+        for k in HEADLINE_KEYS:
+            known[k] = _num(known.get(k))
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict:
+        return _out(self)
+
+
+@dataclass
+class ViewResult:
+    """A threat model's result in one round (``rounds.jsonl``: the line's entry under the threat model's name)."""
+
+    attack: str | None = None                 # the headline attack
+    auc: float | None = None
+    tpr_at_1pct: float | None = None
+    tpr_at_0_1pct: float | None = None
+    attack_accuracy: float | None = None      # the attack's balanced accuracy
+    summary: dict | None = None               # the headline attack's metrics with intervals
+    attacks: dict = field(default_factory=dict)   # {attack: metrics summary or None}
+    records: dict = field(default_factory=dict)   # members, nonmembers, population_sample
+    clients: list = field(default_factory=list)   # [ClientResult]
+    skipped: str | None = None                # why the view has no result this round
+    view: str | None = None                   # "aggregate-only" for the server under secure aggregation
+    clients_audited: list | None = None       # the clients whose own model was attacked
+    source_inference: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ViewResult":
+        known, extra = _split(cls, data, {"accuracy": "attack_accuracy"})
+        for k in HEADLINE_KEYS:
+            known[k] = _num(known.get(k))
+        known["summary"] = metrics_summary(known.get("summary"))
+        known["attacks"] = {a: metrics_summary(s) for a, s in (known.get("attacks") or {}).items()}
+        known["clients"] = [ClientResult.from_dict(c) for c in known.get("clients") or [] if isinstance(c, dict)]
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict:
+        return _out(self, drop_none=("skipped", "view", "clients_audited", "source_inference"))
+
+    def headline_numbers(self) -> dict:
+        """The four headline numbers (from the summary when the line has only that)."""
+        out = {k: getattr(self, k) for k in HEADLINE_KEYS}
+        if all(v is None for v in out.values()) and self.summary:
+            out = headline_of(self.summary)
+        return out
+
+    def value(self, key: str) -> float | None:
+        """A headline number, or any number of the summary (``auc_ci`` is a list: use :meth:`interval`)."""
+        if key in HEADLINE_KEYS and getattr(self, key) is not None:
+            return getattr(self, key)
+        return _num((self.summary or {}).get(key))
+
+    def interval(self, key: str) -> tuple[float | None, float | None]:
+        ci = (self.summary or {}).get(key + "_ci") or [None, None]
+        return (_num(ci[0]), _num(ci[1])) if len(ci) == 2 else (None, None)
+
+
+@dataclass
+class RoundLine:
+    """One line of ``rounds.jsonl``: the round's utility (written by the driver as soon as the round is aggregated)
+    and each audited threat model's result (merged in by the auditor)."""
+
+    round: int
+    model_accuracy: float | None = None      # the global model on the held-out test split
+    loss: float | None = None                # the global model's loss on it
+    train_loss: float | None = None          # the clients' mean training loss
+    clients: list | None = None              # the clients that replied (or took part, under secure aggregation)
+    failed: list = field(default_factory=list)
+    non_finite_clients: list = field(default_factory=list)
+    wall_seconds: float | None = None
+    audit_seconds: float | None = None
+    views: dict = field(default_factory=dict)  # {threat model: ViewResult}
+    schema_version: int = SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict, view_names=None) -> "RoundLine":
+        """A line as read; every key whose value is an object with a threat model's fields (``attack``, ``auc`` or
+        ``skipped``) is a view, and so is every name in ``view_names``."""
+        data = dict(data)
+        views = {}
+        for key in list(data):
+            value = data[key]
+            if isinstance(value, dict) and (key in (view_names or ()) or
+                                            {"attack", "auc", "skipped"} & set(value)):
+                views[key] = ViewResult.from_dict(data.pop(key))
+        known, extra = _split(cls, data, {"accuracy": "model_accuracy"})
+        known.pop("views", None)
+        known["round"] = int(known.get("round", 0))
+        known.setdefault("schema_version", 1)
+        for k in ("model_accuracy", "loss", "train_loss"):
+            known[k] = _num(known.get(k))
+        return cls(**known, views=views, extra=extra)
+
+    def to_dict(self) -> dict:
+        out = _out(self)
+        views = out.pop("views")
+        out.update(views)
+        return out
+
+    def view(self, name: str) -> ViewResult | None:
+        return self.views.get(name)
+
+
+# ---- summary.json ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ViewSummary:
+    """A threat model's result across rounds (``summary.json``'s ``threat_models.<name>``): the metrics of the
+    stacked attack with intervals, flat, beside how it was aggregated."""
+
+    metrics: dict = field(default_factory=dict)   # auc, auc_ci, tpr_at_1pct, ..., attack_accuracy
+    attack: str | None = None
+    headline: str | None = None                   # the per-round headline attack the stack is built on
+    rounds: list = field(default_factory=list)
+    aggregations: dict = field(default_factory=dict)     # {stacked|max|mean|last: metrics or None}
+    attacks_across_rounds: dict = field(default_factory=dict)
+    stacked_rounds: list = field(default_factory=list)
+    view: str | None = None                       # "aggregate-only" under secure aggregation
+    extra: dict = field(default_factory=dict)
+
+    _OWN = ("attack", "headline", "rounds", "aggregations", "attacks_across_rounds", "stacked_rounds", "view")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ViewSummary":
+        data = dict(data or {})
+        own = {k: data.pop(k) for k in cls._OWN if k in data}
+        metrics = metrics_summary(data) or {}
+        # numbers and their intervals are metrics; anything else unknown stays as it was
+        extra = {k: metrics.pop(k) for k in list(metrics)
+                 if not (k.endswith("_ci") or isinstance(metrics[k], (int, float)) or metrics[k] is None)}
+        own["aggregations"] = {k: metrics_summary(v) for k, v in (own.get("aggregations") or {}).items()}
+        own["attacks_across_rounds"] = {k: metrics_summary(v) for k, v in (own.get("attacks_across_rounds") or {}).items()}
+        return cls(metrics=metrics, **own, extra=extra)
+
+    def to_dict(self) -> dict:
+        out = {**self.extra, **self.metrics}
+        for k in self._OWN:
+            v = getattr(self, k)
+            if v is not None or k != "view":
+                out[k] = v
+        return out
+
+    def headline_numbers(self) -> dict:
+        return headline_of(self.metrics)
+
+    def value(self, key: str) -> float | None:
+        return _num(self.metrics.get(key))
+
+    def interval(self, key: str) -> tuple[float | None, float | None]:
+        ci = self.metrics.get(key + "_ci") or [None, None]
+        return (_num(ci[0]), _num(ci[1])) if len(ci) == 2 else (None, None)
+
+
+@dataclass
+class RunSummary:
+    """``summary.json`` of a federated run."""
+
+    threat_models: dict = field(default_factory=dict)   # {name: ViewSummary}
+    rounds: list = field(default_factory=list)
+    attack: str | None = None
+    records: dict = field(default_factory=dict)
+    risk: dict = field(default_factory=dict)            # metrics of the record-level risk, and its threat_model
+    source_inference: dict | None = None
+    secure_aggregation: dict | None = None
+    slices: dict = field(default_factory=dict)
+    classes: Any = None
+    dp: dict | None = None
+    privacy: dict | None = None
+    schema_version: int = SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunSummary":
+        known, extra = _split(cls, data)
+        known["threat_models"] = {k: ViewSummary.from_dict(v) for k, v in (known.get("threat_models") or {}).items()
+                                  if isinstance(v, dict)}
+        known["risk"] = metrics_summary(known.get("risk")) or {}
+        known.setdefault("schema_version", 1)
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict:
+        return _out(self, drop_none=("secure_aggregation", "dp", "privacy"))
+
+    def view(self, name: str) -> ViewSummary | None:
+        return self.threat_models.get(name)
+
+
+# ---- status.json ----------------------------------------------------------------------------------------------
+
+RUN_STATES = ("running", "finished", "failed", "interrupted")
+
+
+@dataclass
+class RunStatus:
+    """``status.json``: where the run stands, and each attempt (the first run and every resume)."""
+
+    state: str | None = None               # one of RUN_STATES (None: no status written)
+    rounds: int | None = None              # the configured number of rounds
+    rounds_complete: int | None = None
+    resume_after_round: int | None = None
+    signal: str | None = None              # the signal that interrupted the run
+    interrupted_in_round: int | None = None
+    error: str | None = None
+    attempts: list = field(default_factory=list)
+    updated: float | None = None
+    schema_version: int = SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunStatus":
+        known, extra = _split(cls, data)
+        known.setdefault("schema_version", 1)
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict:
+        return _out(self)
+
+    @property
+    def finished(self) -> bool:
+        return self.state == "finished"
+
+
+# ---- audit/round_NNNN.npz -------------------------------------------------------------------------------------
+
+def round_key(view: str, *parts: str) -> str:
+    """The key of a threat model's array in a round's npz: ``round_key("server", "score", "loss")`` is
+    ``"server__score__loss"``."""
+    for p in (view, *parts):
+        if not p or SEP in p:
+            raise ValueError(f"round array key part {p!r}: must be non-empty and without {SEP!r}")
+    return SEP.join((view, *parts))
+
+
+def parse_round_key(key: str) -> tuple[str, ...]:
+    """The parts of a round array's key (``"server__score__loss"`` -> ``("server", "score", "loss")``)."""
+    return tuple(key.split(SEP))
+
+
+__all__ = ["ClientResult", "HEADLINE_KEYS", "RUN_STATES", "RoundLine", "RunStatus", "RunSummary", "SCHEMA_VERSION",
+           "SEP", "ViewResult", "ViewSummary", "headline_of", "metrics_summary", "parse_round_key", "round_key"]

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from fedaudit.errors import ConfigError
+from fedaudit.threat_model import threat_model_names
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedavgm")
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
-THREAT_MODELS = ("server", "participant")
 # ATTACKS (module attribute, computed on first use): every attack name the registry of fedaudit.attacks knows
 # (trained and score attacks and aliases, by headline rank); its metadata imports no TensorFlow.
 DP_MODES = ("none", "server", "client", "local")
@@ -261,8 +261,9 @@ def validate(s: Scenario) -> Scenario:
     _check(dp.mode != "local" or dp.noise_multiplier > 0, "dp.noise_multiplier",
            f"local DP (dp.mode = \"local\") needs a positive noise multiplier, got {dp.noise_multiplier}")
     a = s.audit
+    registered = threat_model_names()
     for tm in a.threat_models:
-        _check(tm in THREAT_MODELS, "audit.threat_models", f"unknown threat model {tm!r}; allowed: {', '.join(THREAT_MODELS)}")
+        _check(tm in registered, "audit.threat_models", f"unknown threat model {tm!r}; allowed: {', '.join(registered)}")
     _check(len(a.threat_models) > 0 or not a.enabled, "audit.threat_models", "must name at least one threat model")
     allowed = attack_names()
     for at in a.attacks:

@@ -196,14 +196,20 @@ class RoundLine:
 
     @classmethod
     def from_dict(cls, data: dict, view_names=None) -> "RoundLine":
-        """A line as read; every key whose value is an object with a threat model's fields (``attack``, ``auc`` or
-        ``skipped``) is a view, and so is every name in ``view_names``."""
+        """A line as read. The entries of the threat models named in ``view_names`` (default: the registered ones,
+        :mod:`fedaudit.threat_model`) are views, and so is any other object with a headline ``attack`` and its
+        ``auc`` or the reason it was ``skipped``."""
         data = dict(data)
+        if view_names is None:
+            from fedaudit.threat_model import threat_model_names
+
+            view_names = threat_model_names()
         views = {}
         for key in list(data):
             value = data[key]
-            if isinstance(value, dict) and (key in (view_names or ()) or
-                                            {"attack", "auc", "skipped"} & set(value)):
+            # a registered threat model's entry, or (a threat model not registered in this process) an object
+            # with a headline attack and its numbers or the reason it was skipped
+            if isinstance(value, dict) and (key in view_names or ("attack" in value and {"auc", "skipped"} & set(value))):
                 views[key] = ViewResult.from_dict(data.pop(key))
         known, extra = _split(cls, data, {"accuracy": "model_accuracy"})
         known.pop("views", None)
@@ -221,6 +227,19 @@ class RoundLine:
 
     def view(self, name: str) -> ViewResult | None:
         return self.views.get(name)
+
+
+def normalise_line(data: dict, view_names=None) -> dict:
+    """A rounds.jsonl line (or part of one) in this version's names, with no field added that it did not have:
+    ``accuracy`` read as ``model_accuracy``, each threat model's entry through :class:`ViewResult`. Writers that
+    merge parts of a line (the driver's utility, the auditor's results) merge normalised parts."""
+    line = RoundLine.from_dict({"round": 0, **data}, view_names)
+    out = {k: v for k, v in data.items() if k not in line.views and k != "accuracy"}
+    if "accuracy" in data:
+        out["model_accuracy"] = line.model_accuracy
+    out.update({k: v.to_dict() for k, v in line.views.items()})
+    out["schema_version"] = SCHEMA_VERSION
+    return out
 
 
 # ---- summary.json ---------------------------------------------------------------------------------------------
@@ -359,4 +378,5 @@ def parse_round_key(key: str) -> tuple[str, ...]:
 
 
 __all__ = ["ClientResult", "HEADLINE_KEYS", "RUN_STATES", "RoundLine", "RunStatus", "RunSummary", "SCHEMA_VERSION",
-           "SEP", "ViewResult", "ViewSummary", "headline_of", "metrics_summary", "parse_round_key", "round_key"]
+           "SEP", "ViewResult", "ViewSummary", "headline_of", "metrics_summary", "normalise_line", "parse_round_key",
+           "round_key"]

@@ -58,8 +58,9 @@ class ThreatModel:
     #: whether the DP guarantee of the scenario's mode covers this adversary ({dp mode: True/False})
     dp_covers: ClassVar[dict] = {}
 
-    @property
-    def attacks_view(self) -> str:
+    def attack_view_for(self, secure_aggregation: bool = False) -> str:
+        """The attack registry's view whose attacks this threat model runs (in a run with or without secure
+        aggregation)."""
         return self.attack_view or self.name
 
     def describe(self, secure_aggregation: bool = False) -> str:

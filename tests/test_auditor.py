@@ -16,7 +16,8 @@ import pytest
 
 from fedaudit.auditor import AuditCore, aggregate_run, audit_records
 from fedaudit.auditor.attack import Logistic, cross_fit, sigmoid
-from fedaudit.auditor.core import light_metrics, source_inference, threshold_scores
+from fedaudit.auditor.core import light_metrics, threshold_scores
+from fedaudit.auditor.sources import source_inference
 from fedaudit.auditor.state import merge_round, round_path
 from fedaudit.config import load_scenario, scenario_from_dict
 from fedaudit.errors import FedAuditError
@@ -27,7 +28,7 @@ from conftest import SCENARIOS
 
 RECORDS_HEADER = ["record", "client", "member", "label", "server", "participant", "risk", "rounds_trained"]
 CLIENTS_HEADER = ["client", "records", "auc", "tpr_at_0_1pct", "mean_risk", "max_risk", "peak_round", "rounds"]
-METRIC_KEYS = {"auc", "tpr_at_1pct", "tpr_at_0_1pct", "accuracy"}
+METRIC_KEYS = {"auc", "tpr_at_1pct", "tpr_at_0_1pct", "attack_accuracy"}
 
 
 def tiny_scenario(hidden=(32,), **federation):
@@ -159,7 +160,7 @@ def test_light_metrics_agree_with_summarize():
     m, n = rng.normal(0.5, 1, 300), rng.normal(0, 1, 2000)
     full, light = summarize(m, n), light_metrics(m, n)
     for key in METRIC_KEYS:
-        assert light[key] == pytest.approx(getattr(full, key))
+        assert light[key] == pytest.approx(getattr(full, {"attack_accuracy": "accuracy"}.get(key, key)))
     assert math.isnan(light_metrics(m, n[:50])["tpr_at_1pct"])     # below 1/50: not measurable, as summarize
 
 
@@ -225,7 +226,7 @@ def test_observe_writes_both_threat_models_and_is_idempotent(federation, tmp_pat
             assert 0 <= out[tm]["auc"] <= 1
         si = out["server"]["source_inference"]
         assert si["chance"] == 0.25 and si["accuracy"] > 0.25      # clients' models fit their own records
-        assert out["accuracy"] == 0.5                               # the utility fields are kept
+        assert out["model_accuracy"] == 0.5                         # the utility fields are kept (old name read)
     lines = read_jsonl(tmp_path / "rounds.jsonl")
     assert [row["round"] for row in lines] == [1, 2]
     before = (tmp_path / "rounds.jsonl").read_bytes(), round_path(tmp_path, 2).read_bytes()
@@ -276,7 +277,7 @@ def test_rounds_may_arrive_out_of_order_and_merge_with_utility_lines(federation,
     core.observe(*rounds[0], record={"round": 1, "accuracy": 0.8})
     lines = read_jsonl(tmp_path / "rounds.jsonl")
     assert [row["round"] for row in lines] == [1, 2]
-    assert lines[1]["accuracy"] == 0.9 and lines[1]["clients"] == [0, 1, 2, 3] and "server" in lines[1]
+    assert lines[1]["model_accuracy"] == 0.9 and lines[1]["clients"] == [0, 1, 2, 3] and "server" in lines[1]
 
 
 # --- across rounds ---------------------------------------------------------------------------

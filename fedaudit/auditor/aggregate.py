@@ -7,17 +7,17 @@ NumPy and scikit-learn only. For each threat model, from the per-round arrays th
   2019 observed the federation at several epochs the same way), cross-fitted like the per-round attacks.
   The stacked score is the threat model's aggregated score; ``sigmoid`` of its log-odds is the record's
   membership probability under a 50% prior;
-- ``risk``: the probability under the strongest adversary audited: the server when audited (it sees every
-  global model a participant sees, and every client's model besides), else the participant. (The largest
-  of the two probabilities would add the weaker view's noise to every record);
-- per client (server view when audited): client k's members against every population record under k's
-  models, with the round at which k's per-round AUC peaked;
+- ``risk``: the probability under the strongest adversary audited (:func:`fedaudit.threat_model.strongest`: the
+  server when audited, since it sees every global model a participant sees and every client's model besides,
+  else the participant). (The largest of the probabilities would add the weaker view's noise to every record);
+- per client (the strongest view with per-client models when audited): client k's members against every
+  population record under k's models, with the round at which k's per-round AUC peaked;
 - per class and per slice (:mod:`fedaudit.slices`);
 - source inference: each sampled member attributed to the client whose models' calibrated source scores
   (averaged over rounds) point to it most, with the naive lowest-loss attribution beside it.
 
 Files: ``records.csv``, ``clients.csv``, ``member_probs.npy``, ``nonmember_probs.npy``, ``summary.json``
-(see ``notes/RUNDIR.md``), and under ``audit/``: ``source_inference.csv`` (record, client, attributed, correct,
+(:class:`fedaudit.schema.RunSummary`), and under ``audit/``: ``source_inference.csv`` (record, client, attributed, correct,
 lowest_loss, lowest_loss_correct)
 and ``aggregated.npz`` (per record, sorted by record: ``<tm>__per_round`` headline scores (records x rounds,
 log-odds or the attack's score), ``<tm>__max``, ``<tm>__mean``, ``<tm>__stacked`` and ``risk``).
@@ -38,15 +38,16 @@ from fedaudit.auditor.attack import audit_attacks, fit_folds, headline, sigmoid,
 from fedaudit.auditor.records import AuditRecords
 from fedaudit.auditor.results import AGGREGATE_ONLY, light_metrics, summary_or_none
 from fedaudit.auditor.sources import CALIBRATED, LOWEST_LOSS, attribute_sources, attribution_accuracy
-from fedaudit.auditor.state import AUDIT_DIR, SEP, load_round, round_path, saved_rounds, stack_rounds
+from fedaudit.auditor.state import AUDIT_DIR, load_round, round_path, saved_rounds, stack_rounds
 from fedaudit.config import load_scenario
 from fedaudit.metrics import auc as auc_of
 from fedaudit.rundir import atomic_save_npy, atomic_save_npz, atomic_write_text, json_safe
+from fedaudit.schema import RunSummary, round_key
+from fedaudit.threat_model import get_threat_model, ordered, strongest, threat_model_names
 
 log = logging.getLogger(__name__)
 
 STACK_C = 0.3         # stronger regularisation than per round: more features, same known records
-THREAT_MODELS = ("server", "participant")
 
 
 class _View:
@@ -54,33 +55,35 @@ class _View:
 
     Every array is record-level: record i under the model that scored it that round (server: its owner's,
     or for a population record its pseudo-owner's; participant: the global model), NaN where none did. The
-    server view also holds the population sample under every audited client model (``pop_*``)."""
+    view of a threat model with per-client models also holds the population sample under every audited client
+    model (``pop_*``)."""
 
     def __init__(self, tm: str, data: dict, records: AuditRecords, head: str):
         self.tm = tm
-        self.rounds = sorted(r for r, d in data.items() if f"{tm}{SEP}loss" in d)
+        self.rounds = sorted(r for r, d in data.items() if round_key(tm, "loss") in d)
         self.data = {r: data[r] for r in self.rounds}
-        self.feature_rounds = [r for r in self.rounds if f"{tm}{SEP}features" in self.data[r]]
+        self.feature_rounds = [r for r in self.rounds if round_key(tm, "features") in self.data[r]]
         self.records = records
         self.head = head
-        # the server's per-client view (each client's model); under secure aggregation the server's view is the
-        # aggregate-only attack, saved like the participant's
-        self.server = tm == "server" and any(f"server{SEP}clients" in d for d in self.data.values())
+        # a per-client view (each client's model); under secure aggregation the server's view is the
+        # aggregate-only attack, saved like the participant's, without per-client models
+        self.server = get_threat_model(tm).per_client_models and \
+            any(round_key(tm, "clients") in d for d in self.data.values())
         # which audited clients' models each round holds, in the order of its pop_* arrays
-        self.clients = {r: ([int(k) for k in self.data[r][f"server{SEP}clients"]] if self.server else [])
+        self.clients = {r: ([int(k) for k in self.data[r][round_key(tm, "clients")]] if self.server else [])
                         for r in self.rounds}
         last = self.data[self.rounds[-1]] if self.rounds else {}
-        key = f"{tm}{SEP}eligible"
+        key = round_key(tm, "eligible")
         # participant: a member counts once its owner has trained (by the last round); server: NaN scores
         # already leave out members whose owner never replied
         self.eligible = last[key].astype(bool) if (not self.server and key in last) else \
             np.ones(len(records), dtype=bool)
 
     def a(self, r: int, name: str) -> np.ndarray:
-        return self.data[r][f"{self.tm}{SEP}{name}"]
+        return self.data[r][round_key(self.tm, *name.split("/"))]
 
     def scores(self, r: int, name: str) -> np.ndarray:
-        return self.a(r, f"score{SEP}{name}").astype(np.float64)
+        return self.a(r, f"score/{name}").astype(np.float64)
 
     def per_round_scores(self) -> np.ndarray:
         """(n, R) headline scores per round (NaN where no model of the round scored the record)."""
@@ -140,7 +143,7 @@ class _Stacked:
         j = v.clients[t].index(k)
         if self.fitted:
             return v.a(t, "pop_features")[j].astype(np.float64)[:, self.cols]
-        return np.stack([v.a(t, f"pop_score{SEP}{a}")[j].astype(np.float64) for a in self.attacks], axis=-1)
+        return np.stack([v.a(t, f"pop_score/{a}")[j].astype(np.float64) for a in self.attacks], axis=-1)
 
     def population_under(self, k: int) -> np.ndarray:
         """Stacked scores of the population sample under client k's models (server)."""
@@ -162,7 +165,7 @@ def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: di
     # every attack across rounds: the mean of its per-round scores (for FedMIA's z, Stouffer's combination)
     across = {}
     for a in attacks:
-        if all(f"{view.tm}{SEP}score{SEP}{a}" in view.data[t] for t in view.rounds) and view.rounds:
+        if all(round_key(view.tm, "score", a) in view.data[t] for t in view.rounds) and view.rounds:
             mean = _nan_reduce(np.nanmean, np.stack([view.scores(t, a) for t in view.rounds], axis=1))
             across[a] = summary_or_none(mean[m], mean[n])
     # per client: client k's members against the population sample, under k's models (server) or the
@@ -183,7 +186,7 @@ def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: di
             if view.server:
                 if k not in view.clients[t]:
                     continue
-                hn = view.a(t, f"pop_score{SEP}{view.head}")[view.clients[t].index(k)].astype(np.float64)
+                hn = view.a(t, f"pop_score/{view.head}")[view.clients[t].index(k)].astype(np.float64)
             else:
                 hn = view.scores(t, view.head)[P]
             hm, hn = hm[~np.isnan(hm)], hn[~np.isnan(hn)]
@@ -196,7 +199,7 @@ def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: di
     return {"score": stacked, "per_round": per_round, "aggregations": summaries, "clients": clients,
             "across_rounds": across, "head": view.head,
             "last_loss": view.latest("loss"), "last_correct": view.latest("correct").astype(bool) if view.rounds
-            else np.zeros(len(r), dtype=bool), "rounds": view.rounds, "eligible": eligible,
+            else np.zeros(len(r), dtype=bool), "rounds": view.rounds, "eligible": eligible, "per_client": view.server,
             "stacked_rounds": stacker.rounds}
 
 
@@ -235,10 +238,11 @@ class _AcrossRounds:
         return attributed, scored
 
 
-def _source_inference(data: dict, records: AuditRecords, run_dir: Path, write: bool) -> dict | None:
-    """Source inference across rounds: the calibrated attribution (see :func:`calibrated_source_scores`) and the
-    naive lowest-loss one beside it, each per round and with the rounds combined."""
-    rounds = sorted(r for r, d in data.items() if f"server{SEP}source_loss" in d)
+def _source_inference(tm: str, data: dict, records: AuditRecords, run_dir: Path, write: bool) -> dict | None:
+    """Source inference across rounds by threat model ``tm`` (one with per-client models): the calibrated
+    attribution (see :func:`calibrated_source_scores`) and the naive lowest-loss one beside it, each per round and
+    with the rounds combined."""
+    rounds = sorted(r for r, d in data.items() if round_key(tm, "source_loss") in d)
     if not rounds:
         return None
     S = records.source_sample
@@ -247,10 +251,10 @@ def _source_inference(data: dict, records: AuditRecords, run_dir: Path, write: b
     naive, calibrated = _AcrossRounds(S.size, K), _AcrossRounds(S.size, K)
     per_round, seen, with_scores = [], set(), 0
     for t in rounds:
-        clients = [int(k) for k in data[t][f"server{SEP}clients"]]
+        clients = [int(k) for k in data[t][round_key(tm, "clients")]]
         seen.update(clients)
-        loss = data[t][f"server{SEP}source_loss"].astype(np.float64).T          # (S, clients)
-        key = f"server{SEP}source_score"
+        loss = data[t][round_key(tm, "source_loss")].astype(np.float64).T          # (S, clients)
+        key = round_key(tm, "source_score")
         score = data[t][key].astype(np.float64).T if key in data[t] else None  # older run dirs: none
         per_round.append({"round": t, **attribute_sources(loss, owner, clients, score)})
         if not clients:
@@ -323,16 +327,17 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
     member = records.member
     round_clients = _round_clients(run_dir, data, records)
     views = {}
-    for tm in scenario.audit.threat_models:
+    secagg = bool(scenario.federation.secure_aggregation)
+    for tm in ordered(scenario.audit.threat_models):
         view = _View(tm, data, records, head)
         if view.rounds:
             # attacks whose scores every round saved (a reference attack is missing where its models failed)
-            mine = view_attacks(attacks, tm)
-            saved = [a for a in mine if all(f"{tm}{SEP}score{SEP}{a}" in view.data[t] for t in view.rounds)]
+            mine = view_attacks(attacks, get_threat_model(tm).attack_view_for(secagg))
+            saved = [a for a in mine if all(round_key(tm, "score", a) in view.data[t] for t in view.rounds)]
             view.head = headline(saved or mine)
             views[tm] = _aggregate_view(view, saved or mine, feature_names, round_clients)
     probs = {tm: sigmoid(v["score"]) for tm, v in views.items()}
-    risk_view = next((tm for tm in THREAT_MODELS if tm in probs), None)
+    risk_view = strongest(probs)
     risk = probs[risk_view] if risk_view else np.full(len(records), np.nan)
     eligible = views[risk_view]["eligible"] if risk_view else np.ones(len(records), dtype=bool)
     trained = _rounds_trained(round_clients, records)
@@ -359,7 +364,8 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
         slices[tm] = _slices(v["score"][ok], member[ok], records.label[ok], v["last_loss"][ok], v["last_correct"][ok])
     rs = summary_or_none(risk[member & eligible], risk[~member & eligible])
     summary["risk"] = {**(rs.to_dict() if rs is not None else {}), "threat_model": risk_view}
-    summary["source_inference"] = _source_inference(data, records, run_dir, write) if "server" in views else None
+    client_tm = next((tm for tm, v in views.items() if v["per_client"]), None)   # views are strongest first
+    summary["source_inference"] = _source_inference(client_tm, data, records, run_dir, write) if client_tm else None
     if scenario.federation.secure_aggregation:
         # the server saw theta_prev and the sum only: no client's model, so no per-client view and no source
         # inference; its figures are those of the attack on the aggregated models
@@ -368,18 +374,20 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
                                                              "update",
                                          "clients": "each client's records under the aggregated models (clients.csv); "
                                                     "no client's own model was seen"}
-        if "server" in summary["threat_models"]:
-            summary["threat_models"]["server"]["view"] = AGGREGATE_ONLY
+        for tm in summary["threat_models"]:
+            if get_threat_model(tm).secure_aggregation_description:
+                summary["threat_models"][tm]["view"] = AGGREGATE_ONLY
     summary["slices"] = slices
     summary["classes"] = _class_risk(records, np.where(eligible, risk, np.nan))
     if scenario.dp.mode != "none":
         summary["dp"] = {"mode": scenario.dp.mode, "noise_multiplier": scenario.dp.noise_multiplier,
                          "clipping_norm": scenario.dp.clipping_norm, "delta": scenario.dp.delta,
                          "accountant_epsilon": None}
-    client_view = views.get("server") or next(iter(views.values()), None)
+    client_view = views.get(client_tm) if client_tm else next(iter(views.values()), None)
+    summary = RunSummary.from_dict(json_safe(summary)).to_dict()
     if write:
         _write_files(run_dir, records, views, probs, risk, client_view, summary, trained)
-    return json_safe(summary)
+    return summary
 
 
 def _round_clients(run_dir: Path, data: dict, records: AuditRecords) -> dict:
@@ -392,8 +400,9 @@ def _round_clients(run_dir: Path, data: dict, records: AuditRecords) -> dict:
     for t, d in data.items():
         clients = (lines.get(t) or {}).get("clients")
         if clients is None:
-            clients = d[f"server{SEP}clients"].tolist() if f"server{SEP}clients" in d else \
-                list(range(records.num_clients))
+            keys = [round_key(tm, "clients") for tm in threat_model_names() if get_threat_model(tm).per_client_models
+                    and round_key(tm, "clients") in d]
+            clients = d[keys[0]].tolist() if keys else list(range(records.num_clients))
         out[t] = [int(k) for k in clients]
     return out
 
@@ -428,11 +437,11 @@ def _write_files(run_dir, records, views, probs, risk, client_view, summary, tra
     order = np.argsort(records.index)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["record", "client", "member", "label", "server", "participant", "risk", "rounds_trained"])
+    columns = ordered(set(threat_model_names()) | set(probs))    # every threat model, empty where not audited
+    w.writerow(["record", "client", "member", "label", *columns, "risk", "rounds_trained"])
     for i in order:
         w.writerow([int(records.index[i]), int(records.owner[i]), int(member[i]), int(records.label[i]),
-                    _fmt(probs["server"][i]) if "server" in probs else "",
-                    _fmt(probs["participant"][i]) if "participant" in probs else "", _fmt(risk[i]),
+                    *[_fmt(probs[tm][i]) if tm in probs else "" for tm in columns], _fmt(risk[i]),
                     int(trained[i]) if member[i] else ""])
     atomic_write_text(run_dir / "records.csv", buf.getvalue())
     buf = io.StringIO()
@@ -449,11 +458,11 @@ def _write_files(run_dir, records, views, probs, risk, client_view, summary, tra
     atomic_write_text(run_dir / "clients.csv", buf.getvalue())
     per_record = {"record": records.index[order], "risk": risk[order]}
     for tm, v in views.items():
-        per_record[f"{tm}{SEP}rounds"] = np.asarray(v["rounds"], dtype=np.int64)
-        per_record[f"{tm}{SEP}per_round"] = v["per_round"][order]
-        per_record[f"{tm}{SEP}max"] = _nan_reduce(np.nanmax, v["per_round"])[order]
-        per_record[f"{tm}{SEP}mean"] = _nan_reduce(np.nanmean, v["per_round"])[order]
-        per_record[f"{tm}{SEP}stacked"] = v["score"][order]
+        per_record[round_key(tm, "rounds")] = np.asarray(v["rounds"], dtype=np.int64)
+        per_record[round_key(tm, "per_round")] = v["per_round"][order]
+        per_record[round_key(tm, "max")] = _nan_reduce(np.nanmax, v["per_round"])[order]
+        per_record[round_key(tm, "mean")] = _nan_reduce(np.nanmean, v["per_round"])[order]
+        per_record[round_key(tm, "stacked")] = v["score"][order]
     atomic_save_npz(run_dir / AUDIT_DIR / "aggregated.npz", **per_record)
     atomic_save_npy(run_dir / "member_probs.npy", risk[order][member[order]].astype(np.float64))
     atomic_save_npy(run_dir / "nonmember_probs.npy", risk[order][~member[order]].astype(np.float64))
@@ -467,5 +476,5 @@ def _write_files(run_dir, records, views, probs, risk, client_view, summary, tra
     if "dp" in existing and "dp" in summary and summary["dp"].get("accountant_epsilon") is None:
         summary["dp"] = {**summary["dp"], **existing["dp"]}
     existing.pop("privacy", None)   # derived from the headlines rewritten here: recomputed when the run ends
-    merged = {**existing, **json_safe(summary)}
+    merged = RunSummary.from_dict({**existing, **summary}).to_dict()
     atomic_write_text(path, json.dumps(merged, indent=2) + "\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedaudit.metrics import summarize
+from fedaudit.schema import HEADLINE_KEYS
 
 AGGREGATE_ONLY = "aggregate-only"    # the server view's "view" under secure aggregation (theta_prev and the sum)
 
@@ -42,15 +43,22 @@ def light_metrics(member_scores, nonmember_scores) -> dict:
         allowed = math.floor(target * c.n_nonmembers + 1e-9)
         out[name] = math.nan if allowed < 1 else \
             float(c.tpr[int(np.searchsorted(c.fp, allowed, side="right")) - 1])
-    out["accuracy"] = float(np.max((c.tpr + 1.0 - c.fpr) / 2.0))
+    out["attack_accuracy"] = float(np.max((c.tpr + 1.0 - c.fpr) / 2.0))
     return out
 
 
 def headline_fields(summary) -> dict:
-    keys = ("auc", "tpr_at_1pct", "tpr_at_0_1pct", "accuracy")
+    """The four headline numbers of a :class:`fedaudit.metrics.Summary` (None: all None), named as the run
+    directory's schema names them (:data:`fedaudit.schema.HEADLINE_KEYS`)."""
     if summary is None:
-        return {k: None for k in keys}
-    return {k: getattr(summary, k) for k in keys}
+        return {k: None for k in HEADLINE_KEYS}
+    return {"auc": summary.auc, "tpr_at_1pct": summary.tpr_at_1pct, "tpr_at_0_1pct": summary.tpr_at_0_1pct,
+            "attack_accuracy": summary.accuracy}
 
 
-__all__ = ["headline_fields", "light_metrics", "summary_or_none"]
+def skipped_result(attack: str, reason: str) -> dict:
+    """A threat model's result in a round it could not attack, and why."""
+    return {"attack": attack, **headline_fields(None), "skipped": reason, "clients": []}
+
+
+__all__ = ["headline_fields", "light_metrics", "skipped_result", "summary_or_none"]

@@ -17,10 +17,11 @@ import numpy as np
 
 from fedaudit.errors import FedAuditError
 from fedaudit.rundir import atomic_save_npz, read_jsonl, upsert_jsonl
+from fedaudit.schema import normalise_line
 
 AUDIT_DIR = "audit"
 STACK_ROUNDS = 8      # the stacked attack reads at most this many rounds (evenly spaced, always the last)
-SEP = "__"   # key separator inside the per-round .npz files ("server__score__whitebox")
+
 
 
 @contextlib.contextmanager
@@ -43,8 +44,10 @@ def merge_round(run_dir: Path, round_: int, fields: dict, *, keep_existing: bool
     results that were merged first).
     """
     path = Path(run_dir) / "rounds.jsonl"
+    fields = normalise_line(fields)
     with locked(path):
         row = next((r for r in read_jsonl(path) if r.get("round") == round_), {"round": round_})
+        row = normalise_line(row)          # an earlier version's line in this version's names
         merged = {**row, **fields, **(row if keep_existing else {})}
         if "non_finite_clients" in fields and "non_finite_clients" in row:
             merged["non_finite_clients"] = sorted({*row["non_finite_clients"], *fields["non_finite_clients"]})

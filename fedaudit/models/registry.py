@@ -27,8 +27,14 @@ def register_model(name: str):
     return wrap
 
 
+def _load_builtin() -> None:
+    """Import the built-in models defined outside this module (each registers itself): ``keras-file``."""
+    from fedaudit.models import keras_file  # noqa: F401
+
+
 def check_model(name: str, options: dict | None = None) -> Callable:
     """The builder registered as ``name``, after checking ``options`` against its parameters (no TensorFlow)."""
+    _load_builtin()
     if name not in MODELS:
         raise ModelError(f"model: unknown model {name!r}; allowed: {', '.join(sorted(MODELS))}")
     builder = MODELS[name]
@@ -151,5 +157,3 @@ def alexnet_small(input_shape, num_classes, seed):
     ]
     return keras.Sequential(layers, name="alexnet_small")
 
-
-from fedaudit.models import keras_file as _keras_file  # noqa: E402,F401  (registers "keras-file")

@@ -27,6 +27,7 @@ from fedaudit.auditor.records import AuditRecords, scenario_records
 from fedaudit.auditor.runtime import auditor_threads, configure_tensorflow, cpu_seconds, max_rss_mb
 from fedaudit.auditor.state import AUDIT_DIR, audited_rounds, locked, merge_round
 from fedaudit.errors import FedAuditError
+from fedaudit.twins import audited_here
 from fedaudit.rundir import atomic_write_text, read_jsonl, upsert_jsonl
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class Auditor:
         self.num_classes = num_classes
         self.threads = int(threads)
         self.core = None
-        done = sorted(audited_rounds(self.run_dir, scenario.audit.threat_models))
+        done = sorted(audited_rounds(self.run_dir, audited_here(scenario)))
         path = self.run_dir / AUDIT_DIR / "starts.jsonl"
         with locked(path):
             start = len(read_jsonl(path)) + 1

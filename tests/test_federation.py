@@ -228,3 +228,26 @@ def test_a_partition_is_named_again_when_its_node_comes_back_under_a_new_id():
         strategy._node_to_partition.update(seen)
         assert failed_partitions([99], strategy._node_to_partition, strategy.num_clients) == [1]
         assert failed_partitions([98], strategy._node_to_partition, strategy.num_clients) == [1]
+
+
+def test_a_fault_plan_reaches_the_clients_through_one_environment_variable(monkeypatch):
+    from fedaudit import faults
+    from fedaudit.federation.task import TrainSpec, local_train
+
+    monkeypatch.delenv(faults.ENV, raising=False)
+    plan = faults.FaultPlan(fail_clients={3: 2}, kill_clients={1: 5}, nan_clients={0: 1}, kill_auditor_after_round=2)
+    spec = TrainSpec(data_ref=(np.zeros((4, 2), np.float32), np.zeros(4, np.int64)), owner=np.array([0, 1, 2, 3]),
+                     model_name="mlp", model_options={}, input_shape=(2,), num_classes=2, optimizer="sgd",
+                     learning_rate=0.1, local_epochs=1, batch_size=2, seed=0)
+    assert faults.client_fault(3, 2) is None and not faults.auditor_should_die(2)
+    with faults.injected(plan):
+        assert faults.FaultPlan.from_json(os.environ[faults.ENV]) == plan
+        assert [faults.client_fault(*at) for at in ((3, 2), (1, 5), (0, 1), (3, 3), (2, 2))] == [
+            faults.RAISE, faults.KILL, faults.NAN, None, None]
+        assert faults.auditor_should_die(2) and not faults.auditor_should_die(1)
+        with pytest.raises(RuntimeError, match="client 3 failed in round 2"):
+            local_train(spec, 3, [], 2)
+        child = subprocess.run([sys.executable, "-c", "from fedaudit import faults; print(faults.client_fault(1, 5))"],
+                               env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=120)
+        assert child.stdout.strip() == "kill", child.stderr[-2000:]
+    assert faults.ENV not in os.environ and faults.client_fault(3, 2) is None

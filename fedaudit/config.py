@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
-import datetime
 import math
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from fedaudit.errors import ConfigError
 from fedaudit.threat_model import threat_model_names
@@ -132,7 +133,7 @@ class Scenario:
         d = asdict(self)
         d.pop("source")
         for section, (_, opts) in OPEN_SECTIONS.items():
-            d[section].update(d[section].pop(opts))
+            d[section].update(_in_key_order(d[section].pop(opts)))
         return d
 
     def to_toml(self) -> str:
@@ -164,7 +165,7 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 def _key_text(key) -> str:
     """A key as it appears in a key path: bare keys as they are, others quoted (one line, always)."""
     key = str(key)
-    return key if _BARE_KEY.match(key) else _toml_string(key)
+    return key if _BARE_KEY.match(key) else tomli_w.dumps({key: 0}).rstrip("\n").rsplit(" = ", 1)[0]
 
 
 def _type_name(t) -> str:
@@ -410,56 +411,19 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None, *,
     return scenario.with_overrides(overrides) if overrides else scenario
 
 
-# --- a small TOML writer for resolved scenarios (tomllib only reads) ---
-
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def _toml_string(text: str) -> str:
-    """A TOML basic string: quotes, backslashes and every control character (U+0000-U+001F, U+007F) escaped."""
-    out = []
-    for ch in text:
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04X}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_key(key) -> str:
-    key = str(key)
-    return key if _BARE_KEY.match(key) else _toml_string(key)
-
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return _toml_string(v)
-    if isinstance(v, (datetime.datetime, datetime.date, datetime.time)):
-        return v.isoformat()
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise ConfigError(f"cannot write {v!r} to TOML")
+def _in_key_order(value):
+    """``value`` with the keys of every table in it sorted: the order a resolved file's tables come back in,
+    whatever order the TOML writer puts sub-tables and arrays of tables in."""
+    if isinstance(value, dict):
+        return {k: _in_key_order(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_in_key_order(v) for v in value]
+    return value
 
 
 def dumps_toml(d: dict) -> str:
-    """Top-level keys, then one table per section; deeper tables are written inline."""
-    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict)]
-    for k, v in d.items():
-        if isinstance(v, dict):
-            lines.append(f"\n[{_toml_key(k)}]")
-            lines += [f"{_toml_key(kk)} = {_toml_value(vv)}" for kk, vv in v.items()]
-    return "\n".join(lines) + "\n"
+    """A resolved scenario as TOML: top-level keys, then one table per section (its sub-tables after it)."""
+    try:
+        return tomli_w.dumps(d)
+    except TypeError as exc:        # a value TOML has no type for (None, an object)
+        raise ConfigError(f"cannot write the scenario to TOML: {exc}") from None

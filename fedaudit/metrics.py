@@ -3,7 +3,8 @@
 NumPy only (SciPy for Beta quantiles); no TensorFlow. One entry point, :func:`summarize`, returns a
 :class:`Summary` that the auditor, the reports and users' notebooks all read.
 
-Conventions (see ``shared/ATTACKS.md``):
+Conventions (those of Carlini et al. 2022, "Membership Inference Attacks From First Principles", for the ROC
+and TPR at low FPR; Jagielski et al. 2020 for the empirical epsilon):
 
 - The ROC sweeps a threshold ``t`` over the distinct scores and predicts "member" when ``score >= t``;
   AUC counts ties half (the Mann-Whitney statistic).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -129,26 +128,8 @@ class FederationResult:
     ray_seconds: float
 
 
-KILL_CLIENTS_ENV = "FEDAUDIT_TEST_KILL_CLIENTS"
-
-
-def _kill_clients_from_env() -> dict:
-    """Fault injection for tests of a whole ``fedaudit run`` process: ``FEDAUDIT_TEST_KILL_CLIENTS="1:3,2:5"``
-    kills the process of client 1's actor in round 3 and client 2's in round 5."""
-    spec = os.environ.get(KILL_CLIENTS_ENV, "").strip()
-    out = {}
-    for item in filter(None, (x.strip() for x in spec.split(","))):
-        try:
-            k, r = item.split(":")
-            out[int(k)] = int(r)
-        except ValueError:
-            raise FedAuditError(f"{KILL_CLIENTS_ENV}={spec!r}: expected CLIENT:ROUND pairs, e.g. 1:3,2:5") from None
-    return out
-
-
 def run_federation(prepared: Prepared, run_dir: Path, *, sink_factory: Callable | None = None,
-                   progress: bool = True, fail_clients: dict | None = None, kill_clients: dict | None = None,
-                   start_round: int = 0, start_weights: list | None = None,
+                   progress: bool = True, start_round: int = 0, start_weights: list | None = None,
                    start_state: dict | None = None, capture_dir: str = "") -> FederationResult:
     """Train the scenario's federation with Flower's simulation runtime on Ray.
 
@@ -162,17 +143,16 @@ def run_federation(prepared: Prepared, run_dir: Path, *, sink_factory: Callable 
 
     SIGINT / SIGTERM (in the main thread): the round in progress is dropped, the messages in flight finish,
     Ray is shut down and :class:`fedaudit.interrupt.Interrupted` is raised, with ``round`` set to the round
-    that was in progress. Test hooks: ``fail_clients`` ({client: round}) makes that client raise,
-    ``kill_clients`` ({client: round}) kills its actor's process (Ray starts a new one), ``capture_dir`` (secure
-    aggregation) makes each client save the weights it trained there (see :mod:`fedaudit.federation.secagg`).
+    that was in progress. Test hook: ``capture_dir`` (secure aggregation) makes each client save the weights it
+    trained there (see :mod:`fedaudit.federation.secagg`); faults are injected with :mod:`fedaudit.faults`.
     """
     with graceful_stop() as stop:
-        return _run_federation(prepared, Path(run_dir), sink_factory, progress, fail_clients, kill_clients,
-                               int(start_round), start_weights, start_state, stop, str(capture_dir or ""))
+        return _run_federation(prepared, Path(run_dir), sink_factory, progress, int(start_round), start_weights,
+                               start_state, stop, str(capture_dir or ""))
 
 
-def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kill_clients, start_round,
-                    start_weights, start_state, stop, capture_dir="") -> FederationResult:
+def _run_federation(prepared, run_dir, sink_factory, progress, start_round, start_weights, start_state, stop,
+                    capture_dir="") -> FederationResult:
     quiet_environment()
     import ray
     from flwr.app import ArrayRecord, Context
@@ -190,7 +170,6 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
     if not 0 <= start_round <= f.rounds:
         raise FedAuditError(f"cannot start after round {start_round}: the scenario has {f.rounds} rounds")
     sampled = max(1, int(f.clients * f.fraction))
-    kills = {**_kill_clients_from_env(), **dict(kill_clients or {})}
     t0 = time.time()
     state = {"error": None, "accuracy": float("nan"), "loss": float("nan"), "rounds": start_round}
     strategy_box: dict = {}
@@ -203,7 +182,7 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
                          model_options=dict(s.model.options), input_shape=d.input_shape, num_classes=d.num_classes,
                          optimizer=f.optimizer, learning_rate=f.learning_rate, local_epochs=f.local_epochs,
                          batch_size=f.batch_size, seed=f.seed, client_threads=max(1, int(s.ray.client_cpus)),
-                         fail_clients=dict(fail_clients or {}), kill_clients=kills, capture_dir=capture_dir)
+                         capture_dir=capture_dir)
         evaluator = Evaluator(prepared)
         canaries = None
         if s.audit.canaries:

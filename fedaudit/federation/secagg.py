@@ -26,14 +26,13 @@ import time
 
 import numpy as np
 from flwr.client import NumPyClient
-from flwr.common import Context, FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import Context, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_manager import ClientManager
-from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy as LegacyStrategy
 
 from fedaudit.config import Scenario
 from fedaudit.errors import FedAuditError
-from fedaudit.federation.strategy import PARTITION_ID_KEY, RoundGrid, RoundUpdate, RunStopped
+from fedaudit.federation.strategy import PARTITION_ID_KEY, RoundGrid, RoundUpdate, RunStopped, failed_partitions
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +137,8 @@ class AuditedLegacyStrategy(LegacyStrategy):
             update.participants.append(pid)
             update.examples[pid] = int(metrics.get("num-examples", res.num_examples))
             update.train_loss[pid] = float(metrics.get("train_loss", float("nan")))
-        update.failed = self._failed([n for n in self._sampled if n not in replied])
+        update.failed = failed_partitions([n for n in self._sampled if n not in replied], self._node_to_partition,
+                                          self.num_clients)
         if clipped:
             raise FedAuditError(
                 f"round {server_round}: SecAgg+ would clip {sum(clipped.values())} weights of client(s) "
@@ -157,15 +157,6 @@ class AuditedLegacyStrategy(LegacyStrategy):
 
     def record_seen(self, server_round: int, arrays: list) -> None:
         """A hook for tests: every array list ``aggregate_fit`` received this round."""
-
-    def _failed(self, nodes: list) -> list:
-        known = [self._node_to_partition[n] for n in nodes if n in self._node_to_partition]
-        unknown = [n for n in nodes if n not in self._node_to_partition]
-        if unknown and self.num_clients is not None:
-            unseen = sorted(set(range(self.num_clients)) - set(self._node_to_partition.values()))
-            if len(unseen) == len(unknown):
-                return sorted(known + unseen)
-        return sorted(known) + [f"node-{n}" for n in unknown]
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         return self.inner.configure_evaluate(server_round + self.round_offset, parameters, client_manager)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+
+from fedaudit import faults
 
 
 @dataclass
@@ -23,8 +25,6 @@ class TrainSpec:
     batch_size: int
     seed: int
     client_threads: int = 1
-    fail_clients: dict = field(default_factory=dict)   # testing hook: {partition_id: round} -> raise
-    kill_clients: dict = field(default_factory=dict)   # testing hook: {partition_id: round} -> SIGKILL the actor
     capture_dir: str = ""                              # testing hook (secure aggregation): clients save their weights
 
 
@@ -71,10 +71,11 @@ def _limit_threads(n: int) -> None:
 def local_train(spec: TrainSpec, partition_id: int, weights: list, server_round: int,
                 proximal_mu: float = 0.0) -> tuple[list, dict]:
     """Train client ``partition_id`` from ``weights``; return its new weights and metrics."""
-    if spec.fail_clients.get(partition_id) == server_round:
+    fault = faults.client_fault(partition_id, server_round)
+    if fault == faults.RAISE:
         raise RuntimeError(f"client {partition_id} failed in round {server_round} (fault injection)")
-    if spec.kill_clients.get(partition_id) == server_round:
-        _kill_this_process()
+    if fault == faults.KILL:
+        faults.kill_this_process()
     trainer, x, y = client_state(spec)
     idx = np.flatnonzero(spec.owner == partition_id)
     trainer.set_weights(weights)
@@ -83,14 +84,6 @@ def local_train(spec: TrainSpec, partition_id: int, weights: list, server_round:
                          proximal_mu=proximal_mu)
     return trainer.get_weights(), {"train_loss": result.loss, "num-examples": int(len(idx)),
                                    "partition-id": int(partition_id)}
-
-
-def _kill_this_process() -> None:
-    """Fault injection: the actor's process dies mid-round, as on an out-of-memory kill or a lost node."""
-    import os
-    import signal
-
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def local_evaluate(spec: TrainSpec, partition_id: int, weights: list) -> dict:

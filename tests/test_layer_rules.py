@@ -163,3 +163,19 @@ def test_a_registered_rule_for_a_new_layer_type_is_used_by_extraction():
     finally:
         unregister(Doubled)
     assert rule_for(layer).name == "generic"
+
+
+def test_numpy_halves_load_without_tensorflow():
+    """The auditor's NumPy path runs the rules' NumPy halves in processes that never import TensorFlow."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys; import fedaudit.auditor.dense, fedaudit.signals.numpy_rules as n; "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules), n.numpy_rule('dense').name)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[] dense"

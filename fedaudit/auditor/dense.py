@@ -315,4 +315,4 @@ class DenseProbe(ProbeViews):
         return cols
 
 
-__all__ = ["DenseLayer", "DenseProbe", "DenseStack", "describe_dense"]
+__all__ = ["ACTIVATIONS", "DenseLayer", "DenseProbe", "DenseStack", "describe_dense"]

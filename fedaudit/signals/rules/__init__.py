@@ -7,9 +7,12 @@ Adding a layer type is one rule: a :class:`LayerRule` subclass decorated with ``
 GradientTape in tests/test_layer_rules.py.
 """
 
-from fedaudit.signals.rules import conv, dense, embedding, generic, normalization  # noqa: F401  (they register)
+from fedaudit.signals.rules import conv, dense, embedding, generic, normalization
 from fedaudit.signals.rules.registry import (LayerRule, flat_norms, generic_rule, register, registered, rule_for,
                                              unregister, weight_of)
+
+#: the modules whose import registers the built-in rules
+RULE_MODULES = (dense, conv, embedding, normalization, generic)
 
 __all__ = ["LayerRule", "register", "unregister", "registered", "rule_for", "weight_of", "generic_rule",
            "flat_norms"]

@@ -354,14 +354,14 @@ def extract(model, x, y, *, layers=(), gradients=(), loss: bool = True, logits: 
     num_classes = check_model(model)
     x, y = check_records(model, x, y, num_classes)
     outputs = resolve_output_layers(model, layers, layers_option)
-    grads = resolve_gradient_layers(model, gradients, gradients_option, other_weights=True)
+    grads = resolve_gradient_layers(model, gradients, gradients_option, other_weights=weight_of)
     if gradient_norms is True:
         norms = grads if grads else resolve_gradient_layers(
             model, list(range(1, len([r for r in model.layers if kernel_of(r) is not None]) + 1)))
     elif gradient_norms is False or gradient_norms is None:
         norms = []
     else:
-        norms = resolve_gradient_layers(model, gradient_norms, "gradient_norms", other_weights=True)
+        norms = resolve_gradient_layers(model, gradient_norms, "gradient_norms", other_weights=weight_of)
     probabilities = outputs_probabilities(model) if from_logits is None else not from_logits
     plan = _Plan(tuple(outputs), tuple(grads), tuple(norms), bool(factorize), bool(probabilities))
     if batch_size is None:

@@ -8,7 +8,7 @@ Two countings, both ML Privacy Meter's:
   even when pooling, normalisation or dropout layers sit between them.
 
 A name picks the layer of that name in ``model.layers`` under either counting; where the caller allows it
-(``other_weights=True``), a gradient layer's name may also pick a layer without a kernel whose gradient rule
+(``other_weights``), a gradient layer's name may also pick a layer without a kernel whose gradient rule
 (:mod:`fedaudit.signals.rules`) takes another weight: an Embedding's matrix, a normalisation layer's scale.
 """
 
@@ -108,23 +108,23 @@ def _pick(layers: list, refs, option: str, allowed: str, what: str, unknown_name
     return _dedupe(out)
 
 
-def weighted_layers(model: keras.Model) -> list[LayerRef]:
-    """The model's top-level layers without a kernel whose gradient rule takes another weight (Embedding,
-    BatchNormalization, LayerNormalization, ...), with their 1-based positions in ``model.layers``."""
-    from fedaudit.signals.rules import weight_of
-
+def weighted_layers(model: keras.Model, weight_of) -> list[LayerRef]:
+    """The model's top-level layers without a kernel for which ``weight_of(layer)`` (a gradient rule's chosen
+    weight, :func:`fedaudit.signals.rules.weight_of`) is not None: Embedding, BatchNormalization,
+    LayerNormalization, ..., with their 1-based positions in ``model.layers``."""
     return [LayerRef(i, layer.name, layer) for i, layer in enumerate(model.layers, start=1)
             if kernel_of(layer) is None and weight_of(layer) is not None]
 
 
 def resolve_gradient_layers(model: keras.Model, refs, option: str = "gradients", *,
-                            other_weights: bool = False) -> list[LayerRef]:
+                            other_weights=None) -> list[LayerRef]:
     """Resolve layers whose kernel gradients are wanted: 1-based indices among the layers that have a
-    kernel (Dense, convolutional), or names of such layers; with ``other_weights`` also names of layers
-    whose rule takes another weight (see :func:`weighted_layers`; their index is their position in
+    kernel (Dense, convolutional), or names of such layers; given ``other_weights`` (a function from a layer
+    to its chosen weight or None, as :func:`fedaudit.signals.rules.weight_of`), also names of layers without
+    a kernel that have such a weight (see :func:`weighted_layers`; their index is their position in
     ``model.layers``)."""
     layers = kernel_layers(model)
-    extra = {ref.name: ref for ref in weighted_layers(model)} if other_weights else {}
+    extra = {ref.name: ref for ref in weighted_layers(model, other_weights)} if other_weights else {}
     if not layers and _as_refs(refs, option) and not (extra and all(r in extra for r in _as_refs(refs, option))):
         raise AttackError(f"{option}: the model has no layer with a kernel (Dense or convolutional), "
                           "so no gradient can be exploited; allowed: an empty list")

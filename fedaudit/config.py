@@ -6,7 +6,7 @@ import copy
 import math
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,19 @@ class DPConfig:
 
 
 @dataclass
+class ActiveConfig:
+    """What the adversaries that deviate from the protocol do (``[audit.active]``, see fedaudit.federation.active)."""
+
+    targets: int = 200             # target records: half members, half population-sample records, drawn from the seed
+    ascent_steps: int = 10         # gradient-ascent steps on the targets (active server, active participant)
+    ascent_lr: float = 0.03        # their step size
+    start_round: int = 1           # the first round the adversary deviates in
+    isolated_client: int = -1      # the client the isolating server keeps apart (-1: drawn from the seed)
+    participant: int = -1          # the active participant (-1: drawn from the seed)
+    inconsistent_client: int = -1  # under secure aggregation, the client the active server singles out (-1: drawn)
+
+
+@dataclass
 class AuditConfig:
     enabled: bool = False
     threat_models: list = field(default_factory=lambda: ["server", "participant"])
@@ -89,6 +102,7 @@ class AuditConfig:
     gradients: list = field(default_factory=list)   # layers whose kernel gradient norms are features (1-based)
     layers: list = field(default_factory=list)      # layers whose outputs give activation features (1-based)
     canaries: int = 0               # canary clients added to every aggregation (0: none), see fedaudit.canaries
+    active: ActiveConfig = field(default_factory=ActiveConfig)   # [audit.active]: the deviating adversaries
 
 
 @dataclass
@@ -211,6 +225,8 @@ def _section(name: str, raw, cls):
                 if opt in options:
                     raise ConfigError(f"{opt_path}: given twice (also as {name}.{_key_text(opt)})")
                 options[opt] = copy.deepcopy(v)
+        elif key in known and is_dataclass(getattr(defaults, key)):    # a sub-table ([audit.active])
+            values[key] = _section(path, value, type(getattr(defaults, key)))
         elif key in known:
             values[key] = _coerce(path, value, getattr(defaults, key))
         elif open_keys:
@@ -279,6 +295,7 @@ def validate(s: Scenario) -> Scenario:
         for v in getattr(a, key):
             _check((isinstance(v, int) and not isinstance(v, bool) and v >= 1) or (isinstance(v, str) and v != ""),
                    f"audit.{key}", f"entries are 1-based layer indices or layer names, got {v!r}")
+    _validate_active(s)
     _check(a.canaries == 0 or a.canaries >= 3, "audit.canaries",
            f"must be 0 (no canaries) or at least 3 (to fit their distribution), got {a.canaries}")
     _check(a.canaries == 0 or f.strategy in CANARY_STRATEGIES, "audit.canaries",
@@ -356,6 +373,29 @@ def _partition_ok(spec: str) -> bool:
     except ValueError:
         return False
     return math.isfinite(value) and value > 0 and (method != "shards" or value >= 1)
+
+
+def _validate_active(s: Scenario) -> None:
+    from fedaudit.threat_model import get_threat_model
+
+    a, f = s.audit.active, s.federation
+    _check(a.targets >= 2, "audit.active.targets", f"must be at least 2 (members and non-members), got {a.targets}")
+    _check(a.ascent_steps >= 0, "audit.active.ascent_steps", f"must be >= 0, got {a.ascent_steps}")
+    _check(a.ascent_lr >= 0, "audit.active.ascent_lr", f"must be >= 0, got {a.ascent_lr}")
+    _check(1 <= a.start_round <= f.rounds, "audit.active.start_round",
+           f"must be a round of the run (1 to federation.rounds = {f.rounds}), got {a.start_round}")
+    for key in ("isolated_client", "participant", "inconsistent_client"):
+        value = getattr(a, key)
+        _check(value == -1 or 0 <= value < f.clients, f"audit.active.{key}",
+               f"must be -1 (drawn from the seed) or a client id in 0..{f.clients - 1}, got {value}")
+    deviating = [tm for tm in s.audit.threat_models if get_threat_model(tm).deviation]
+    if deviating and f.secure_aggregation:
+        _check("isolating-server" not in deviating, "audit.threat_models", "isolating-server under secure "
+               "aggregation: the server never holds one client's reply to keep it apart; allowed under secure "
+               "aggregation: active-server (it singles one client out by model inconsistency), active-participant")
+    if deviating:
+        _check(f.clients >= 2, "federation.clients", f"an adversary that deviates from the protocol needs at least 2 "
+               f"clients (one it targets, one it does not), got {f.clients}")
 
 
 def scenario_from_dict(raw: dict, source: str = "", default_name: str = "scenario") -> Scenario:

@@ -124,6 +124,17 @@ def auc(member_scores, nonmember_scores) -> float:
     return _auc_from_counts(c)
 
 
+def auc_interval(auc_value: float, n_members: int, n_nonmembers: int, z: float = 1.959964) -> tuple:
+    """Hanley and McNeil's (1982) normal interval of an AUC measured on ``n_members`` members and ``n_nonmembers``
+    non-members (95% by default), clipped to [0, 1]."""
+    a, n1, n0 = float(auc_value), int(n_members), int(n_nonmembers)
+    if not math.isfinite(a) or n1 < 1 or n0 < 1:
+        return (math.nan, math.nan)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    se = math.sqrt(max(a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a), 0) / (n1 * n0))
+    return max(0.0, a - z * se), min(1.0, a + z * se)
+
+
 def _auc_from_counts(c: RocCounts) -> float:
     # Trapezoids between consecutive ROC points count tied pairs half.
     fpr, tpr = c.fpr, c.tpr

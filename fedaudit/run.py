@@ -191,6 +191,35 @@ def _complete_summary(run_dir: Path) -> None:
     ensure_privacy(run)
 
 
+def _run_twins(prepared, run_dir: Path, *, progress: bool) -> None:
+    """Each deviating adversary's own federation (:mod:`fedaudit.twins`), one after the other, in ``RUN_DIR/active/``:
+    started, resumed where an earlier attempt stopped, or skipped when finished; then merged into the run."""
+    from dataclasses import replace
+
+    from fedaudit.federation.driver import write_inputs
+    from fedaudit.runstate import RunLock, read_status
+    from fedaudit.twins import deviating, is_twin, merge_twin, twin_dir, twin_scenario
+
+    scenario = prepared.scenario
+    if is_twin(scenario):
+        return
+    for name in deviating(scenario.audit.threat_models):
+        tdir = twin_dir(run_dir, name)
+        state = read_status(tdir).get("state") if tdir.is_dir() else None
+        if state != "finished":
+            log.warning("%s: the %s adversary's own federation (beside the passive run of the same seed)",
+                        tdir, name)
+            if state is None:
+                tdir.mkdir(parents=True, exist_ok=True)
+                twin = replace(prepared, scenario=twin_scenario(scenario, name))
+                with RunLock(tdir):
+                    write_inputs(tdir, twin)
+                    _execute(twin, tdir, progress=progress, report=False, resumed=False)
+            else:
+                resume_run(tdir, progress=progress, report=False)
+        merge_twin(run_dir, name)
+
+
 def _execute(prepared, run_dir: Path, *, progress: bool, report: bool, resumed: bool, start: int = 0,
              weights=None, state=None) -> None:
     """Run (or continue) the federation, record the outcome in status.json, aggregate and report."""
@@ -213,6 +242,8 @@ def _execute(prepared, run_dir: Path, *, progress: bool, report: bool, resumed: 
             from fedaudit.auditor import aggregate_run
 
             aggregate_run(run_dir)          # every round was done; only the aggregation was missing
+        if scenario.audit.enabled:
+            _run_twins(prepared, run_dir, progress=progress)
         _complete_summary(run_dir)
         if report:
             try:

@@ -182,13 +182,15 @@ def complete_rounds(run_dir, scenario, rows: list | None = None) -> set[int]:
     """Rounds whose utility is recorded and, with the audit on, whose every threat model is audited."""
     if rows is None:
         rows, _ = scan_jsonl(Path(run_dir) / "rounds.jsonl")
+    from fedaudit.twins import audited_here
+
     audit = scenario.audit
     done = set()
     for row in rows:
         r = row.get("round")
-        if isinstance(r, bool) or not isinstance(r, int) or "accuracy" not in row:
+        if isinstance(r, bool) or not isinstance(r, int) or ("model_accuracy" not in row and "accuracy" not in row):
             continue
-        if audit.enabled and not (all(tm in row for tm in audit.threat_models)
+        if audit.enabled and not (all(tm in row for tm in audited_here(scenario))
                                   and _round_npz(run_dir, r).exists()):
             continue
         done.add(r)

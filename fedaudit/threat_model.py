@@ -75,6 +75,11 @@ class ThreatModel:
 
     # ---- per-round work (the auditor's core calls these) ------------------------------------------------
 
+    def scored_records(self, core):
+        """A mask of the audited records this view's metrics are computed on (None: every record it scores; its
+        attacks are fitted on every known record either way). An active adversary's are its target records."""
+        return None
+
     def jobs(self, core, ctx) -> list:
         """``[(Job, weights)]``: the models whose signals this view needs this round (see
         :class:`fedaudit.auditor.shard.Job`); jobs of the same key are computed once for every view."""

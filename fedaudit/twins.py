@@ -45,6 +45,16 @@ def is_twin(scenario) -> bool:
     return len(tms) == 1 and get_threat_model(tms[0]).deviation
 
 
+def chosen_clients(scenario) -> dict:
+    """The clients the deviating adversaries single out: ``[audit.active]``'s, else drawn from the seed (the same for
+    the federation that deviates and the auditor that scores it)."""
+    a, f = scenario.audit.active, scenario.federation
+    drawn = [int(v) for v in np.random.default_rng(np.random.SeedSequence([int(f.seed), 4, 21])).integers(0, f.clients, 3)]
+    return {key: (int(value) if value >= 0 else drawn[i])
+            for i, (key, value) in enumerate((("isolated_client", a.isolated_client), ("participant", a.participant),
+                                              ("inconsistent_client", a.inconsistent_client)))}
+
+
 def audited_here(scenario) -> list[str]:
     """The threat models audited in this scenario's own federation: a twin's one deviating adversary, or the passive
     threat models with each deviating one's passive twin."""
@@ -79,7 +89,13 @@ def _summary(scores: np.ndarray, member: np.ndarray) -> dict | None:
     from fedaudit.auditor.results import summary_or_none
 
     s = summary_or_none(scores[member], scores[~member])
-    return None if s is None else s.to_dict()
+    return None if s is None else _with_auc_ci(s)
+
+
+def _with_auc_ci(s) -> dict:
+    from fedaudit.metrics import auc_interval
+
+    return {**s.to_dict(), "auc_ci": list(auc_interval(s.auc, s.n_members, s.n_nonmembers))}
 
 
 def _stacked(run_dir: Path, tm: str) -> np.ndarray | None:
@@ -113,6 +129,18 @@ def _round_scores(run_dir: Path, tm: str) -> dict:
     return out
 
 
+def _scored(run_dir: Path, tm: str, n: int) -> np.ndarray:
+    """The mask of records ``tm``'s metrics are on, as its last saved round holds it (every record if none)."""
+    from fedaudit.auditor.state import load_round, round_path, saved_rounds
+    from fedaudit.schema import round_key
+
+    for r in reversed(saved_rounds(run_dir)):
+        data = load_round(round_path(run_dir, r))
+        if round_key(tm, "scored") in data:
+            return data[round_key(tm, "scored")].astype(bool)
+    return np.ones(n, dtype=bool)
+
+
 def _lines(run_dir: Path) -> list[dict]:
     from fedaudit.rundir import read_jsonl
 
@@ -122,16 +150,14 @@ def _lines(run_dir: Path) -> list[dict]:
 def compare_with_twin(run_dir, name: str) -> dict:
     """Deviating adversary ``name`` beside its passive twin, on the adversary's target records: metrics with
     intervals of the stacked scores (over the rounds) and per round, and the deviation's cost."""
-    from fedaudit.auditor.records import AuditRecords, active_targets
-    from fedaudit.config import load_scenario
+    from fedaudit.auditor.records import AuditRecords
     from fedaudit.metrics import summarize
 
     run_dir = Path(run_dir)
     tdir = twin_dir(run_dir, name)
     twin = get_threat_model(name).passive_twin
-    scenario = load_scenario(tdir / "scenario.toml", run_dir_file=True)
     records = AuditRecords.load(tdir / "audit" / "records.npz")
-    targets = active_targets(records, scenario.audit.active.targets, scenario.federation.seed)
+    targets = np.flatnonzero(_scored(tdir, name, len(records)))     # the records the adversary's metrics are on
     member = records.member[targets]
     out: dict = {"passive_twin": twin, "targets": {"members": int(member.sum()), "nonmembers": int((~member).sum())}}
     pos = _sorted_positions(records.index, targets)
@@ -147,7 +173,7 @@ def compare_with_twin(run_dir, name: str) -> dict:
         for label, scores in (("active", active_rounds[r]), ("passive", passive_rounds[r])):
             s = scores[targets]
             ok = np.isfinite(s)
-            row[label] = summarize(s[ok & member], s[ok & ~member]).to_dict() \
+            row[label] = _with_auc_ci(summarize(s[ok & member], s[ok & ~member])) \
                 if (ok & member).any() and (ok & ~member).any() else None
         per_round.append(row)
     out["per_round"] = per_round
@@ -230,5 +256,5 @@ def merge_twin(run_dir, name: str) -> dict | None:
     return comparison
 
 
-__all__ = ["TWINS_DIR", "audited_here", "compare_with_twin", "deviating", "deviation_cost", "is_twin", "merge_twin",
+__all__ = ["TWINS_DIR", "audited_here", "chosen_clients", "compare_with_twin", "deviating", "deviation_cost", "is_twin", "merge_twin",
            "twin_dir", "twin_scenario"]

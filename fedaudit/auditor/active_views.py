@@ -12,18 +12,17 @@ observes:
 - ``isolating-server``: the isolated client's replies, each trained from the model the server kept for it alone;
 - ``active-participant``: the global models, after its own gradient ascent on the targets in its update.
 
-Every result also carries the headline attack's metrics on the adversary's target records (``targets``), the
-records the manipulation was aimed at, so that the active and the passive adversary are compared on the same
-records (:func:`fedaudit.twins.compare_with_twin`).
+Each measures its attacks on the adversary's target records (:meth:`scored_records`: the records
+the manipulation was aimed at; for the isolating server, the isolated client's members and the population-sample
+targets), so that the active and the passive adversary are compared on the same records
+(:func:`fedaudit.twins.compare_with_twin`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from fedaudit.auditor.results import light_metrics
 from fedaudit.auditor.views import Participant, RoundContext, Server
-from fedaudit.schema import round_key
 from fedaudit.threat_model import register_threat_model
 
 
@@ -39,21 +38,14 @@ def targets_of(core) -> np.ndarray:
 
 
 class _Deviating:
-    """What the deviating threat models add to their passive twin's result: the metrics on the targets."""
+    """An adversary whose metrics are on its target records."""
 
     deviation = True
 
-    def _with_targets(self, core, ctx: RoundContext, result: dict) -> dict:
-        t = targets_of(core)
-        key = round_key(self.name, "score", core.headlines[self.name])
-        scores = ctx.arrays.get(key)
-        if scores is None or not t.size:
-            return result
-        member = core.records.member[t]
-        s = np.asarray(scores, dtype=np.float64)[t]
-        ctx.arrays[round_key(self.name, "targets")] = t
-        return {**result, "targets": {"members": int(member.sum()), "nonmembers": int((~member).sum()),
-                                      **light_metrics(s[member], s[~member])}}
+    def scored_records(self, core) -> np.ndarray:
+        mask = np.zeros(len(core.records), dtype=bool)
+        mask[targets_of(core)] = True
+        return mask
 
 
 @register_threat_model
@@ -79,7 +71,7 @@ class ActiveServer(_Deviating, Server):
         return Server.jobs(self, core, _per_client(ctx))
 
     def audit(self, core, ctx):
-        return self._with_targets(core, ctx, Server.audit(self, core, _per_client(ctx)))
+        return Server.audit(self, core, _per_client(ctx))
 
 
 @register_threat_model
@@ -98,11 +90,14 @@ class IsolatingServer(_Deviating, Server):
     def attack_view_for(self, secure_aggregation: bool = False) -> str:
         return "server"
 
-    def jobs(self, core, ctx):
-        return Server.jobs(self, core, _per_client(ctx))
+    def scored_records(self, core) -> np.ndarray:
+        """The isolated client's members and the population-sample targets: only its model is observed."""
+        from fedaudit.twins import chosen_clients
 
-    def audit(self, core, ctx):
-        return self._with_targets(core, ctx, Server.audit(self, core, _per_client(ctx)))
+        r = core.records
+        mask = _Deviating.scored_records(self, core) & ~r.member
+        mask |= r.owner == chosen_clients(core.scenario)["isolated_client"]
+        return mask
 
 
 @register_threat_model
@@ -117,9 +112,6 @@ class ActiveParticipant(_Deviating, Participant):
     against = "Against an active participant"
     color = "#154360"
     strength = 12
-
-    def audit(self, core, ctx):
-        return self._with_targets(core, ctx, Participant.audit(self, core, ctx))
 
 
 def _per_client(ctx: RoundContext) -> RoundContext:

@@ -75,10 +75,13 @@ class _View:
                         for r in self.rounds}
         last = self.data[self.rounds[-1]] if self.rounds else {}
         key = round_key(tm, "eligible")
-        # participant: a member counts once its owner has trained (by the last round); server: NaN scores
-        # already leave out members whose owner never replied
-        self.eligible = last[key].astype(bool) if (not self.server and key in last) else \
-            np.ones(len(records), dtype=bool)
+        # the records a view's attacks are fitted on, as its last round saved them (participant: a member counts once
+        # its owner has trained); else every record (server: NaN scores already leave out members whose owner never
+        # replied)
+        self.eligible = last[key].astype(bool) if key in last else np.ones(len(records), dtype=bool)
+        # the records its metrics are on (an active adversary's targets); its attacks are fitted on every eligible one
+        scored = round_key(tm, "scored")
+        self.scored = self.eligible & (last[scored].astype(bool) if scored in last else True)
 
     def a(self, r: int, name: str) -> np.ndarray:
         return self.data[r][round_key(self.tm, *name.split("/"))]
@@ -155,7 +158,7 @@ class _Stacked:
 
 def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: dict) -> dict:
     r = view.records
-    member, eligible = r.member, view.eligible
+    member, eligible = r.member, view.scored          # the metrics' records (the stack is fitted on view.eligible)
     per_round = view.per_round_scores()
     stacker = _Stacked(view, attacks, feature_names)
     stacked = stacker.score
@@ -179,7 +182,7 @@ def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: di
         if not mine.any():
             continue
         ms = stacked[mine]
-        ns = stacker.population_under(k) if view.server else stacked[P]
+        ns = (stacker.population_under(k) if view.server else stacked[P])[eligible[P]]
         s = light_metrics(ms, ns)      # AUC and TPR at low FPR, no intervals: a thousand clients stay cheap
         peak, peak_auc = None, -np.inf
         for t in view.rounds:

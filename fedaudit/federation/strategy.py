@@ -40,6 +40,10 @@ class RoundUpdate:
     # that took part, and the unmasked sum when the new global model differs from it (central DP noise)
     participants: list = field(default_factory=list)
     aggregate: list | None = None
+    # a deviating adversary's run: the model it would have sent had it followed the protocol (None: it did), and
+    # what else the deviation left to record (fedaudit.federation.active)
+    honest: list | None = None
+    deviation: dict = field(default_factory=dict)
 
 
 def _train_metrics(replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:
@@ -254,8 +258,9 @@ class AuditedStrategy(Strategy):
     """
 
     def __init__(self, inner: Strategy, observer: Callable[[RoundUpdate], None], *, round_offset: int = 0,
-                 stop: threading.Event | None = None, num_clients: int | None = None):
+                 stop: threading.Event | None = None, num_clients: int | None = None, active=None):
         self.inner = inner
+        self.active = active            # a deviating server's ServerMoves (fedaudit.federation.active), or None
         self.num_clients = num_clients
         self.observer = observer
         self.round_offset = int(round_offset)
@@ -275,7 +280,13 @@ class AuditedStrategy(Strategy):
         server_round += self.round_offset
         self.current_round = server_round
         self._round = RoundUpdate(round=server_round, previous=arrays.to_numpy_ndarrays(), started=time.time())
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        if self.active is None:
+            return self.inner.configure_train(server_round, arrays, config, grid)
+        return self.active.configure(self, self._round, arrays, config, grid)
+
+    def node_partitions(self) -> dict:
+        """{node id: partition id} of every node that has replied so far."""
+        return dict(self._node_to_partition)
 
     def _weight_key(self) -> str:
         return getattr(unwrap_strategy(self.inner)[0], "weighted_by_key", "num-examples")
@@ -313,6 +324,8 @@ class AuditedStrategy(Strategy):
             update.examples[pid] = int(metrics.get("num-examples", metrics.get(weight_key, 1)))
             update.train_loss[pid] = float(metrics.get("train_loss", float("nan")))
         update.failed = failed_partitions(failed_nodes, self._node_to_partition, self.num_clients)
+        if self.active is not None:
+            replies = self.active.aggregated_replies(self, update, replies)
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         if arrays is not None:
             update.new = arrays.to_numpy_ndarrays()

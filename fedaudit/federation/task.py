@@ -25,7 +25,8 @@ class TrainSpec:
     batch_size: int
     seed: int
     client_threads: int = 1
-    capture_dir: str = ""                              # testing hook (secure aggregation): clients save their weights
+    capture_dir: str = ""          # clients save the weights they received and trained here (secure aggregation)
+    active: object = None          # fedaudit.federation.active.ActivePlan of a deviating adversary's run, or None
 
 
 _CACHE: dict = {}
@@ -82,8 +83,20 @@ def local_train(spec: TrainSpec, partition_id: int, weights: list, server_round:
     rng = np.random.default_rng([spec.seed, partition_id, server_round])
     result = trainer.fit(x[idx], y[idx], epochs=spec.local_epochs, batch_size=spec.batch_size, rng=rng,
                          proximal_mu=proximal_mu)
-    return trainer.get_weights(), {"train_loss": result.loss, "num-examples": int(len(idx)),
-                                   "partition-id": int(partition_id)}
+    trained = trainer.get_weights()
+    plan = spec.active
+    if plan is not None and plan.participant == partition_id and plan.active_in(server_round):
+        trained = _deviate(spec, plan, trained, x, y)
+    return trained, {"train_loss": result.loss, "num-examples": int(len(idx)), "partition-id": int(partition_id)}
+
+
+def _deviate(spec: TrainSpec, plan, weights: list, x, y) -> list:
+    """The active participant: gradient ascent on the target records in its own update (Nasr et al. 2019)."""
+    from fedaudit.federation.active import ascent_for
+
+    ascent = ascent_for(spec.model_name, spec.model_options, spec.input_shape, spec.num_classes)
+    out, _ = ascent(weights, x[plan.targets], y[plan.targets], plan.ascent_steps, plan.ascent_lr)
+    return out
 
 
 def local_evaluate(spec: TrainSpec, partition_id: int, weights: list) -> dict:

@@ -395,6 +395,8 @@ def run_score_attack(name: str, inputs: AttackInputs, **options) -> np.ndarray:
 
 
 _LOADED = False
+#: the modules of fedaudit.attacks that register the built-in attacks when imported
+BUILTIN_MODULES = ("fedmia", "fitted", "lira", "population", "qmia", "reference", "rmia")
 
 
 def _load_builtin() -> None:
@@ -403,7 +405,10 @@ def _load_builtin() -> None:
     if _LOADED:
         return
     _LOADED = True
-    from fedaudit.attacks import fedmia, fitted, lira, population, qmia, reference, rmia  # noqa: F401
+    import importlib
+
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"fedaudit.attacks.{module}")
 
     try:
         from importlib.metadata import entry_points

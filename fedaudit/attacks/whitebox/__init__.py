@@ -21,7 +21,7 @@ test_attack writes the plots and arrays ML Privacy Meter wrote, for records the 
 Modules, one job each: ``features`` (signals), ``preprocess`` (standardisation), ``network`` (the attack
 network), ``training`` (fitting it), ``stacking`` (the boosted model beside it), ``api`` (``meminf``'s API).
 
-How the network differs from ML Privacy Meter's 2021 code (see ``shared/ATTACKS.md``): signals are computed
+How the network differs from ML Privacy Meter's 2021 code and Nasr et al. (2019): signals are computed
 once, not every epoch; the gradient convolution of a dense kernel gradient ``a (x) d`` is computed from
 the factors (filter f on row r: ``a[r] (d . w_f) + b_f``), so it costs O(filters (in + out)) per example;
 what follows it is sized to the data: with ``size="auto"`` the convolution's responses are averaged over

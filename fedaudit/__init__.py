@@ -3,8 +3,9 @@
 Importing ``fedaudit`` imports neither TensorFlow nor Ray. Its subpackages are attributes loaded on first
 access (PEP 562), so ``fedaudit.model_audit.audit`` (one trained Keras model),
 ``fedaudit.attacks.meminf.initialize`` and ``fedaudit.data.attack_data`` work after a bare ``import fedaudit``.
-A script written for ML Privacy Meter (2021) runs after ``import fedaudit as ml_privacy_meter``: ``ml_privacy_meter.utils.attack_data.attack_data``
-and ``ml_privacy_meter.attack.meminf.initialize`` are the same objects (``attack`` is ``attacks``).
+A script written for ML Privacy Meter (2021) runs after ``import fedaudit as ml_privacy_meter``:
+``ml_privacy_meter.utils.attack_data.attack_data`` and ``ml_privacy_meter.attack.meminf.initialize`` are the same
+objects (``attack`` is ``attacks``).
 """
 
 import importlib

@@ -488,4 +488,5 @@ def run_model_audit(model_path, members, nonmembers, population=None, out=None, 
     return run_dir
 
 
-__all__ = ["audit", "ModelAudit", "run_model_audit", "ModelAuditSettings", "OUTPUTS", "load_inputs", "score_column", "KIND", "DEFAULT_ATTACKS"]
+__all__ = ["audit", "ModelAudit", "ModelAuditSettings", "run_model_audit", "load_inputs", "score_column", "KIND",
+           "DEFAULT_ATTACKS", "OUTPUTS"]

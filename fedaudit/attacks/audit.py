@@ -159,13 +159,17 @@ def audit_model(model, x_members, y_members, x_nonmembers, y_nonmembers, *, x_po
                 alpha: float = 0.05, slices: bool = False) -> dict[str, Summary]:
     """{attack: Summary} of :func:`fedaudit.model_audit.audit`, with its settings given as keywords.
 
-    Kept for scripts that call it; new code builds a :class:`fedaudit.model_audit.ModelAuditSettings` and calls
-    :func:`fedaudit.model_audit.audit`, which this calls (``attacks`` None: its default attacks).
+    Deprecated, kept for scripts that call it; new code builds a :class:`fedaudit.model_audit.ModelAuditSettings`
+    and calls :func:`fedaudit.model_audit.audit`, which this calls (``attacks`` None: its default attacks).
     ``from_probabilities``: the model outputs probabilities (else logits); ``num_classes`` is checked against the
     model's outputs.
     """
+    import warnings
+
     from fedaudit.model_audit import ModelAuditSettings, audit
 
+    warnings.warn("fedaudit.attacks.audit_model: use fedaudit.model_audit.audit(model, members, nonmembers, "
+                  "population, ModelAuditSettings(...)), which it calls", DeprecationWarning, stacklevel=2)
     defaults = ModelAuditSettings()
     attacks = list(defaults.attacks if attacks is None else attacks)
     if not attacks:

@@ -10,7 +10,7 @@ keras = pytest.importorskip("keras")
 from fedaudit.attacks.threshold import (  # noqa: E402
     THRESHOLD_ATTACKS, confidence_scores, entropy_scores, loss_scores, modified_entropy_scores,
 )
-from fedaudit.attacks.whitebox import (  # noqa: E402
+from fedaudit.attacks.nasr import (  # noqa: E402
     GradientRowConv, WhiteBoxAttack, blackbox_features, build_attack_network, fit_attack, whitebox_features,
 )
 from fedaudit.data import load_dataset, write_privacy_meter_txt  # noqa: E402

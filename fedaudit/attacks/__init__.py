@@ -11,7 +11,7 @@ gradient norms included) and ``blackbox`` (the output features). Run one with :f
 :class:`AttackInputs`.
 
 Importing this package imports no TensorFlow. The attack network of Nasr et al. (2019),
-:class:`~fedaudit.attacks.whitebox.WhiteBoxAttack`, and the ``meminf`` module (ML Privacy Meter's API for it) are
+:class:`~fedaudit.attacks.nasr.WhiteBoxAttack`, and the ``meminf`` module (ML Privacy Meter's API for it) are
 loaded on first access; :func:`audit_model` is the keyword form of :func:`fedaudit.model_audit.audit`.
 """
 
@@ -35,7 +35,7 @@ __all__ = [
 def __getattr__(name: str):
     """Load the whitebox attack and the meminf module on first access (they import TensorFlow)."""
     if name == "WhiteBoxAttack":
-        from fedaudit.attacks.whitebox import WhiteBoxAttack
+        from fedaudit.attacks.nasr import WhiteBoxAttack
 
         globals()["WhiteBoxAttack"] = WhiteBoxAttack
         return WhiteBoxAttack

@@ -3,7 +3,7 @@
 In ``[audit] attacks`` and ``--attacks``, ``whitebox`` names the logistic attack on every feature of
 :mod:`fedaudit.auditor.features` (outputs, per-layer gradient norms, update cosines, activation statistics) and
 ``blackbox`` the one on the output features only, :data:`OUTPUT_FEATURES`, chosen by name. Neither is the attack
-network of Nasr et al. (2019), :class:`fedaudit.attacks.whitebox.WhiteBoxAttack`, which the per-round auditor does
+network of Nasr et al. (2019), :class:`fedaudit.attacks.nasr.WhiteBoxAttack`, which the per-round auditor does
 not run. The classifier and the cross-fitting live in :mod:`fedaudit.auditor.attack` (NumPy); this module only
 registers which features each attack reads.
 """

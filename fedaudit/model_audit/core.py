@@ -143,10 +143,7 @@ def _score_attacks(settings, target: _Target, logits, x, y, member, num_classes,
                              x[~member], y[~member], x_population=population[0], y_population=population[1],
                              attacks=settings.reference_attacks, reference_models=settings.reference_models,
                              model_name=name, model_options=model_options, num_classes=num_classes,
-                             epochs=settings.epochs, batch_size=settings.batch_size,
-                             learning_rate=settings.learning_rate, optimizer=settings.optimizer, seed=settings.seed,
-                             cache_dir=settings.cache_dir, parallel=settings.parallel, train_size=settings.train_size,
-                             from_probabilities=target.probabilities)
+                             from_probabilities=target.probabilities, **settings.reference_training())
         out.update(score_all(data, settings.reference_attacks, options))
     return out
 

@@ -81,6 +81,12 @@ class ModelAuditSettings:
                               f"{', '.join(self.attacks)}")
         return self
 
+    def reference_training(self) -> dict:
+        """The reference models' training recipe, as :func:`fedaudit.attacks.audit.prepare_audit` takes it."""
+        return dict(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                    optimizer=self.optimizer, seed=self.seed, cache_dir=self.cache_dir, parallel=self.parallel,
+                    train_size=self.train_size)
+
     @property
     def reference_attacks(self) -> list:
         """The attacks that read reference models (FedMIA's null models are the offline ones here)."""

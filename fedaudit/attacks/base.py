@@ -1,11 +1,11 @@
 """The registry of every attack, and the interface of score attacks (arrays in, one score per record out).
 
-Registering an attack is all it takes to use it in :func:`fedaudit.attacks.audit_model`, in ``fedaudit
+Registering an attack is all it takes to use it in :func:`fedaudit.model_audit.audit`, in ``fedaudit
 audit-model``, in a scenario's ``[audit] attacks`` and in the per-round auditor: config validation, the headline
 choice and the auditor's dispatch all read this registry. Two kinds:
 
 - **score attacks** (:func:`register_score_attack`): ``f(inputs: AttackInputs, **options) -> scores``, NumPy
-  only. Whoever holds the models (the auditor, :func:`fedaudit.attacks.audit_model`) computes logits with
+  only. Whoever holds the models (the auditor, :func:`fedaudit.model_audit.audit`) computes logits with
   TensorFlow and passes plain arrays. ``needs`` (keys of :data:`NEEDS`) says which inputs it reads, and with
   it where the auditor can run it: nothing beyond the target's logits (per model), ``population`` (fitted on
   known non-members: the auditor cross-fits it by fold), ``reference*`` (reference models, per round with

@@ -24,7 +24,7 @@ in ``summary.json`` (``attacks_across_rounds``).
 
 Inputs: ``null_phi`` (M, n), NaN where a record has fewer than M null models. The per-round auditor fills it
 with M other replying clients per record (``[audit]`` attack ``fedmia``, server view); a single-model audit
-(:func:`fedaudit.attacks.audit_model`) with its offline reference models, which did not train on any audited
+(:func:`fedaudit.model_audit.audit`) with its offline reference models, which did not train on any audited
 record either (the test is then LiRA offline with a pooled variance).
 """
 

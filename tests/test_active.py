@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fedaudit.federation.active import Ascent, cosine, inert_weights, recover_target, update
+from fedaudit.metrics import auc_interval
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +76,60 @@ def test_gradient_ascent_raises_the_targets_loss(digits):
     assert not np.allclose(after[0], before[0])
     _, none = ascent(before, x[:50], y[:50], steps=0, lr=0.5)
     assert none == [pytest.approx(losses[0], rel=1e-5)]
+
+
+# --- the active server, audited in this process (the federation's moves applied by hand, as ServerMoves does) -------
+
+def simulate_active(scenario, run_dir):
+    """FedAvg in this process with the active server's gradient ascent before each round's model goes out; every
+    round audited by the twin's AuditCore. Returns the aggregated summary."""
+    from fedaudit.auditor import AuditCore, aggregate_run
+    from fedaudit.federation.active import ascent_for, plan_for
+    from fedaudit.federation.driver import prepare, write_inputs
+    from fedaudit.models import Trainer, build_model
+
+    p = prepare(scenario)
+    f, d = scenario.federation, p.dataset
+    write_inputs(run_dir, p)
+    core = AuditCore.from_dataset(run_dir, scenario, d.x, d.y, p.ledger.owner, p.ledger.num_clients)
+    trainer = Trainer(build_model(scenario.model.name, d.input_shape, d.num_classes, seed=f.seed,
+                                  **scenario.model.options), f.optimizer, f.learning_rate)
+    plan = plan_for(scenario, d, p.ledger)
+    ascent = ascent_for(scenario.model.name, scenario.model.options, d.input_shape, d.num_classes)
+    weights = p.initial_weights
+    for r in range(1, f.rounds + 1):
+        sent, _ = ascent(weights, d.x[plan.targets], d.y[plan.targets], plan.ascent_steps, plan.ascent_lr)
+        clients = {}
+        for k in range(f.clients):
+            idx = p.ledger.client_indices(k)
+            trainer.set_weights(sent)
+            trainer.fit(d.x[idx], d.y[idx], epochs=f.local_epochs, batch_size=f.batch_size,
+                        rng=np.random.default_rng([f.seed, k, r]))
+            clients[k] = trainer.get_weights()
+        new = [np.mean(np.stack(layer), axis=0) for layer in zip(*[clients[k] for k in sorted(clients)])]
+        core.observe(r, sent, clients, new, {"round": r})
+        weights = new
+    return aggregate_run(run_dir)
+
+
+def active_scenario(**federation):
+    from fedaudit.config import scenario_from_dict
+
+    fed = {"clients": 4, "rounds": 2, "local_epochs": 10, "batch_size": 16, "seed": 3, "learning_rate": 0.003,
+           **federation}
+    return scenario_from_dict({"name": "active", "data": {"dataset": "digits", "population_fraction": 0.3},
+                               "model": {"name": "mlp", "hidden": [64]}, "federation": fed,
+                               "audit": {"enabled": True, "folds": 3, "threat_models": ["active-server"],
+                                         "attacks": ["blackbox", "loss"], "active": {"targets": 300}}})
+
+
+def test_an_active_server_finds_members_that_trained_and_reports_chance_when_nothing_was_learned(tmp_path):
+    """With a learning rate of ~0 the clients return the model they were sent: the ascent shows which records the
+    server targeted (their loss is high under every model) but not which of them are members, so the attack is at
+    chance. With learning, the owners pull their members' losses back down and the attack finds them."""
+    learned = simulate_active(active_scenario(), tmp_path / "learned")["threat_models"]["active-server"]
+    nothing = simulate_active(active_scenario(learning_rate=1e-9), tmp_path / "nothing")["threat_models"]["active-server"]
+    assert learned["n_members"] == nothing["n_members"] == 150 and learned["n_nonmembers"] == 150   # the targets
+    assert auc_interval(learned["auc"], 150, 150)[0] > 0.55          # found, beyond its interval
+    lo, hi = auc_interval(nothing["auc"], nothing["n_members"], nothing["n_nonmembers"])
+    assert lo < 0.5 < hi and abs(nothing["auc"] - 0.5) < 0.1

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedaudit.auditor.results import skipped_result
 from fedaudit.auditor.views import Participant, RoundContext, Server
 from fedaudit.threat_model import register_threat_model
 
@@ -71,6 +72,9 @@ class ActiveServer(_Deviating, Server):
         return Server.jobs(self, core, _per_client(ctx))
 
     def audit(self, core, ctx):
+        if ctx.secure_aggregation and not ctx.clients:
+            return skipped_result(core.headlines[self.name], "no client's model was recovered this round (the "
+                                  "inconsistency starts once the target's node is known from a reply)")
         return Server.audit(self, core, _per_client(ctx))
 
 
@@ -116,8 +120,9 @@ class ActiveParticipant(_Deviating, Participant):
 
 def _per_client(ctx: RoundContext) -> RoundContext:
     """The round as a server with per-client models sees it: under secure aggregation the deviating server holds the
-    clients' models its manipulation revealed (``ctx.clients``), so it is not the aggregate-only view."""
-    if ctx.secure_aggregation and ctx.clients:
+    clients' models its manipulation revealed (``ctx.clients``, none in a round where it recovered none), so it is
+    never the aggregate-only view."""
+    if ctx.secure_aggregation:
         from dataclasses import replace
 
         return replace(ctx, secure_aggregation=False)      # a shallow copy: arrays, results, state are shared

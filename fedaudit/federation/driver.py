@@ -205,6 +205,8 @@ def _run_federation(prepared, run_dir, sink_factory, progress, start_round, star
             record.update(round_norms(update))
             if update.deviation:
                 record["deviation"] = deviation_record(update, run_dir / TRUTH_DIR)
+            for path in (run_dir / TRUTH_DIR).glob(f"round_{update.round:04d}_client_*.npz"):
+                path.unlink()           # a true model is ground truth for one round's measurement only
             if canaries is not None:
                 without = canaries.observe(update.round, update.previous, update.new)
                 if without is not None and np.isfinite(canaries.contribution).all():
@@ -339,7 +341,6 @@ def deviation_record(update, truth_dir: Path) -> dict:
             out["recovered_max_abs_error"] = float(max(np.max(np.abs(np.asarray(a, np.float64) - b))
                                                       for a, b in zip(recovered[:-1], trained[:-1]))) \
                 if len(trained) > 1 else None
-            path.unlink()
     return out
 
 

@@ -148,8 +148,8 @@ def _lines(run_dir: Path) -> list[dict]:
 
 
 def compare_with_twin(run_dir, name: str) -> dict:
-    """Deviating adversary ``name`` beside its passive twin, on the adversary's target records: metrics with
-    intervals of the stacked scores (over the rounds) and per round, and the deviation's cost."""
+    """Deviating adversary ``name`` beside its passive twin, on the adversary's target records that it scored: metrics
+    with intervals of the stacked scores (over the rounds) and per round, and the deviation's cost."""
     from fedaudit.auditor.records import AuditRecords
     from fedaudit.metrics import summarize
 
@@ -162,19 +162,24 @@ def compare_with_twin(run_dir, name: str) -> dict:
     out: dict = {"passive_twin": twin, "targets": {"members": int(member.sum()), "nonmembers": int((~member).sum())}}
     pos = _sorted_positions(records.index, targets)
     stacked = {}
-    for label, d, tm in (("active", tdir, name), ("passive", run_dir, twin)):
-        s = _stacked(d, tm)
-        stacked[label] = None if s is None else _summary(s[pos], member)
+    active, passive = _stacked(tdir, name), _stacked(run_dir, twin)
+    if active is not None and passive is not None:
+        # the records the deviating adversary scored (under secure aggregation: the recovered client's members and
+        # the population targets), for both adversaries
+        ok = np.isfinite(active[pos])
+        out["targets"]["scored"] = {"members": int((ok & member).sum()), "nonmembers": int((ok & ~member).sum())}
+        stacked = {"active": _summary(active[pos][ok], member[ok]), "passive": _summary(passive[pos][ok], member[ok])}
     out["stacked"] = stacked
     per_round = []
     active_rounds, passive_rounds = _round_scores(tdir, name), _round_scores(run_dir, twin)
     for r in sorted(set(active_rounds) & set(passive_rounds)):
         row = {"round": r}
+        ok = np.isfinite(active_rounds[r][targets])
         for label, scores in (("active", active_rounds[r]), ("passive", passive_rounds[r])):
             s = scores[targets]
-            ok = np.isfinite(s)
-            row[label] = _with_auc_ci(summarize(s[ok & member], s[ok & ~member])) \
-                if (ok & member).any() and (ok & ~member).any() else None
+            good = ok & np.isfinite(s)
+            row[label] = _with_auc_ci(summarize(s[good & member], s[good & ~member])) \
+                if (good & member).any() and (good & ~member).any() else None
         per_round.append(row)
     out["per_round"] = per_round
     out["cost"] = deviation_cost(run_dir, tdir)

@@ -327,7 +327,8 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
     data = {r: load_round(round_path(run_dir, r)) for r in saved_rounds(run_dir)}
     if not data:
         log.warning("%s: no audited round to aggregate", run_dir)
-    feature_names = next((d["feature_names"] for d in data.values()), np.array([]))
+    # from a round that computed features (a round where no model was probed saves none)
+    feature_names = next((d["feature_names"] for d in data.values() if d["feature_names"].size), np.array([]))
     member = records.member
     round_clients = _round_clients(run_dir, data, records)
     views = {}

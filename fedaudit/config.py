@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
-import datetime
 import math
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from fedaudit.errors import ConfigError
 from fedaudit.threat_model import threat_model_names
@@ -75,6 +76,19 @@ class DPConfig:
 
 
 @dataclass
+class ActiveConfig:
+    """What the adversaries that deviate from the protocol do (``[audit.active]``, see fedaudit.federation.active)."""
+
+    targets: int = 200             # target records: half members, half population-sample records, drawn from the seed
+    ascent_steps: int = 10         # gradient-ascent steps on the targets (active server, active participant)
+    ascent_lr: float = 0.03        # their step size
+    start_round: int = 1           # the first round the adversary deviates in
+    isolated_client: int = -1      # the client the isolating server keeps apart (-1: drawn from the seed)
+    participant: int = -1          # the active participant (-1: drawn from the seed)
+    inconsistent_client: int = -1  # under secure aggregation, the client the active server singles out (-1: drawn)
+
+
+@dataclass
 class AuditConfig:
     enabled: bool = False
     threat_models: list = field(default_factory=lambda: ["server", "participant"])
@@ -88,6 +102,7 @@ class AuditConfig:
     gradients: list = field(default_factory=list)   # layers whose kernel gradient norms are features (1-based)
     layers: list = field(default_factory=list)      # layers whose outputs give activation features (1-based)
     canaries: int = 0               # canary clients added to every aggregation (0: none), see fedaudit.canaries
+    active: ActiveConfig = field(default_factory=ActiveConfig)   # [audit.active]: the deviating adversaries
 
 
 @dataclass
@@ -132,7 +147,7 @@ class Scenario:
         d = asdict(self)
         d.pop("source")
         for section, (_, opts) in OPEN_SECTIONS.items():
-            d[section].update(d[section].pop(opts))
+            d[section].update(_in_key_order(d[section].pop(opts)))
         return d
 
     def to_toml(self) -> str:
@@ -164,7 +179,7 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 def _key_text(key) -> str:
     """A key as it appears in a key path: bare keys as they are, others quoted (one line, always)."""
     key = str(key)
-    return key if _BARE_KEY.match(key) else _toml_string(key)
+    return key if _BARE_KEY.match(key) else tomli_w.dumps({key: 0}).rstrip("\n").rsplit(" = ", 1)[0]
 
 
 def _type_name(t) -> str:
@@ -210,6 +225,8 @@ def _section(name: str, raw, cls):
                 if opt in options:
                     raise ConfigError(f"{opt_path}: given twice (also as {name}.{_key_text(opt)})")
                 options[opt] = copy.deepcopy(v)
+        elif key in known and is_dataclass(getattr(defaults, key)):    # a sub-table ([audit.active])
+            values[key] = _section(path, value, type(getattr(defaults, key)))
         elif key in known:
             values[key] = _coerce(path, value, getattr(defaults, key))
         elif open_keys:
@@ -278,6 +295,7 @@ def validate(s: Scenario) -> Scenario:
         for v in getattr(a, key):
             _check((isinstance(v, int) and not isinstance(v, bool) and v >= 1) or (isinstance(v, str) and v != ""),
                    f"audit.{key}", f"entries are 1-based layer indices or layer names, got {v!r}")
+    _validate_active(s)
     _check(a.canaries == 0 or a.canaries >= 3, "audit.canaries",
            f"must be 0 (no canaries) or at least 3 (to fit their distribution), got {a.canaries}")
     _check(a.canaries == 0 or f.strategy in CANARY_STRATEGIES, "audit.canaries",
@@ -357,6 +375,29 @@ def _partition_ok(spec: str) -> bool:
     return math.isfinite(value) and value > 0 and (method != "shards" or value >= 1)
 
 
+def _validate_active(s: Scenario) -> None:
+    from fedaudit.threat_model import get_threat_model
+
+    a, f = s.audit.active, s.federation
+    _check(a.targets >= 2, "audit.active.targets", f"must be at least 2 (members and non-members), got {a.targets}")
+    _check(a.ascent_steps >= 0, "audit.active.ascent_steps", f"must be >= 0, got {a.ascent_steps}")
+    _check(a.ascent_lr >= 0, "audit.active.ascent_lr", f"must be >= 0, got {a.ascent_lr}")
+    _check(1 <= a.start_round <= f.rounds, "audit.active.start_round",
+           f"must be a round of the run (1 to federation.rounds = {f.rounds}), got {a.start_round}")
+    for key in ("isolated_client", "participant", "inconsistent_client"):
+        value = getattr(a, key)
+        _check(value == -1 or 0 <= value < f.clients, f"audit.active.{key}",
+               f"must be -1 (drawn from the seed) or a client id in 0..{f.clients - 1}, got {value}")
+    deviating = [tm for tm in s.audit.threat_models if get_threat_model(tm).deviation]
+    if deviating and f.secure_aggregation:
+        _check("isolating-server" not in deviating, "audit.threat_models", "isolating-server under secure "
+               "aggregation: the server never holds one client's reply to keep it apart; allowed under secure "
+               "aggregation: active-server (it singles one client out by model inconsistency), active-participant")
+    if deviating:
+        _check(f.clients >= 2, "federation.clients", f"an adversary that deviates from the protocol needs at least 2 "
+               f"clients (one it targets, one it does not), got {f.clients}")
+
+
 def scenario_from_dict(raw: dict, source: str = "", default_name: str = "scenario") -> Scenario:
     raw = dict(raw)
     name = raw.pop("name", default_name)
@@ -410,56 +451,19 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None, *,
     return scenario.with_overrides(overrides) if overrides else scenario
 
 
-# --- a small TOML writer for resolved scenarios (tomllib only reads) ---
-
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def _toml_string(text: str) -> str:
-    """A TOML basic string: quotes, backslashes and every control character (U+0000-U+001F, U+007F) escaped."""
-    out = []
-    for ch in text:
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04X}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_key(key) -> str:
-    key = str(key)
-    return key if _BARE_KEY.match(key) else _toml_string(key)
-
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return _toml_string(v)
-    if isinstance(v, (datetime.datetime, datetime.date, datetime.time)):
-        return v.isoformat()
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise ConfigError(f"cannot write {v!r} to TOML")
+def _in_key_order(value):
+    """``value`` with the keys of every table in it sorted: the order a resolved file's tables come back in,
+    whatever order the TOML writer puts sub-tables and arrays of tables in."""
+    if isinstance(value, dict):
+        return {k: _in_key_order(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_in_key_order(v) for v in value]
+    return value
 
 
 def dumps_toml(d: dict) -> str:
-    """Top-level keys, then one table per section; deeper tables are written inline."""
-    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict)]
-    for k, v in d.items():
-        if isinstance(v, dict):
-            lines.append(f"\n[{_toml_key(k)}]")
-            lines += [f"{_toml_key(kk)} = {_toml_value(vv)}" for kk, vv in v.items()]
-    return "\n".join(lines) + "\n"
+    """A resolved scenario as TOML: top-level keys, then one table per section (its sub-tables after it)."""
+    try:
+        return tomli_w.dumps(d)
+    except TypeError as exc:        # a value TOML has no type for (None, an object)
+        raise ConfigError(f"cannot write the scenario to TOML: {exc}") from None

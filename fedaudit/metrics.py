@@ -3,7 +3,8 @@
 NumPy only (SciPy for Beta quantiles); no TensorFlow. One entry point, :func:`summarize`, returns a
 :class:`Summary` that the auditor, the reports and users' notebooks all read.
 
-Conventions (see ``shared/ATTACKS.md``):
+Conventions (those of Carlini et al. 2022, "Membership Inference Attacks From First Principles", for the ROC
+and TPR at low FPR; Jagielski et al. 2020 for the empirical epsilon):
 
 - The ROC sweeps a threshold ``t`` over the distinct scores and predicts "member" when ``score >= t``;
   AUC counts ties half (the Mann-Whitney statistic).
@@ -121,6 +122,17 @@ def auc(member_scores, nonmember_scores) -> float:
     """Area under the ROC: P(member score > non-member score) + 0.5 * P(tie)."""
     c = roc_counts(member_scores, nonmember_scores)
     return _auc_from_counts(c)
+
+
+def auc_interval(auc_value: float, n_members: int, n_nonmembers: int, z: float = 1.959964) -> tuple:
+    """Hanley and McNeil's (1982) normal interval of an AUC measured on ``n_members`` members and ``n_nonmembers``
+    non-members (95% by default), clipped to [0, 1]."""
+    a, n1, n0 = float(auc_value), int(n_members), int(n_nonmembers)
+    if not math.isfinite(a) or n1 < 1 or n0 < 1:
+        return (math.nan, math.nan)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    se = math.sqrt(max(a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a), 0) / (n1 * n0))
+    return max(0.0, a - z * se), min(1.0, a + z * se)
 
 
 def _auc_from_counts(c: RocCounts) -> float:

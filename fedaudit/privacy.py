@@ -43,8 +43,11 @@ from fedaudit.threat_model import threat_models
 log = logging.getLogger(__name__)
 
 
-def _threat_models() -> dict:
-    return threat_models()
+def _threat_models(scenario=None) -> dict:
+    """The threat models the privacy object covers: every registered one that follows the protocol (the guarantee
+    against it holds whether or not it was audited), and the scenario's audited ones that deviate from it."""
+    audited = set(scenario.audit.threat_models) if scenario is not None else set()
+    return {tm: m for tm, m in threat_models().items() if not getattr(m, "deviation", False) or tm in audited}
 
 
 def _finite(x) -> float | None:
@@ -56,7 +59,7 @@ def accountant_by_threat_model(scenario, round_clients: dict[int, list]) -> dict
     from fedaudit.dp import accountant_epsilon, sampled_clients
 
     dp, f = scenario.dp, scenario.federation
-    models = _threat_models()
+    models = _threat_models(scenario)
     out = {tm: {"accountant_epsilon": None, "accountant_note": None} for tm in models}
     m = sampled_clients(f.clients, f.fraction)
     if dp.mode == "none":
@@ -110,7 +113,7 @@ def canary_by_threat_model(scenario, canaries: dict | None, seed: int = 0) -> di
     from fedaudit.canaries import estimate_epsilon
 
     delta = scenario.dp.delta
-    models = _threat_models()
+    models = _threat_models(scenario)
     out = {tm: {"canary_epsilon": None, "canary_epsilon_ci": None} for tm in models}
     if not canaries or canaries["inserted"].size == 0:
         return out
@@ -176,7 +179,7 @@ def privacy_object(scenario, round_clients: dict[int, list], canaries: dict | No
     can = canary_by_threat_model(scenario, canaries, seed=scenario.federation.seed)
     out = {}
     first = ("accountant_epsilon", "canary_epsilon", "canary_epsilon_ci", "mia_epsilon_lower", "delta")
-    for tm in _threat_models():
+    for tm in _threat_models(scenario):
         low, _ = empirical_epsilon(headlines.get(tm))
         entry = {**acc[tm], **can[tm], "mia_epsilon_lower": low if math.isfinite(low) else None}
         quoted = [entry.get("accountant_epsilon"), entry.get("canary_epsilon"), entry.get("mia_epsilon_lower")]
@@ -201,7 +204,7 @@ def run_privacy(run_dir: Path, scenario, summary: RunSummary | dict | None) -> d
         if utility["accuracy_without_canaries"] is None:
             utility.pop("accuracy_without_canaries")
     out = privacy_object(scenario, round_clients, load_canaries(run_dir), dict(summary.threat_models), utility)
-    for tm, model in _threat_models().items():
+    for tm, model in _threat_models(scenario).items():
         if model.per_client_models and out[tm].get("per_client"):
             measured = per_client_mia_epsilon(Path(run_dir) / "records.csv", scenario.dp.delta, column=tm)
             for c in out[tm]["per_client"]:

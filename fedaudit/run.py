@@ -27,13 +27,8 @@ def resolve_run_dir(scenario: Scenario, out: str | Path | None) -> Path:
 
 
 def run_scenario(scenario: Scenario, out: str | Path | None = None, progress: bool = True,
-                 fail_clients: dict | None = None, report: bool = True,
-                 kill_auditor_after_round: int | None = None, kill_clients: dict | None = None) -> Path:
-    """Run ``scenario`` and return its run directory. Nothing is written before the inputs are checked.
-
-    Test hooks: ``kill_auditor_after_round`` kills the auditor actor after that round is handed to it;
-    ``fail_clients`` / ``kill_clients`` ({client: round}) make a client raise / kill its actor's process.
-    """
+                 report: bool = True) -> Path:
+    """Run ``scenario`` and return its run directory. Nothing is written before the inputs are checked."""
     from fedaudit.federation.driver import prepare, write_inputs
     from fedaudit.runstate import RunLock
 
@@ -42,14 +37,11 @@ def run_scenario(scenario: Scenario, out: str | Path | None = None, progress: bo
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
         write_inputs(run_dir, prepared)
-        _execute(prepared, run_dir, progress=progress, report=report, resumed=False,
-                 hooks=dict(fail_clients=fail_clients, kill_clients=kill_clients),
-                 kill_auditor_after_round=kill_auditor_after_round)
+        _execute(prepared, run_dir, progress=progress, report=report, resumed=False)
     return run_dir
 
 
-def resume_run(run_dir: str | Path, progress: bool = True, report: bool = True,
-               kill_clients: dict | None = None) -> Path:
+def resume_run(run_dir: str | Path, progress: bool = True, report: bool = True) -> Path:
     """Continue the run in ``run_dir`` after its last complete round (see :mod:`fedaudit.runstate`)."""
     from fedaudit.federation.driver import prepare
     from fedaudit.runstate import RunLock
@@ -64,7 +56,7 @@ def resume_run(run_dir: str | Path, progress: bool = True, report: bool = True,
         start, weights, state = _resume_point(run_dir, scenario)
         log.warning("%s: resuming after round %d of %d", run_dir, start, scenario.federation.rounds)
         _execute(prepared, run_dir, progress=progress, report=report, resumed=True, start=start, weights=weights,
-                 state=state, hooks=dict(kill_clients=kill_clients))
+                 state=state)
     return run_dir
 
 
@@ -218,8 +210,37 @@ def finish_run(run_dir, *, report: bool = True) -> list[str]:
     return summary_lines(run_dir, write_report(run_dir) if report else None)
 
 
+def _run_twins(prepared, run_dir: Path, *, progress: bool) -> None:
+    """Each deviating adversary's own federation (:mod:`fedaudit.twins`), one after the other, in ``RUN_DIR/active/``:
+    started, resumed where an earlier attempt stopped, or skipped when finished; then merged into the run."""
+    from dataclasses import replace
+
+    from fedaudit.federation.driver import write_inputs
+    from fedaudit.runstate import RunLock, read_status
+    from fedaudit.twins import deviating, is_twin, merge_twin, twin_dir, twin_scenario
+
+    scenario = prepared.scenario
+    if is_twin(scenario):
+        return
+    for name in deviating(scenario.audit.threat_models):
+        tdir = twin_dir(run_dir, name)
+        state = read_status(tdir).state if tdir.is_dir() else None
+        if state != "finished":
+            log.warning("%s: the %s adversary's own federation (beside the passive run of the same seed)",
+                        tdir, name)
+            if state is None:
+                tdir.mkdir(parents=True, exist_ok=True)
+                twin = replace(prepared, scenario=twin_scenario(scenario, name))
+                with RunLock(tdir):
+                    write_inputs(tdir, twin)
+                    _execute(twin, tdir, progress=progress, report=False, resumed=False)
+            else:
+                resume_run(tdir, progress=progress, report=False)
+        merge_twin(run_dir, name)
+
+
 def _execute(prepared, run_dir: Path, *, progress: bool, report: bool, resumed: bool, start: int = 0,
-             weights=None, state=None, hooks: dict | None = None, kill_auditor_after_round=None) -> None:
+             weights=None, state=None) -> None:
     """Run (or continue) the federation, aggregate, record the outcome in status.json, then report."""
     from fedaudit.federation.driver import run_federation
     from fedaudit.runstate import end_attempt, progress as run_progress, prune_checkpoints, start_attempt
@@ -229,22 +250,19 @@ def _execute(prepared, run_dir: Path, *, progress: bool, report: bool, resumed: 
     start_attempt(run_dir, rounds=rounds, from_round=start, resumed=resumed)
     sink_factory = None
     if scenario.audit.enabled:
-        import functools
-
         from fedaudit.auditor import auditor_sink
 
         sink_factory = auditor_sink
-        if kill_auditor_after_round is not None:
-            sink_factory = functools.partial(auditor_sink, kill_auditor_after_round=kill_auditor_after_round)
     try:
         if start < rounds:
             run_federation(prepared, run_dir, sink_factory=sink_factory, progress=progress, start_round=start,
-                           start_weights=weights, start_state=state,
-                           **{k: v for k, v in (hooks or {}).items() if v is not None})
+                           start_weights=weights, start_state=state)
         elif scenario.audit.enabled:
             from fedaudit.auditor import aggregate_run
 
             aggregate_run(run_dir)          # every round was done; only the aggregation was missing
+        if scenario.audit.enabled:
+            _run_twins(prepared, run_dir, progress=progress)
         _complete_summary(run_dir)
     except Interrupted as exc:
         where = run_progress(run_dir, scenario)

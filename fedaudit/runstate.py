@@ -187,10 +187,12 @@ def complete_rounds(run_dir, scenario, rows: list | None = None) -> set[int]:
     """Rounds whose utility is recorded and, with the audit on, whose every threat model is audited."""
     if rows is None:
         rows, _ = scan_jsonl(Path(run_dir) / "rounds.jsonl")
+    from fedaudit.twins import audited_here
+
     audit = scenario.audit
     done = set()
     for line in filter(None, map(_trained, rows)):
-        if audit.enabled and not (set(audit.threat_models) <= set(line.views)
+        if audit.enabled and not (set(audited_here(scenario)) <= set(line.views)
                                   and _round_npz(run_dir, line.round).exists()):
             continue
         done.add(line.round)

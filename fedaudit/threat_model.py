@@ -18,7 +18,7 @@ import importlib
 from typing import ClassVar
 
 #: modules whose import registers the built-in threat models
-BUILTIN_MODULES = ("fedaudit.auditor.views",)
+BUILTIN_MODULES = ("fedaudit.auditor.views", "fedaudit.auditor.active_views")
 
 _REGISTRY: dict[str, "ThreatModel"] = {}
 _loaded = False
@@ -57,6 +57,10 @@ class ThreatModel:
     secure_aggregation_description: ClassVar[str | None] = None
     #: whether the DP guarantee of the scenario's mode covers this adversary ({dp mode: True/False})
     dp_covers: ClassVar[dict] = {}
+    #: the adversary deviates from the protocol: it changes what is trained, so it runs as a federation of its own
+    #: beside the passive run of the same seed (:mod:`fedaudit.twins`), whose ``passive_twin`` it is compared with
+    deviation: ClassVar[bool] = False
+    passive_twin: ClassVar[str | None] = None
 
     def attack_view_for(self, secure_aggregation: bool = False) -> str:
         """The attack registry's view whose attacks this threat model runs (in a run with or without secure
@@ -70,6 +74,11 @@ class ThreatModel:
         return self.description
 
     # ---- per-round work (the auditor's core calls these) ------------------------------------------------
+
+    def scored_records(self, core):
+        """A mask of the audited records this view's metrics are computed on (None: every record it scores; its
+        attacks are fitted on every known record either way). An active adversary's are its target records."""
+        return None
 
     def jobs(self, core, ctx) -> list:
         """``[(Job, weights)]``: the models whose signals this view needs this round (see

@@ -15,7 +15,7 @@ What it does, with fedaudit's Python API:
 fedaudit trains the model with its own training step and reads logits: a final softmax is removed (the model
 is trained and audited on the logits under it). To keep your own training loop, run your own Flower App with
 ``fedaudit.flower`` instead (``simulations/flower_app``); to audit a model you already trained, use
-``fedaudit audit-model``.
+``fedaudit audit-model`` (or, on arrays, ``fedaudit.model_audit.audit``).
 """
 
 from __future__ import annotations

@@ -236,3 +236,19 @@ def test_audit_model_on_a_real_target_with_ray(tmp_path):
         json.dumps(s.to_dict(), allow_nan=False)
     assert results["loss"].auc > 0.5
     assert len(list(tmp_path.glob("*.npz"))) == 2
+
+
+def test_one_per_record_gaussian_fit_serves_lira_reference_and_fedmia():
+    from fedaudit.attacks.gaussian import MIN_STD, record_gaussians
+
+    values = np.array([[1.0, 2.0, 5.0, 7.0], [3.0, 2.0, np.nan, 7.0], [5.0, 2.0, np.nan, np.nan]])
+    mean, sd = record_gaussians(values, variance="record", few="nan")
+    np.testing.assert_allclose(mean, [3.0, 2.0, 5.0, 7.0])
+    np.testing.assert_allclose(sd[[0, 1, 3]], [2.0, MIN_STD, MIN_STD])   # sample sd, floored at MIN_STD
+    assert np.isnan(sd[2])                                            # one value only
+    pooled = np.sqrt(8.0 / (2 + 2 + 0 + 1))                           # squared deviations over sum(count - 1)
+    np.testing.assert_allclose(record_gaussians(values, variance="pooled")[1], pooled)
+    np.testing.assert_allclose(record_gaussians(values, variance="record")[1], [2.0, MIN_STD, pooled, MIN_STD])
+    np.testing.assert_allclose(record_gaussians(values, variance="mle")[1], [np.sqrt(8 / 3), MIN_STD, MIN_STD, MIN_STD])
+    mean, sd = record_gaussians(np.array([[np.nan, 1.0]]), variance="pooled", pooled_fallback=1.0)
+    assert np.isnan(mean[0]) and mean[1] == 1.0 and sd[1] == 1.0     # no record with two values: the fallback

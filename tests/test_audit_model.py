@@ -127,3 +127,30 @@ def test_bad_files_are_one_line(saved, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and words in err[0], err
         assert not out.exists()
+
+
+def test_the_cli_and_the_library_run_one_audit_with_one_set_of_default_attacks(saved, tmp_path):
+    """``fedaudit audit-model``, :func:`fedaudit.model_audit.audit` and :func:`fedaudit.attacks.audit_model` (its
+    keyword form), each with its defaults: the same attacks, the same scores, the same membership probabilities."""
+    from fedaudit.attacks import audit_model
+    from fedaudit.model_audit import DEFAULT_ATTACKS, ModelAuditSettings, audit
+
+    folder, model, x, y, members, nonmembers = saved
+    out = tmp_path / "audit"
+    assert main(["audit-model", str(folder / "model.keras"), "--members", str(folder / "members.npz"),
+                 "--nonmembers", str(folder / "nonmembers.csv"), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["attacks"]) == list(DEFAULT_ATTACKS) == ModelAuditSettings().attacks
+
+    result = audit(model, (x[members], y[members]), (x[nonmembers], y[nonmembers]))
+    assert list(result.attacks) == list(DEFAULT_ATTACKS) and result.headline == summary["headline"]
+    np.testing.assert_allclose(result.member_probs, np.load(out / "member_probs.npy"), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(result.nonmember_probs, np.load(out / "nonmember_probs.npy"), rtol=1e-5, atol=1e-7)
+    for name, s in result.attacks.items():
+        assert s.auc == pytest.approx(summary["attacks"][name]["auc"], abs=1e-9), name
+
+    # the keyword form: the model ends in a softmax, so its outputs are probabilities
+    results = audit_model(model, x[members], y[members], x[nonmembers], y[nonmembers], from_probabilities=True)
+    assert list(results) == list(DEFAULT_ATTACKS)
+    for name, s in results.items():
+        assert s.auc == pytest.approx(result.attacks[name].auc, abs=1e-4), name

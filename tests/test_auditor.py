@@ -7,7 +7,6 @@ kills the auditor actor mid-run, the other has a client that fails and a client 
 
 import csv
 import dataclasses
-import functools
 import json
 import math
 
@@ -422,10 +421,11 @@ def check_rounds(run_dir, rounds):
 
 @pytest.mark.ray
 def test_audited_run_survives_the_auditors_death(tmp_path):
+    from fedaudit import faults
     from fedaudit.run import run_scenario
 
-    run_dir = run_scenario(small_run_scenario(), out=tmp_path / "run", progress=False, report=False,
-                           kill_auditor_after_round=2)
+    with faults.injected(faults.FaultPlan(kill_auditor_after_round=2)):
+        run_dir = run_scenario(small_run_scenario(), out=tmp_path / "run", progress=False, report=False)
     check_rounds(run_dir, 3)
     starts = read_jsonl(run_dir / "audit" / "starts.jsonl")
     assert len(starts) >= 2 and starts[0]["pid"] != starts[-1]["pid"]      # Ray restarted the actor
@@ -442,14 +442,15 @@ def test_audited_run_survives_the_auditors_death(tmp_path):
 
 @pytest.mark.ray
 def test_audited_run_with_a_failing_and_a_nan_client(tmp_path):
+    from fedaudit import faults
     from fedaudit.auditor import auditor_sink
     from fedaudit.federation.driver import prepare, run_federation, write_inputs
 
     prepared = prepare(small_run_scenario())
     run_dir = tmp_path / "run"
     write_inputs(run_dir, prepared)
-    run_federation(prepared, run_dir, progress=False, fail_clients={3: 2},
-                   sink_factory=functools.partial(auditor_sink, nan_clients={1: 3}))
+    with faults.injected(faults.FaultPlan(fail_clients={3: 2}, nan_clients={1: 3})):
+        run_federation(prepared, run_dir, progress=False, sink_factory=auditor_sink)
     lines = check_rounds(run_dir, 3)
     assert lines[1]["failed"] == ["3"] and lines[1]["server"]["clients_audited"] == [0, 1, 2]
     assert lines[2]["non_finite_clients"] == [1] and lines[2]["server"]["clients_audited"] == [0, 2, 3]

@@ -78,10 +78,12 @@ def test_defaults_are_valid():
     assert isinstance(scenario_from_dict({}), Scenario)
 
 
-def test_every_score_attack_a_scenario_names_is_registered():
-    from fedaudit.attacks import resolve
-    from fedaudit.config import ATTACKS
+def test_the_attacks_a_shipped_scenario_names_are_accepted_and_unknown_ones_rejected():
+    from fedaudit.attacks.base import attack_spec
 
-    for name in ATTACKS:
-        if name not in ("whitebox", "blackbox"):
-            resolve(name)
+    named = load_scenario(SCENARIOS / "overfit.toml").audit.attacks
+    assert {"whitebox", "blackbox", "loss", "lira-offline", "rmia-offline"} <= set(named)
+    for name in named:
+        attack_spec(name)                  # each resolves to a registered attack
+    with pytest.raises(ConfigError, match=r"^audit\.attacks: unknown attack 'lira-onlin'; allowed: .*lira-offline"):
+        scenario_from_dict({"audit": {"attacks": ["loss", "lira-onlin"]}})

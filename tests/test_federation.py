@@ -20,18 +20,84 @@ from conftest import REPO, SCENARIOS
 from procs import free_port, stop_processes
 
 
-@pytest.mark.parametrize("strategy, cls", [("fedavg", "FedAvg"), ("fedprox", "FedProx"), ("fedadam", "FedAdam"),
-                                           ("fedavgm", "FedAvgM")])
-def test_strategies_sample_every_client_they_ask_for(strategy, cls):
-    s = scenario_from_dict({"federation": {"strategy": strategy, "clients": 8, "fraction": 0.5}})
-    built = build_strategy(s, 4)
-    assert type(built).__name__ == cls
-    assert built.min_train_nodes == 4 and built.min_available_nodes == 8
+class NodeGrid:
+    """The part of a Grid a strategy's configure_train uses: the connected nodes."""
+
+    def __init__(self, nodes: int):
+        self.nodes = list(range(101, 101 + nodes))
+
+    def get_node_ids(self):
+        return list(self.nodes)
 
 
-def test_dp_wraps_the_strategy():
-    s = scenario_from_dict({"dp": {"mode": "server", "noise_multiplier": 0.3}})
-    assert type(build_strategy(s, 10)).__name__ == "DifferentialPrivacyServerSideFixedClipping"
+@pytest.fixture
+def in_a_run(monkeypatch):
+    """Messages are built inside a run (Flower reads its ids when it creates one)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def train_messages(built, server_round: int = 3, nodes: int = 8) -> list:
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    return list(built.configure_train(server_round, ArrayRecord([np.zeros(2, dtype=np.float32)]), ConfigRecord(),
+                                      NodeGrid(nodes)))
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedadam", "fedavgm"])
+def test_strategies_sample_every_client_they_ask_for(strategy, in_a_run):
+    s = scenario_from_dict({"federation": {"strategy": strategy, "clients": 8, "fraction": 0.5,
+                                           "proximal_mu": 0.25}})
+    messages = train_messages(build_strategy(s, 4))
+    assert len(messages) == 4 and len({m.metadata.dst_node_id for m in messages}) == 4
+    for m in messages:
+        config = m.content["config"]
+        assert config["server-round"] == 3
+        # FedProx's term reaches the clients in every round's config; the other strategies send none
+        assert config.get("proximal-mu") == (0.25 if strategy == "fedprox" else None)
+
+
+def test_dp_wraps_the_strategy(in_a_run):
+    from fedaudit.federation.strategy import UNIFORM_WEIGHT_KEY, unwrap_strategy
+
+    s = scenario_from_dict({"federation": {"strategy": "fedprox", "clients": 10},
+                            "dp": {"mode": "server", "noise_multiplier": 0.3, "clipping_norm": 2.5}})
+    built = build_strategy(s, 10)
+    inner, wrapper = unwrap_strategy(built)
+    assert wrapper is built and (wrapper.noise_multiplier, wrapper.clipping_norm) == (0.3, 2.5)
+    assert type(inner).__name__ == "FedProx" and inner.weighted_by_key == UNIFORM_WEIGHT_KEY
+    assert len(train_messages(built, nodes=10)) == 10      # the wrapper passes the sampling through
+    plain, none = unwrap_strategy(build_strategy(scenario_from_dict({}), 10))
+    assert none is None and plain.weighted_by_key == "num-examples"
+
+
+def test_fedprox_term_pulls_a_clients_update_toward_the_global_model():
+    """The client trains with FedProx's proximal term when the round's config carries mu: its update differs
+    from plain local training and stays closer to the global weights it started from."""
+    from fedaudit.federation.task import TrainSpec, local_train
+    from fedaudit.models import build_model
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=64)
+    spec = TrainSpec(data_ref=(x, y), owner=np.repeat([0, 1], 32), model_name="mlp",
+                     model_options={"hidden": [16]}, input_shape=(6,), num_classes=3, optimizer="sgd",
+                     learning_rate=0.5, local_epochs=5, batch_size=8, seed=0)
+    start = [w + 0.3 * rng.normal(size=w.shape).astype(w.dtype)
+             for w in build_model("mlp", (6,), 3, seed=0, hidden=[16]).get_weights()]
+
+    def distance(weights):
+        return float(np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(weights, start))))
+
+    plain, _ = local_train(spec, 1, start, 2, proximal_mu=0.0)
+    again, _ = local_train(spec, 1, start, 2, proximal_mu=0.0)
+    prox, _ = local_train(spec, 1, start, 2, proximal_mu=1.0)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, again))       # the same round trains the same
+    assert not all(np.allclose(a, b) for a, b in zip(plain, prox))
+    assert 0 < distance(prox) < 0.8 * distance(plain)
 
 
 @pytest.mark.ray
@@ -45,7 +111,7 @@ def test_fedprox_run_with_partial_participation(tmp_path):
     rows = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
     assert all(len(r["clients"]) == 2 and r["failed"] == [] for r in rows)
-    assert all(0 <= r["accuracy"] <= 1 and r["loss"] > 0 for r in rows)
+    assert all(0 <= r["model_accuracy"] <= 1 and r["loss"] > 0 for r in rows)
     ledger = Ledger.load(run_dir / "ledger.npz")
     assert ledger.num_clients == 4
     assert load_scenario(run_dir / "scenario.toml").federation.strategy == "fedprox"
@@ -84,7 +150,7 @@ def test_quickstart_as_a_ray_cluster_job(tmp_path):
     rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3, 4, 5]
     assert all(r["clients"] == list(range(10)) for r in rows)
-    assert rows[-1]["accuracy"] >= 0.85
+    assert rows[-1]["model_accuracy"] >= 0.85
     assert str(out) in job.stdout                     # the run directory is the job's last line of output
     owner = np.load(out / "ledger.npz")["owner"]
     assert set(np.unique(owner[owner >= 0])) == set(range(10))
@@ -138,11 +204,50 @@ def test_audited_strategy_numbers_rounds_on_after_a_resume():
 
 
 def test_failed_clients_are_named_by_partition_when_every_client_was_asked():
-    from fedaudit.federation.strategy import AuditedStrategy
+    from fedaudit.federation.strategy import failed_partitions
 
-    strategy = AuditedStrategy(None, lambda update: None, num_clients=3)
-    strategy._node_to_partition = {11: 0, 12: 2}
-    assert strategy._failed_partitions([99]) == [1]                 # the one partition never heard from
-    assert strategy._failed_partitions([99, 11]) == [0, 1]
-    unsure = AuditedStrategy(None, lambda update: None)             # a sample of the clients: cannot tell
-    assert unsure._failed_partitions([99]) == ["node-99"]
+    seen = {11: 0, 12: 2}
+    assert failed_partitions([99], seen, 3) == [1]                  # the one partition never heard from
+    assert failed_partitions([99, 11], seen, 3) == [0, 1]
+    assert failed_partitions([99], seen, None) == ["node-99"]       # a sample of the clients: cannot tell
+    assert failed_partitions([99, 98], seen, 3) == ["node-99", "node-98"]    # two unknown nodes, one partition
+
+
+def test_a_partition_is_named_again_when_its_node_comes_back_under_a_new_id():
+    """A failed node's partition is worked out from the replies alone, each round: a guess is never kept, so
+    when partition 1's node fails again under another node id, it is still partition 1."""
+    from fedaudit.federation.secagg import AuditedLegacyStrategy
+    from fedaudit.federation.strategy import AuditedStrategy, failed_partitions
+
+    seen = {11: 0, 12: 2}
+    assert failed_partitions([99], seen, 3) == [1]
+    assert seen == {11: 0, 12: 2}
+    assert failed_partitions([98], seen, 3) == [1]
+    for strategy in (AuditedStrategy(None, lambda update: None, num_clients=3),
+                     AuditedLegacyStrategy(None, lambda update: None, num_clients=3)):
+        strategy._node_to_partition.update(seen)
+        assert failed_partitions([99], strategy._node_to_partition, strategy.num_clients) == [1]
+        assert failed_partitions([98], strategy._node_to_partition, strategy.num_clients) == [1]
+
+
+def test_a_fault_plan_reaches_the_clients_through_one_environment_variable(monkeypatch):
+    from fedaudit import faults
+    from fedaudit.federation.task import TrainSpec, local_train
+
+    monkeypatch.delenv(faults.ENV, raising=False)
+    plan = faults.FaultPlan(fail_clients={3: 2}, kill_clients={1: 5}, nan_clients={0: 1}, kill_auditor_after_round=2)
+    spec = TrainSpec(data_ref=(np.zeros((4, 2), np.float32), np.zeros(4, np.int64)), owner=np.array([0, 1, 2, 3]),
+                     model_name="mlp", model_options={}, input_shape=(2,), num_classes=2, optimizer="sgd",
+                     learning_rate=0.1, local_epochs=1, batch_size=2, seed=0)
+    assert faults.client_fault(3, 2) is None and not faults.auditor_should_die(2)
+    with faults.injected(plan):
+        assert faults.FaultPlan.from_json(os.environ[faults.ENV]) == plan
+        assert [faults.client_fault(*at) for at in ((3, 2), (1, 5), (0, 1), (3, 3), (2, 2))] == [
+            faults.RAISE, faults.KILL, faults.NAN, None, None]
+        assert faults.auditor_should_die(2) and not faults.auditor_should_die(1)
+        with pytest.raises(RuntimeError, match="client 3 failed in round 2"):
+            local_train(spec, 3, [], 2)
+        child = subprocess.run([sys.executable, "-c", "from fedaudit import faults; print(faults.client_fault(1, 5))"],
+                               env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=120)
+        assert child.stdout.strip() == "kill", child.stderr[-2000:]
+    assert faults.ENV not in os.environ and faults.client_fault(3, 2) is None

@@ -27,7 +27,7 @@ from fedaudit.rundir import atomic_save_npy, atomic_write_text, upsert_jsonl
 from fedaudit import schema
 from fedaudit.schema import ClientResult, RoundLine, RunStatus, RunSummary, ViewResult, ViewSummary, metrics_summary
 from fedaudit.slices import slice_metrics
-from fedaudit.threat_model import threat_model_names
+from fedaudit.threat_model import get_threat_model, threat_model_names
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -116,7 +116,8 @@ def write_fake_run(path, *, seed: int = 0, clients: int = 5, rounds: int = 4, re
         atomic_save_npy(path / "member_probs.npy", risk_members)
         atomic_save_npy(path / "nonmember_probs.npy", risk_nonmembers)
     if write_records:
-        columns = threat_model_names()       # as the auditor writes it: a column per registered threat model
+        # as the auditor writes it: a column per registered threat model that follows the protocol
+        columns = [tm for tm in threat_model_names() if not getattr(get_threat_model(tm), "deviation", False)]
         lines = [",".join(["record", "client", "member", "label", *columns, "risk"])]
         for i in np.flatnonzero(audited):
             cells = [str(i), str(int(owner[i])), "1" if member[i] else "0", str(int(labels[i]))]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from fedaudit import faults
 from fedaudit.config import load_scenario
 
 from conftest import REPO, SCENARIOS
@@ -22,6 +23,7 @@ from conftest import REPO, SCENARIOS
 ROUNDS = 9
 KILLED = (1, ROUNDS - 1)        # client 1's actor process is killed in the last but one round (run twice: the
                                 # reference and the last attempt; the earlier attempts stop before it)
+KILL_PLAN = faults.FaultPlan(kill_clients={KILLED[0]: KILLED[1]})
 OVERRIDES = {"federation.clients": 3, "federation.rounds": ROUNDS, "federation.local_epochs": 1,
              "federation.fraction": 1.0, "audit.enabled": True, "audit.folds": 3,
              "ray.num_cpus": 1}         # one client actor: fewer processes to start on each attempt
@@ -42,7 +44,7 @@ def scenario_file(tmp: Path) -> Path:
 
 def start(args, ray_tmp: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               RAY_TMPDIR=str(ray_tmp), FEDAUDIT_TEST_KILL_CLIENTS=f"{KILLED[0]}:{KILLED[1]}")
+               RAY_TMPDIR=str(ray_tmp), **KILL_PLAN.environ())
     env.pop("RAY_ADDRESS", None)
     # its own session: every Ray process it starts shares the session id (its pid), so leftovers can be found
     return subprocess.Popen([sys.executable, "-m", "fedaudit.cli", "run", *map(str, args), "-q"], env=env,
@@ -57,7 +59,7 @@ def lines(run_dir: Path) -> dict:
 
 def audited(run_dir: Path, round_: int) -> bool:
     row = lines(run_dir).get(round_, {})
-    return "server" in row and "participant" in row and "accuracy" in row
+    return "server" in row and "participant" in row and "model_accuracy" in row
 
 
 def wait_until(proc, ready, what: str) -> None:
@@ -79,7 +81,7 @@ def resume_until_a_new_round(run_dir: Path, ray_tmp: Path):
     assert after + 1 < ROUNDS, f"the earlier attempts went too far ({after} rounds) for a stop to land mid-run"
     before = lines(run_dir).get(after + 1)
     proc = start(["--resume", run_dir], ray_tmp)
-    wait_until(proc, lambda: (row := lines(run_dir).get(after + 1)) is not None and "accuracy" in row
+    wait_until(proc, lambda: (row := lines(run_dir).get(after + 1)) is not None and "model_accuracy" in row
                and row != before, f"a line for round {after + 1}")
     return proc, after
 
@@ -152,8 +154,9 @@ def test_interrupt_resume_and_a_killed_client_end_where_an_uninterrupted_run_end
     from fedaudit.run import run_scenario
 
     scenario = scenario_file(tmp_path)
-    reference = run_scenario(load_scenario(scenario), out=tmp_path / "reference", progress=False, report=False,
-                             kill_clients={KILLED[0]: KILLED[1]})
+    with faults.injected(KILL_PLAN):
+        reference = run_scenario(load_scenario(scenario), out=tmp_path / "reference", progress=False,
+                                 report=False)
     ref_rounds = rounds(reference)
     assert [r["round"] for r in ref_rounds] == list(range(1, ROUNDS + 1))
     # the killed client is recorded as failed in its round, and the run goes on with it afterwards

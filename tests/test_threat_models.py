@@ -59,23 +59,24 @@ def snooper():
 def test_the_registry_lists_the_built_in_views_strongest_first():
     out = subprocess.run([sys.executable, "-c", "from fedaudit.threat_model import threat_models; "
                           "print(' '.join(threat_models()))"], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["server", "participant"]
+    assert out.stdout.split() == ["active-server", "isolating-server", "server", "active-participant", "participant"]
     server, participant = get_threat_model("server"), get_threat_model("participant")
     assert server.per_client_models and not participant.per_client_models
     assert server.attack_view_for(secure_aggregation=True) == "participant"   # the sum is one model, as a participant's
     assert strongest(["participant", "server"]) == "server" and ordered(["x", "participant", "server"]) == \
         ["server", "participant", "x"]
-    with pytest.raises(KeyError, match="registered: server, participant"):
+    with pytest.raises(KeyError, match="registered: active-server, isolating-server, server, active-participant"):
         get_threat_model("nobody")
 
 
 def test_an_unregistered_threat_model_is_a_config_error_naming_the_registered_ones():
-    with pytest.raises(ConfigError, match="audit.threat_models.*first-client-snooper.*allowed: server, participant"):
+    with pytest.raises(ConfigError, match="audit.threat_models.*first-client-snooper.*allowed: active-server, isolating-server, server"):
         tiny_scenario().with_overrides({"audit.threat_models": ["first-client-snooper"]})
 
 
 def test_a_threat_model_registered_here_is_audited_and_aggregated(snooper, tmp_path):
-    assert threat_model_names() == ["server", "first-client-snooper", "participant"]
+    assert threat_model_names() == ["active-server", "isolating-server", "server", "first-client-snooper",
+                                    "active-participant", "participant"]
     prepared, rounds = simulate(tiny_scenario().with_overrides(
         {"audit.threat_models": ["participant", "first-client-snooper"]}))
     core = new_core(prepared, tmp_path)

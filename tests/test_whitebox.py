@@ -10,7 +10,7 @@ keras = pytest.importorskip("keras")
 from fedaudit.attacks.threshold import (  # noqa: E402
     THRESHOLD_ATTACKS, confidence_scores, entropy_scores, loss_scores, modified_entropy_scores,
 )
-from fedaudit.attacks.whitebox import (  # noqa: E402
+from fedaudit.attacks.nasr import (  # noqa: E402
     GradientRowConv, WhiteBoxAttack, blackbox_features, build_attack_network, fit_attack, whitebox_features,
 )
 from fedaudit.data import load_dataset, write_privacy_meter_txt  # noqa: E402
@@ -272,10 +272,23 @@ def test_labels_and_records_that_do_not_match_the_model(target, tmp_path):
         attack.test_attack()
 
 
-def test_meminf_is_the_same_class():
-    from fedaudit.attacks import meminf
+def test_a_2021_meminf_call_configures_the_attack_it_names(target, handler):
+    """ML Privacy Meter's call, reached through ``import fedaudit as ml_privacy_meter``, keeps every keyword."""
+    import fedaudit as ml_privacy_meter
 
-    assert meminf.initialize is WhiteBoxAttack
+    model, ds = target
+    meminf = ml_privacy_meter.attack.meminf
+    attack = meminf.initialize(target_train_model=model, target_attack_model=model, train_datahandler=handler,
+                               attack_datahandler=handler, optimizer="adam", model_name="tutorial",
+                               layers_to_exploit=[5], gradients_to_exploit=[4, 5], exploit_loss=False,
+                               exploit_label=True, learning_rate=1e-4, epochs=3)
+    assert type(attack) is meminf.meminf is WhiteBoxAttack
+    assert (attack.layers_to_exploit, attack.gradients_to_exploit, attack.model_name) == ([5], [4, 5], "tutorial")
+    assert (attack.exploit_loss, attack.exploit_label, attack.learning_rate, attack.epochs) == (False, True, 1e-4, 3)
+    assert attack.batch_size == handler.batch_size == 32
+    kinds = [c.kind for c in attack.features(model, ds.x[:8], ds.y[:8], "test").components]
+    assert "loss" not in kinds and "label" in kinds and "output_dense" in kinds
+    assert any(k.startswith("grad") for k in kinds)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,16 +1,18 @@
 """Membership-inference attacks.
 
 Every attack is an entry of one registry (:mod:`fedaudit.attacks.base`: needs, views, headline rank), which
-config validation, ``audit-model`` and the per-round auditor read. Score attacks (NumPy only): ``loss``,
-``confidence``, ``entropy``, ``modified-entropy``, ``population`` (P), ``qmia`` (quantile regression, Bertran et
-al. 2023), ``reference`` (R), ``lira-offline``/``lira-online``, ``rmia-offline``/``rmia-online`` (``lira`` and
-``rmia`` are the offline ones), ``fedmia`` (Zhu et al. 2024: the other clients' models as the null). Trained
-attacks (cross-fitted logistic regression on the auditor's features): ``whitebox``, ``blackbox``. Run one with :func:`run_score_attack` on an :class:`AttackInputs`, or audit a Keras model
-with :func:`audit_model`, which trains or reuses reference models and summarizes every attack.
+config validation, the single-model audit (:func:`fedaudit.model_audit.audit`, ``fedaudit audit-model``) and the
+per-round auditor read. Score attacks (NumPy only): ``loss``, ``confidence``, ``entropy``, ``modified-entropy``,
+``population`` (P), ``qmia`` (quantile regression, Bertran et al. 2023), ``reference`` (R),
+``lira-offline``/``lira-online``, ``rmia-offline``/``rmia-online`` (``lira`` and ``rmia`` are the offline ones),
+``fedmia`` (Zhu et al. 2024: the other clients' models as the null). Trained attacks (cross-fitted logistic
+regression on the auditor's per-record features, :mod:`fedaudit.attacks.fitted`): ``whitebox`` (every feature,
+gradient norms included) and ``blackbox`` (the output features). Run one with :func:`run_score_attack` on an
+:class:`AttackInputs`.
 
-Importing this package imports no TensorFlow; :func:`audit_model` and
-:mod:`fedaudit.attacks.reference_models` import it when called. ``WhiteBoxAttack`` (Nasr et al. 2019) and the
-``meminf`` module (ML Privacy Meter's API) are loaded on first access.
+Importing this package imports no TensorFlow. The attack network of Nasr et al. (2019),
+:class:`~fedaudit.attacks.nasr.WhiteBoxAttack`, and the ``meminf`` module (ML Privacy Meter's API for it) are
+loaded on first access; :func:`audit_model` is the keyword form of :func:`fedaudit.model_audit.audit`.
 """
 
 from fedaudit.attacks.base import (
@@ -33,7 +35,7 @@ __all__ = [
 def __getattr__(name: str):
     """Load the whitebox attack and the meminf module on first access (they import TensorFlow)."""
     if name == "WhiteBoxAttack":
-        from fedaudit.attacks.whitebox import WhiteBoxAttack
+        from fedaudit.attacks.nasr import WhiteBoxAttack
 
         globals()["WhiteBoxAttack"] = WhiteBoxAttack
         return WhiteBoxAttack

@@ -1,22 +1,22 @@
-"""Audit one trained Keras model with the score attacks, the way ML Privacy Meter audited a single model.
+"""Reference models and score attacks for a single-model audit (:func:`fedaudit.model_audit.audit`).
 
 Every score attack of the registry (:mod:`fedaudit.attacks.base`) can be named; each gets the inputs its
 ``needs`` name: the target's logits, the population records (and their features, for QMIA), the reference
 models, or (``fedmia``) the offline reference models as the models that did not train on a record.
 
-:func:`audit_model` computes the target's logits on members, non-members and population records, trains
-(or loads from a cache) the reference models the chosen attacks need, runs every attack and summarizes
-it with :func:`fedaudit.metrics.summarize`. Two sets of reference models, each of ``reference_models``
-models, are trained only when needed:
+:func:`prepare_audit` computes the target's logits on members, non-members and population records and trains
+(or loads from a cache) the reference models the chosen attacks need; :func:`score_all` runs the attacks on
+them. Two sets of reference models, each of ``reference_models`` models, are trained only when needed:
 
-- offline set (``reference``, ``lira-offline``, ``rmia-offline``): trained on random subsets of the
+- offline set (``reference``, ``lira-offline``, ``rmia-offline``, ``fedmia``): trained on random subsets of the
   population records only (the target's training-set size, at most three quarters of the population),
   so none of them saw an audited record;
 - online set (``lira-online``, ``rmia-online``): trained on the audited records (members and
   non-members, each IN for half the models) topped up with population records to the target's
   training-set size.
 
-TensorFlow is imported when the function runs, not when this module is imported.
+:func:`audit_model` is :func:`fedaudit.model_audit.audit` with keyword settings. TensorFlow is imported when
+the functions run, not when this module is imported.
 """
 
 from __future__ import annotations
@@ -27,15 +27,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fedaudit.attacks.base import AttackInputs, resolve, run_score_attack
-from fedaudit.attacks.scores import correct as _correct
 from fedaudit.attacks.scores import logit_confidence
-from fedaudit.attacks.scores import loss as _loss
 from fedaudit.errors import AttackError, ConfigError
-from fedaudit.metrics import Summary, summarize
+from fedaudit.metrics import Summary
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ATTACKS = ("loss", "population", "reference", "lira-offline", "lira-online", "rmia-offline", "rmia-online")
+#: every score attack on the target's logits, a population and both sets of reference models (a comparison suite;
+#: the single-model audit's default attacks are fedaudit.model_audit.DEFAULT_ATTACKS)
+SCORE_SUITE = ("loss", "population", "reference", "lira-offline", "lira-online", "rmia-offline", "rmia-online")
+DEFAULT_ATTACKS = SCORE_SUITE   # the suite's former name, which simulations/attack_strength.py imports
 
 
 @dataclass
@@ -59,7 +60,7 @@ def _arrays(x, y, name):
 
 
 def prepare_audit(model, x_members, y_members, x_nonmembers, y_nonmembers, *, x_population, y_population,
-                  attacks=DEFAULT_ATTACKS, reference_models: int = 4, model_name: str | None = None,
+                  attacks=SCORE_SUITE, reference_models: int = 4, model_name: str | None = None,
                   model_options: dict | None = None, num_classes: int | None = None, epochs: int = 20,
                   batch_size: int = 64, learning_rate: float = 1e-3, optimizer: str = "adam", seed: int = 0,
                   cache_dir=None, parallel: bool = True, train_size: int | None = None,
@@ -133,7 +134,7 @@ def _reference_inputs(need_offline, need_online, model_name, model_options, c, r
     return offline, online
 
 
-def score_all(data: AuditData, attacks=DEFAULT_ATTACKS, attack_options: dict | None = None) -> dict:
+def score_all(data: AuditData, attacks=SCORE_SUITE, attack_options: dict | None = None) -> dict:
     """Scores of each attack on the audited records (members first), from prepared inputs."""
     attack_options = attack_options or {}
     out = {}
@@ -149,44 +150,42 @@ def score_all(data: AuditData, attacks=DEFAULT_ATTACKS, attack_options: dict | N
     return out
 
 
-def audit_model(model, x_members, y_members, x_nonmembers, y_nonmembers, *, x_population, y_population,
-                attacks=DEFAULT_ATTACKS, reference_models: int = 4, model_name: str | None = None,
+def audit_model(model, x_members, y_members, x_nonmembers, y_nonmembers, *, x_population=None, y_population=None,
+                attacks=None, reference_models: int = 4, model_name: str | None = None,
                 model_options: dict | None = None, num_classes: int | None = None, epochs: int = 20,
                 batch_size: int = 64, learning_rate: float = 1e-3, optimizer: str = "adam", seed: int = 0,
                 cache_dir=None, parallel: bool = True, train_size: int | None = None,
                 from_probabilities: bool = False, attack_options: dict | None = None, delta: float = 1e-5,
                 alpha: float = 0.05, slices: bool = False) -> dict[str, Summary]:
-    """Audit a trained Keras model (outputs logits) with each attack; returns {attack: Summary}.
+    """{attack: Summary} of :func:`fedaudit.model_audit.audit`, with its settings given as keywords.
 
-    Members are records the model trained on; non-members and population records it did not see
-    (non-members are scored, population records calibrate P and RMIA and train reference models).
-    Reference models use the registered architecture ``model_name`` with ``model_options`` and the training
-    settings given here (match how the target was trained); they are cached in ``cache_dir`` when given.
-    ``slices``: attach per-class, per-loss-decile and by-correctness metrics to each Summary.
+    Deprecated, kept for scripts that call it; new code builds a :class:`fedaudit.model_audit.ModelAuditSettings`
+    and calls :func:`fedaudit.model_audit.audit`, which this calls (``attacks`` None: its default attacks).
+    ``from_probabilities``: the model outputs probabilities (else logits); ``num_classes`` is checked against the
+    model's outputs.
     """
-    attacks = list(attacks)
+    import warnings
+
+    from fedaudit.model_audit import ModelAuditSettings, audit
+
+    warnings.warn("fedaudit.attacks.audit_model: use fedaudit.model_audit.audit(model, members, nonmembers, "
+                  "population, ModelAuditSettings(...)), which it calls", DeprecationWarning, stacklevel=2)
+    defaults = ModelAuditSettings()
+    attacks = list(defaults.attacks if attacks is None else attacks)
     if not attacks:
         raise ConfigError("attacks: name at least one attack")
-    for a in attacks:
-        resolve(a)
-    data = prepare_audit(model, x_members, y_members, x_nonmembers, y_nonmembers, x_population=x_population,
-                         y_population=y_population, attacks=attacks, reference_models=reference_models,
-                         model_name=model_name, model_options=model_options, num_classes=num_classes,
-                         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer,
-                         seed=seed, cache_dir=cache_dir, parallel=parallel, train_size=train_size,
-                         from_probabilities=from_probabilities)
-    scores = score_all(data, attacks, attack_options)
-    m = data.is_member
-    results = {}
-    for name, s in scores.items():
-        summary = summarize(s[m], s[~m], delta=delta, alpha=alpha)
-        if slices:
-            from fedaudit.slices import slice_metrics
-
-            logits, labels = data.plain.target_logits, data.plain.labels
-            losses, right = _loss(logits, labels), _correct(logits, labels)
-            summary = replace(summary, slices=slice_metrics(
-                s[m], s[~m], labels[m], labels[~m], losses[m], losses[~m], right[m], right[~m],
-                delta=delta, alpha=alpha))
-        results[name] = summary
-    return results
+    classes = int(model.output_shape[-1])
+    if num_classes is not None and int(num_classes) != classes:
+        raise AttackError(f"num_classes: model outputs {classes} classes, num_classes is {num_classes}")
+    settings = ModelAuditSettings(
+        attacks=attacks, reference_models=reference_models, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, optimizer=optimizer, seed=seed, parallel=parallel, delta=delta, alpha=alpha,
+        model_name=model_name, model_options=dict(model_options or {}), train_size=train_size,
+        cache_dir=None if cache_dir is None else str(cache_dir),
+        outputs="probabilities" if from_probabilities else "logits", attack_options=dict(attack_options or {}),
+        slices=slices)
+    population = None if x_population is None else (x_population, y_population)
+    if population is not None and len(np.asarray(y_population)) == 0:
+        population = None
+    result = audit(model, (x_members, y_members), (x_nonmembers, y_nonmembers), population, settings)
+    return result.attacks

@@ -1,11 +1,11 @@
 """The registry of every attack, and the interface of score attacks (arrays in, one score per record out).
 
-Registering an attack is all it takes to use it in :func:`fedaudit.attacks.audit_model`, in ``fedaudit
+Registering an attack is all it takes to use it in :func:`fedaudit.model_audit.audit`, in ``fedaudit
 audit-model``, in a scenario's ``[audit] attacks`` and in the per-round auditor: config validation, the headline
 choice and the auditor's dispatch all read this registry. Two kinds:
 
 - **score attacks** (:func:`register_score_attack`): ``f(inputs: AttackInputs, **options) -> scores``, NumPy
-  only. Whoever holds the models (the auditor, :func:`fedaudit.attacks.audit_model`) computes logits with
+  only. Whoever holds the models (the auditor, :func:`fedaudit.model_audit.audit`) computes logits with
   TensorFlow and passes plain arrays. ``needs`` (keys of :data:`NEEDS`) says which inputs it reads, and with
   it where the auditor can run it: nothing beyond the target's logits (per model), ``population`` (fitted on
   known non-members: the auditor cross-fits it by fold), ``reference*`` (reference models, per round with
@@ -395,6 +395,8 @@ def run_score_attack(name: str, inputs: AttackInputs, **options) -> np.ndarray:
 
 
 _LOADED = False
+#: the modules of fedaudit.attacks that register the built-in attacks when imported
+BUILTIN_MODULES = ("fedmia", "fitted", "lira", "population", "qmia", "reference", "rmia")
 
 
 def _load_builtin() -> None:
@@ -403,7 +405,10 @@ def _load_builtin() -> None:
     if _LOADED:
         return
     _LOADED = True
-    from fedaudit.attacks import fedmia, fitted, lira, population, qmia, reference, rmia  # noqa: F401
+    import importlib
+
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"fedaudit.attacks.{module}")
 
     try:
         from importlib.metadata import entry_points

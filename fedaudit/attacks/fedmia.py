@@ -24,7 +24,7 @@ in ``summary.json`` (``attacks_across_rounds``).
 
 Inputs: ``null_phi`` (M, n), NaN where a record has fewer than M null models. The per-round auditor fills it
 with M other replying clients per record (``[audit]`` attack ``fedmia``, server view); a single-model audit
-(:func:`fedaudit.attacks.audit_model`) with its offline reference models, which did not train on any audited
+(:func:`fedaudit.model_audit.audit`) with its offline reference models, which did not train on any audited
 record either (the test is then LiRA offline with a pooled variance).
 """
 
@@ -33,9 +33,10 @@ from __future__ import annotations
 import numpy as np
 
 from fedaudit.attacks.base import AttackInputs, register_score_attack
+from fedaudit.attacks.gaussian import record_gaussians, z_score
 from fedaudit.attacks.scores import logit_confidence
+from fedaudit.errors import AttackError
 
-MIN_STD = 1e-3
 #: other clients per record and round in the per-round auditor (a fixed number: the audit stays linear)
 NULL_CLIENTS = 8
 
@@ -43,26 +44,9 @@ NULL_CLIENTS = 8
 def null_test(phi: np.ndarray, null_phi: np.ndarray, fixed_variance: bool = True) -> np.ndarray:
     """z of the one-tailed test of ``phi`` (n,) against the per-record Gaussian of ``null_phi`` (M, n), NaN
     where a record has no null value (or, without ``fixed_variance``, fewer than two)."""
-    phi = np.asarray(phi, dtype=np.float64)
-    null = np.asarray(null_phi, dtype=np.float64)
-    ok = np.isfinite(null)
-    count = ok.sum(axis=0)
-    out = np.full(phi.shape, np.nan)
-    have = count > 0
-    if not have.any():
-        return out
-    mean = np.where(ok, null, 0.0).sum(axis=0)[have] / count[have]
-    dev = np.where(ok[:, have], null[:, have] - mean, 0.0)
-    ss = (dev * dev).sum(axis=0)
-    if fixed_variance:
-        dof = int(np.sum(count[have] - 1))
-        var = np.full(mean.shape, ss.sum() / dof if dof > 0 else 1.0)
-    else:
-        two = count[have] >= 2
-        var = np.where(two, ss / np.maximum(count[have] - 1, 1), np.nan)
-    sd = np.maximum(np.sqrt(var), MIN_STD)
-    out[have] = (phi[have] - mean) / sd
-    return out
+    mean, sd = record_gaussians(null_phi, variance="pooled" if fixed_variance else "record", few="nan",
+                                pooled_fallback=1.0)
+    return z_score(phi, mean, sd)
 
 
 @register_score_attack("fedmia", needs=("null",), rank=15, views=("server",))
@@ -71,7 +55,5 @@ def fedmia_attack(inputs: AttackInputs, fixed_variance: bool = True) -> np.ndarr
     phi = logit_confidence(inputs.target_logits, inputs.labels)
     scores = null_test(phi, inputs.null_phi, fixed_variance)
     if np.isnan(scores).any():     # only without fixed_variance: a record with one null value
-        from fedaudit.errors import AttackError
-
         raise AttackError("attack 'fedmia' with fixed_variance=False needs at least 2 null models per record")
     return scores

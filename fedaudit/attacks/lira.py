@@ -20,37 +20,20 @@ from __future__ import annotations
 import numpy as np
 
 from fedaudit.attacks.base import AttackInputs, register_score_attack
+from fedaudit.attacks.gaussian import log_normal, record_gaussians, z_score
 from fedaudit.attacks.scores import logit_confidence
 
 AUTO_FIXED_BELOW = 64
-MIN_STD = 1e-3
 
 
 def gaussian_fit(values: np.ndarray, mask: np.ndarray, fixed_variance: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per-record mean and standard deviation of ``values`` (R, n) over entries where ``mask`` is True."""
-    count = mask.sum(axis=0)
-    safe = np.maximum(count, 1)
-    mean = np.where(mask, values, 0.0).sum(axis=0) / safe
-    sq = np.where(mask, (values - mean) ** 2, 0.0)
-    dof = int(np.sum(np.maximum(count - 1, 0)))
-    if dof > 0:
-        pooled = float(np.sqrt(sq.sum() / dof))
-    else:   # one model per record: fall back to the spread of all values
-        pooled = float(values[mask].std()) if mask.any() else 1.0
-    pooled = max(pooled, MIN_STD)
-    if fixed_variance:
-        return mean, np.full(mean.shape, pooled)
-    per_record = np.sqrt(sq.sum(axis=0) / np.maximum(count - 1, 1))
-    sd = np.where(count >= 2, np.maximum(per_record, MIN_STD), pooled)
-    return mean, sd
+    """Per-record mean and standard deviation of ``values`` (R, n) over entries where ``mask`` is True: the
+    pooled within-record deviation with ``fixed_variance``, else each record's own (pooled with fewer than two)."""
+    return record_gaussians(values, mask, variance="pooled" if fixed_variance else "record", few="pooled")
 
 
 def _fixed(fixed_variance, n_models: int) -> bool:
     return n_models < AUTO_FIXED_BELOW if fixed_variance is None else bool(fixed_variance)
-
-
-def _log_normal(x, mean, sd):
-    return -0.5 * ((x - mean) / sd) ** 2 - np.log(sd)
 
 
 @register_score_attack("lira-offline", needs=("reference_out",), aliases=("lira",), rank=70)
@@ -60,7 +43,7 @@ def lira_offline(inputs: AttackInputs, fixed_variance: bool | None = None) -> np
     ref = logit_confidence(inputs.reference_logits, inputs.labels)
     out = ~inputs.in_mask()
     mean, sd = gaussian_fit(ref, out, _fixed(fixed_variance, inputs.n_reference))
-    return (phi - mean) / sd
+    return z_score(phi, mean, sd)
 
 
 @register_score_attack("lira-online", needs=("reference_in", "reference_out"), rank=40)
@@ -72,4 +55,4 @@ def lira_online(inputs: AttackInputs, fixed_variance: bool | None = None) -> np.
     fixed = _fixed(fixed_variance, inputs.n_reference)
     mean_in, sd_in = gaussian_fit(ref, inm, fixed)
     mean_out, sd_out = gaussian_fit(ref, ~inm, fixed)
-    return _log_normal(phi, mean_in, sd_in) - _log_normal(phi, mean_out, sd_out)
+    return log_normal(phi, mean_in, sd_in) - log_normal(phi, mean_out, sd_out)

@@ -10,10 +10,10 @@
     attack.train_attack()
     result = attack.test_attack()
 
-``initialize`` (and ``meminf``, the name of one older release) is :class:`fedaudit.attacks.whitebox.WhiteBoxAttack`.
+``initialize`` (and ``meminf``, the name of one older release) is :class:`fedaudit.attacks.nasr.WhiteBoxAttack`.
 """
 
-from fedaudit.attacks.whitebox import AttackResult, WhiteBoxAttack
+from fedaudit.attacks.nasr import AttackResult, WhiteBoxAttack
 
 initialize = WhiteBoxAttack
 meminf = WhiteBoxAttack

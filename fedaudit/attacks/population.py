@@ -20,11 +20,10 @@ from __future__ import annotations
 import numpy as np
 
 from fedaudit.attacks.base import AttackInputs, register_score_attack
+from fedaudit.attacks.gaussian import MIN_STD
 from fedaudit.attacks.scores import logit_confidence
 from fedaudit.attacks.threshold import THRESHOLD_ATTACKS
 from fedaudit.errors import AttackError
-
-MIN_STD = 1e-3
 
 
 def _threshold_attack(name: str, fn, doc: str, rank: int) -> None:

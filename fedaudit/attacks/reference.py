@@ -15,10 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from fedaudit.attacks.base import AttackInputs, register_score_attack
+from fedaudit.attacks.gaussian import record_gaussians, z_score
 from fedaudit.attacks.scores import logit_confidence, loss
 from fedaudit.errors import AttackError
-
-MIN_STD = 1e-3
 
 
 @register_score_attack("reference", needs=("reference_out",), rank=90)
@@ -28,11 +27,8 @@ def reference_attack(inputs: AttackInputs, smoothing: str = "gaussian", loss_max
     if smoothing == "gaussian":
         phi = logit_confidence(inputs.target_logits, inputs.labels)
         ref = logit_confidence(inputs.reference_logits, inputs.labels)            # (R, n)
-        count = out.sum(axis=0)
-        mean = np.where(out, ref, 0.0).sum(axis=0) / count
-        var = np.where(out, (ref - mean) ** 2, 0.0).sum(axis=0) / count
-        sd = np.maximum(np.sqrt(var), MIN_STD)
-        return (phi - mean) / sd
+        mean, sd = record_gaussians(ref, out, variance="mle")                     # maximum likelihood
+        return z_score(phi, mean, sd)
     if smoothing == "linear":
         target = loss(inputs.target_logits, inputs.labels)
         ref = loss(inputs.reference_logits, inputs.labels)

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fedaudit import faults
 from fedaudit.auditor.executors import RayExecutor
 from fedaudit.auditor.records import AuditRecords, scenario_records
 from fedaudit.auditor.runtime import auditor_threads, configure_tensorflow, cpu_seconds, max_rss_mb
 from fedaudit.auditor.state import AUDIT_DIR, audited_rounds, locked, merge_round
 from fedaudit.errors import FedAuditError
+from fedaudit.twins import audited_here
 from fedaudit.rundir import atomic_write_text, read_jsonl, upsert_jsonl
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ class Auditor:
         self.num_classes = num_classes
         self.threads = int(threads)
         self.core = None
-        done = sorted(audited_rounds(self.run_dir, scenario.audit.threat_models))
+        done = sorted(audited_rounds(self.run_dir, audited_here(scenario)))
         path = self.run_dir / AUDIT_DIR / "starts.jsonl"
         with locked(path):
             start = len(read_jsonl(path)) + 1
@@ -136,19 +138,16 @@ class Auditor:
 class AuditorSink:
     """Round sink for :func:`fedaudit.federation.driver.run_federation` that feeds the Auditor actor.
 
-    Test hooks: ``kill_auditor_after_round`` kills the actor (Ray restarts it) right after that round is
-    submitted, once the earlier rounds are written (so the restarted actor has rounds to skip); ``nan_clients`` ({client: round}) replaces that client's returned weights by NaN before the
-    auditor sees them (the federation itself is unaffected).
+    Fault injection (:mod:`fedaudit.faults`): a plan's auditor kill happens right after that round is submitted,
+    once the earlier rounds are written (so the restarted actor has rounds to skip); a client's NaN fault
+    replaces its returned weights by NaN before the auditor sees them (the federation itself is unaffected).
     """
 
-    def __init__(self, prepared, run_dir, *, kill_auditor_after_round: int | None = None,
-                 nan_clients: dict | None = None):
+    def __init__(self, prepared, run_dir):
         import ray
 
         s = prepared.scenario
         self.run_dir = Path(run_dir)
-        self.kill_after = kill_auditor_after_round
-        self.nan_clients = {int(k): int(v) for k, v in (nan_clients or {}).items()}
         ledger, data = prepared.ledger, prepared.dataset
         path = self.run_dir / AUDIT_DIR / "records.npz"
         if path.exists():
@@ -177,8 +176,8 @@ class AuditorSink:
 
         merge_round(self.run_dir, update.round, record)      # the utility line, at once
         clients = dict(update.clients)
-        for k, r in self.nan_clients.items():
-            if r == update.round and k in clients:
+        for k in clients:
+            if faults.client_fault(k, update.round) == faults.NAN:
                 clients[k] = [np.full_like(np.asarray(w, dtype=np.float32), np.nan) for w in clients[k]]
         ids = sorted(clients)
         weights = [ray.put(clients[k]) for k in ids]
@@ -189,9 +188,9 @@ class AuditorSink:
         summed = [ray.put(summed)] if summed is not None else None
         self.refs.append(self.actor.observe.remote(update.round, record, [self.data_ref], previous, [new], ids,
                                                    weights, summed))
-        if self.kill_after is not None and update.round == self.kill_after:
+        if faults.auditor_should_die(update.round):
             ray.get(self.refs[:-1])    # the earlier rounds are written: the restart must find and skip them
-            log.warning("test hook: killing the auditor after round %d", update.round)
+            log.warning("fault injection: killing the auditor after round %d", update.round)
             ray.kill(self.actor, no_restart=False)
 
     def finish(self) -> dict:
@@ -215,6 +214,6 @@ class AuditorSink:
                 "total_wait_seconds": round(time.perf_counter() - started, 4)}) + "\n")
 
 
-def auditor_sink(prepared, run_dir, **hooks) -> AuditorSink:
+def auditor_sink(prepared, run_dir) -> AuditorSink:
     """The sink factory :func:`fedaudit.run.run_scenario` passes to the driver when the audit is on."""
-    return AuditorSink(prepared, run_dir, **hooks)
+    return AuditorSink(prepared, run_dir)

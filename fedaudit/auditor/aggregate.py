@@ -44,6 +44,7 @@ from fedaudit.metrics import auc as auc_of
 from fedaudit.rundir import atomic_save_npy, atomic_save_npz, atomic_write_text, json_safe
 from fedaudit.schema import RunSummary, round_key
 from fedaudit.threat_model import get_threat_model, ordered, strongest, threat_model_names
+from fedaudit.twins import audited_here
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,13 @@ class _View:
                         for r in self.rounds}
         last = self.data[self.rounds[-1]] if self.rounds else {}
         key = round_key(tm, "eligible")
-        # participant: a member counts once its owner has trained (by the last round); server: NaN scores
-        # already leave out members whose owner never replied
-        self.eligible = last[key].astype(bool) if (not self.server and key in last) else \
-            np.ones(len(records), dtype=bool)
+        # the records a view's attacks are fitted on, as its last round saved them (participant: a member counts once
+        # its owner has trained); else every record (server: NaN scores already leave out members whose owner never
+        # replied)
+        self.eligible = last[key].astype(bool) if key in last else np.ones(len(records), dtype=bool)
+        # the records its metrics are on (an active adversary's targets); its attacks are fitted on every eligible one
+        scored = round_key(tm, "scored")
+        self.scored = self.eligible & (last[scored].astype(bool) if scored in last else True)
 
     def a(self, r: int, name: str) -> np.ndarray:
         return self.data[r][round_key(self.tm, *name.split("/"))]
@@ -154,7 +158,7 @@ class _Stacked:
 
 def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: dict) -> dict:
     r = view.records
-    member, eligible = r.member, view.eligible
+    member, eligible = r.member, view.scored          # the metrics' records (the stack is fitted on view.eligible)
     per_round = view.per_round_scores()
     stacker = _Stacked(view, attacks, feature_names)
     stacked = stacker.score
@@ -178,7 +182,7 @@ def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: di
         if not mine.any():
             continue
         ms = stacked[mine]
-        ns = stacker.population_under(k) if view.server else stacked[P]
+        ns = (stacker.population_under(k) if view.server else stacked[P])[eligible[P]]
         s = light_metrics(ms, ns)      # AUC and TPR at low FPR, no intervals: a thousand clients stay cheap
         peak, peak_auc = None, -np.inf
         for t in view.rounds:
@@ -328,7 +332,7 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
     round_clients = _round_clients(run_dir, data, records)
     views = {}
     secagg = bool(scenario.federation.secure_aggregation)
-    for tm in ordered(scenario.audit.threat_models):
+    for tm in audited_here(scenario):
         view = _View(tm, data, records, head)
         if view.rounds:
             # attacks whose scores every round saved (a reference attack is missing where its models failed)
@@ -437,7 +441,8 @@ def _write_files(run_dir, records, views, probs, risk, client_view, summary, tra
     order = np.argsort(records.index)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    columns = ordered(set(threat_model_names()) | set(probs))    # every threat model, empty where not audited
+    # every passive threat model (empty where not audited) and whichever was audited here
+    columns = ordered({tm for tm in threat_model_names() if not get_threat_model(tm).deviation} | set(probs))
     w.writerow(["record", "client", "member", "label", *columns, "risk", "rounds_trained"])
     for i in order:
         w.writerow([int(records.index[i]), int(records.owner[i]), int(member[i]), int(records.label[i]),
@@ -476,5 +481,9 @@ def _write_files(run_dir, records, views, probs, risk, client_view, summary, tra
     if "dp" in existing and "dp" in summary and summary["dp"].get("accountant_epsilon") is None:
         summary["dp"] = {**summary["dp"], **existing["dp"]}
     existing.pop("privacy", None)   # derived from the headlines rewritten here: recomputed when the run ends
-    merged = RunSummary.from_dict({**existing, **summary}).to_dict()
+    # the deviating adversaries' entries come from their own runs (fedaudit.twins.merge_twin): kept
+    kept = {tm: e for tm, e in (existing.get("threat_models") or {}).items()
+            if tm not in summary["threat_models"] and tm in threat_model_names() and get_threat_model(tm).deviation}
+    merged = RunSummary.from_dict({**existing, **summary,
+                                   "threat_models": {**summary["threat_models"], **kept}}).to_dict()
     atomic_write_text(path, json.dumps(merged, indent=2) + "\n")

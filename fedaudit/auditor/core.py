@@ -44,6 +44,7 @@ from fedaudit.config import Scenario
 from fedaudit.rundir import read_jsonl, upsert_jsonl
 from fedaudit.schema import RoundLine, ViewResult
 from fedaudit.threat_model import get_threat_model
+from fedaudit.twins import audited_here
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class AuditCore:
         self.scenario = scenario
         self.records = records
         a = scenario.audit
-        self.threat_models = list(a.threat_models)
+        self.threat_models = audited_here(scenario)     # a deviating adversary is audited in its own run
         self.attacks, self.skipped_attacks = audit_attacks(a.attacks, a.reference_models)
         # secure aggregation: the server sees theta_prev and the sum only (its threat model knows what that means)
         self.aggregate_only = bool(scenario.federation.secure_aggregation)

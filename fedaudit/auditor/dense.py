@@ -11,8 +11,10 @@ float32 precision (a test checks), imports no TensorFlow (the auditor's process 
 small fraction of a TensorFlow call per model at these sizes.
 
 :func:`describe_dense` (called where the Keras model exists) says whether a model qualifies and lays it out
-as plain data (:class:`DenseStack`); anything else (convolutions, normalisation, other activations) uses the
-TensorFlow probe.
+as plain data (:class:`DenseStack`): every layer with weights must have a gradient rule with a NumPy half
+(:mod:`fedaudit.signals.rules`, :mod:`fedaudit.signals.numpy_rules`) that accepts it; anything else
+(convolutions, normalisation, other activations) uses the TensorFlow probe. The passes run each layer through
+its NumPy half.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import numpy as np
 
 from fedaudit.auditor.features import (BaseSignals, ProbeViews, ViewSignals, activation_stats, assemble_features,
                                        feature_names_for)
+from fedaudit.signals.numpy_rules import ACTIVATIONS, numpy_rule
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "linear")
 FLOAT_BUDGET = 32_000_000     # floats a chunk of clients may hold in activations and gradients (~128 MB)
 
 
@@ -35,6 +37,7 @@ class DenseLayer:
     bias: int | None          # index of the bias, or None
     activation: str           # one of ACTIVATIONS
     width: int
+    rule: str = "dense"       # the NumPy half that runs it (fedaudit.signals.numpy_rules)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ def describe_dense(model, gradients=(), layers=()) -> DenseStack | None:
     supported activations ending in linear logits (then the TensorFlow probe computes its signals).
     ``gradients`` and ``layers`` are ``[audit] gradients`` and ``[audit] layers`` (checked against the model)."""
     from fedaudit.signals.layers import kernel_layers, resolve_gradient_layers, resolve_output_layers
+    from fedaudit.signals.rules import rule_for
 
     order = [r.name for r in resolve_output_layers(model, list(layers), "audit.layers")]
     paths = [w.path for w in model.weights]
@@ -69,13 +73,13 @@ def describe_dense(model, gradients=(), layers=()) -> DenseStack | None:
             continue
         if kind != "Dense":
             return None
-        act = getattr(getattr(layer, "activation", None), "__name__", "linear")
-        if act not in ACTIVATIONS or len(layer.input.shape) != 2:
+        half = rule_for(layer).numpy
+        fields = half.describe(layer) if half is not None else None
+        if fields is None:
             return None
         bias = getattr(layer, "bias", None)
         layers.append(DenseLayer(layer.name, paths.index(layer.kernel.path),
-                                 paths.index(bias.path) if bias is not None else None, act,
-                                 int(layer.kernel.shape[1])))
+                                 paths.index(bias.path) if bias is not None else None, rule=half.name, **fields))
         position[layer.name] = len(layers)
     if not layers or layers[-1].activation != "linear":
         return None
@@ -84,26 +88,6 @@ def describe_dense(model, gradients=(), layers=()) -> DenseStack | None:
     input_dim = int(np.prod([d for d in model.input_shape[1:]]))
     return DenseStack(tuple(layers), input_dim, tuple(r.name for r in refs),
                       tuple((name, position[name]) for name in order))
-
-
-def _act(name: str, z: np.ndarray) -> np.ndarray:
-    if name == "relu":
-        return np.maximum(z, 0.0)
-    if name == "tanh":
-        return np.tanh(z)
-    if name == "sigmoid":
-        return 0.5 * (np.tanh(0.5 * z) + 1.0)
-    return z
-
-
-def _act_grad(name: str, z: np.ndarray, a: np.ndarray) -> np.ndarray:
-    if name == "relu":
-        return (z > 0).astype(z.dtype)
-    if name == "tanh":
-        return 1.0 - a * a
-    if name == "sigmoid":
-        return a * (1.0 - a)
-    return np.ones_like(z)
 
 
 class DenseProbe(ProbeViews):
@@ -115,6 +99,7 @@ class DenseProbe(ProbeViews):
         self.dense = list(stack.chosen)
         self.feature_names = stack.feature_names
         self.slots = {l.name: (l.kernel, l.bias) for l in stack.layers}
+        self.rules = {l.name: numpy_rule(l.rule) for l in stack.layers}
 
     # -- the passes -----------------------------------------------------------------------------------
 
@@ -134,11 +119,8 @@ class DenseProbe(ProbeViews):
         acts, zs = [x], []
         a = x
         for layer in layers:
-            z = np.matmul(a, stacked[layer.kernel])
-            if layer.bias is not None:
-                z += stacked[layer.bias][:, None, :]
+            z, a = self.rules[layer.name].forward(layer, stacked, a)
             zs.append(z)
-            a = _act(layer.activation, z)
             acts.append(a)
         logits = acts[-1]
         if not grads:
@@ -153,11 +135,12 @@ class DenseProbe(ProbeViews):
         else:
             d[np.arange(B)[:, None], np.arange(m)[None, :], y] -= 1.0
         factors = {}
-        for i in range(len(layers) - 1, -1, -1):
-            factors[layers[i].name] = (acts[i], d)
+        for i in range(len(layers) - 1, -1, -1):   # d: the gradient at layer i's pre-activation output
+            rule = self.rules[layers[i].name]
+            factors[layers[i].name] = rule.factors(acts[i], d)
             if i:
-                d = np.matmul(d, np.swapaxes(stacked[layers[i].kernel], 1, 2))
-                d *= _act_grad(layers[i - 1].activation, zs[i - 1], acts[i])
+                d = rule.input_grad(layers[i], stacked, d)
+                d = self.rules[layers[i - 1].name].preactivation_grad(layers[i - 1], zs[i - 1], acts[i], d)
         return logits, factors, stats
 
     def _per_row(self) -> int:
@@ -292,8 +275,7 @@ class DenseProbe(ProbeViews):
         B, m = logits.shape[:2]
         norms = {}
         for name in self.layers:
-            a, d = factors[name]
-            norms[name] = np.broadcast_to(np.linalg.norm(a, axis=-1), (B, m)) * np.linalg.norm(d, axis=-1)
+            norms[name] = self.rules[name].norms(*factors[name])
         cos = self._cosines(stacked, previous, base, B, m)
         flat = None if base is None else BaseSignals(
             np.broadcast_to(base.loss, (B, m)).reshape(-1), np.broadcast_to(base.phi, (B, m)).reshape(-1), {}, {},
@@ -333,4 +315,4 @@ class DenseProbe(ProbeViews):
         return cols
 
 
-__all__ = ["DenseLayer", "DenseProbe", "DenseStack", "describe_dense"]
+__all__ = ["ACTIVATIONS", "DenseLayer", "DenseProbe", "DenseStack", "describe_dense"]

@@ -35,7 +35,7 @@ from fedaudit.errors import FedAuditError
 from fedaudit.rundir import atomic_save_npz
 
 # Stream tags that derive this module's generators from the scenario's seed (stable across versions).
-_FOLDS, _KNOWN, _PSEUDO, _POP_SAMPLE, _SOURCE_SAMPLE, _ROUND_SOURCE = 11, 12, 13, 14, 15, 16
+_FOLDS, _KNOWN, _PSEUDO, _POP_SAMPLE, _SOURCE_SAMPLE, _ROUND_SOURCE, _TARGETS = 11, 12, 13, 14, 15, 16, 17
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -180,6 +180,18 @@ def scenario_records(scenario, owner: np.ndarray, labels: np.ndarray, num_client
     return audit_records(owner, labels, num_clients, folds=a.folds, attack_fraction=a.attack_fraction,
                          seed=scenario.federation.seed, population_sample=a.population_sample,
                          source_sample=a.source_sample)
+
+
+def active_targets(records: AuditRecords, count: int, seed: int) -> np.ndarray:
+    """Positions (into ``records``) of the target records of an active adversary: ``count // 2`` members and as
+    many records of the population sample (scored under every client's model), drawn from the seed; fewer when
+    either side has fewer. The same for the federation that manipulates them and the auditor that scores them."""
+    rng = _rng(seed, _TARGETS)
+    members = np.flatnonzero(records.member)
+    half = int(count) // 2
+    mine = rng.choice(members, size=min(half, members.size), replace=False)
+    pop = rng.choice(records.population_sample, size=min(half, records.population_sample.size), replace=False)
+    return np.sort(np.r_[mine, pop]).astype(np.int64)
 
 
 def _sample(rows: np.ndarray, size: int | None, strata: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:

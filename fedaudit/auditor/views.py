@@ -33,7 +33,7 @@ from fedaudit.auditor.attack import null_attacks
 from fedaudit.auditor.results import AGGREGATE_ONLY, skipped_result
 from fedaudit.auditor.sources import attribute_sources, calibrated_source_scores
 from fedaudit.schema import round_key
-from fedaudit.threat_model import ThreatModel, register_threat_model
+from fedaudit.threat_model import ThreatModel, get_threat_model, register_threat_model
 
 AGGREGATE = "aggregate"    # the job key of the model the server computed (secure aggregation)
 GLOBAL = "global"          # the job key of the global model
@@ -79,20 +79,25 @@ def global_model_result(core, ctx: RoundContext, tm: str, model, res) -> dict:
             "the global model's outputs are not finite"
         return skipped_result(head_name, reason)
     trained = core.trained_clients(ctx.round, ctx.ids, ctx.record)
-    eligible = ~r.member | np.isin(r.owner, list(trained))
+    trained_on = ~r.member | np.isin(r.owner, list(trained))     # a member counts once its owner has trained
+    mask = get_threat_model(tm).scored_records(core)
+    eligible = trained_on if mask is None else trained_on & mask
     with ctx.timing.phase("attacks"):
         mine = core.view_attacks[tm]
         scores = {a: s for a, s in res.scores.items() if a in mine}
-        for name, (rec, _) in core.fitted(tm, res.features, eligible).items():
+        for name, (rec, _) in core.fitted(tm, res.features, trained_on).items():
             scores[name] = rec
         h = scores[head_name]
-        P = r.population_sample
-        per_client = [(k, (h[r.owner == k], h[P])) for k in sorted(trained) if np.any(r.owner == k)]
+        P = r.population_sample if mask is None else r.population_sample[mask[r.population_sample]]
+        per_client = [(k, (h[eligible & (r.owner == k)], h[P])) for k in sorted(trained)
+                      if np.any(eligible & (r.owner == k))]
         result = core.view_result(tm, scores, eligible, per_client)
     arrays = ctx.arrays
     arrays[round_key(tm, "loss")] = res.loss.astype(np.float32)
     arrays[round_key(tm, "correct")] = res.correct
-    arrays[round_key(tm, "eligible")] = eligible
+    arrays[round_key(tm, "eligible")] = trained_on
+    if mask is not None:
+        arrays[round_key(tm, "scored")] = mask
     for a, s in scores.items():
         arrays[round_key(tm, "score", a)] = s.astype(np.float32)
     if core.keep(ctx.round):
@@ -205,6 +210,7 @@ class Server(ThreatModel):
                 for a in attacks:
                     scores[a][rows] = res.scores[a]
                     pop_scores[a][j] = res.pop_scores[a]
+            mask = self.scored_records(core)
             for name, (rec, blocks) in core.fitted(self.name, feats, None, _client_blocks(P, pop_feats)).items():
                 scores[name] = rec
                 pop_scores[name] = np.concatenate(blocks, axis=1).T.astype(np.float32)
@@ -214,14 +220,19 @@ class Server(ThreatModel):
                     scores[name], pop_scores[name] = rec, pop
             h, ph = scores[head_name], pop_scores[head_name]
             member = r.member
-            per_client = [(k, (h[member & (scored_by == k)], ph[j])) for j, k in enumerate(audited)]
-            result = core.view_result(self.name, scores, np.ones(n, dtype=bool), per_client)
+            scored = np.ones(n, dtype=bool) if mask is None else mask
+            on_pop = scored[P]
+            per_client = [(k, (h[scored & member & (scored_by == k)], ph[j][on_pop])) for j, k in enumerate(audited)
+                          if np.any(scored & member & (scored_by == k)) or mask is None]
+            result = core.view_result(self.name, scores, scored, per_client)
             result["clients_audited"] = audited
             col = {k: j for j, k in enumerate(audited)}
             owner_col = np.array([col.get(int(k), -1) for k in r.owner[S]], dtype=np.int64)
             source_score = calibrated_source_scores(r, owner_col, pop_feats, source_feats, core.seed + ctx.round).T
             result["source_inference"] = attribute_sources(source_loss.T, r.owner[S], audited, source_score.T)
         tm, arrays, keep = self.name, ctx.arrays, core.keep(ctx.round)
+        if mask is not None:
+            arrays[round_key(tm, "scored")] = mask
         arrays[round_key(tm, "clients")] = np.array(audited, dtype=np.int64)
         arrays[round_key(tm, "scored_by")] = scored_by
         arrays[round_key(tm, "loss")] = loss.astype(np.float32)

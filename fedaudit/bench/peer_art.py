@@ -18,7 +18,6 @@ Seconds per target are wall-clock on this machine: compare them as ratios within
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -72,13 +71,6 @@ def art_scores(kind: str, num_classes: int, input_shape, known_probs, known_y, k
     attack.fit(None, known_y[m], None, known_y[~m], pred=known_probs[m], test_pred=known_probs[~m])
     p = np.asarray(attack.infer(None, held_y, pred=held_probs, probabilities=True))
     return p[:, 1] if p.ndim == 2 and p.shape[1] == 2 else p.ravel()
-
-
-def auc_interval(auc: float, n1: int, n0: int, z: float = 1.959964) -> tuple:
-    """Hanley and McNeil's (1982) normal interval of an AUC from n1 members and n0 non-members."""
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    se = math.sqrt(max(auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n0 - 1) * (q2 - auc * auc), 0) / (n1 * n0))
-    return max(0.0, auc - z * se), min(1.0, auc + z * se)
 
 
 def one_target(w: dict, t: int, timings: dict, logs) -> dict:
@@ -156,7 +148,7 @@ def rate(value: float, ci) -> str:
 
 def run(json_path: str | None = None, quick: bool = False, peer: str = "art") -> dict:
     """Every attack and ART's beside each other, pooled over the workload's targets; prints the table."""
-    from fedaudit.metrics import summarize
+    from fedaudit.metrics import auc_interval, summarize
 
     if peer not in PEERS:
         raise ConfigError(f"--peer: unknown peer {peer!r}; allowed: {', '.join(PEERS)}")

@@ -149,5 +149,151 @@ def update(new: list, old: list) -> list:
     return [np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64) for a, b in zip(new, old)]
 
 
-__all__ = ["ACTIVE_KINDS", "ACTIVE_PARTICIPANT", "ACTIVE_SERVER", "ISOLATING_SERVER", "ActivePlan", "Ascent", "cosine",
-           "flat", "inert_weights", "norm", "recover_target", "update"]
+
+
+# ---- the plan of a deviating adversary's run --------------------------------------------------------------------
+
+def plan_for(scenario, dataset, ledger) -> ActivePlan | None:
+    """The plan of the scenario's deviating adversary (None: the scenario is not a deviating adversary's own run).
+
+    The target records are those the auditor scores them on (:func:`fedaudit.auditor.records.active_targets`, from the
+    same seed); the clients it singles out are the configured ones, else drawn from the seed."""
+    from fedaudit.auditor.records import active_targets, scenario_records
+    from fedaudit.twins import chosen_clients, is_twin
+
+    if not scenario.audit.enabled or not is_twin(scenario):
+        return None
+    kind = scenario.audit.threat_models[0]
+    a, f = scenario.audit.active, scenario.federation
+    records = scenario_records(scenario, ledger.owner, dataset.y, ledger.num_clients)
+    targets = records.index[active_targets(records, a.targets, f.seed)]
+    chosen = chosen_clients(scenario)
+    plan = ActivePlan(kind=kind, targets=np.asarray(targets, dtype=np.int64), ascent_steps=a.ascent_steps,
+                      ascent_lr=a.ascent_lr, start_round=a.start_round)
+    if kind == ISOLATING_SERVER:
+        plan.isolated = [chosen["isolated_client"]]
+    elif kind == ACTIVE_PARTICIPANT:
+        plan.participant = chosen["participant"]
+    elif kind == ACTIVE_SERVER and f.secure_aggregation:
+        plan.inconsistent_target = chosen["inconsistent_client"]
+    log.info("deviating adversary %s: %d target records%s", kind, targets.size,
+             f", client {plan.isolated or plan.participant or plan.inconsistent_target}"
+             if kind != ACTIVE_SERVER or f.secure_aggregation else "")
+    return plan
+
+
+_ASCENTS: dict = {}
+
+
+def ascent_for(model_name: str, model_options: dict, input_shape, num_classes: int) -> Ascent:
+    """One :class:`Ascent` per architecture and process (building and tracing it costs about a second)."""
+    key = (model_name, repr(sorted(dict(model_options).items())), tuple(input_shape), int(num_classes))
+    if key not in _ASCENTS:
+        _ASCENTS.clear()
+        _ASCENTS[key] = Ascent(model_name, model_options, input_shape, num_classes)
+    return _ASCENTS[key]
+
+
+
+# ---- what a deviating server does to a round ---------------------------------------------------------------------
+
+class ServerMoves:
+    """A deviating server's moves in a round of :class:`fedaudit.federation.strategy.AuditedStrategy`.
+
+    ``active-server``: the model sent out is the honest global model after gradient ascent on the target records;
+    ``isolating-server``: the isolated client is sent the model the server keeps for it alone (its own last reply),
+    and its replies stay out of the global aggregate. Each round's :class:`RoundUpdate` then holds, as ``previous``,
+    what the audited client(s) received, and as ``honest`` what the server would have sent.
+    """
+
+    def __init__(self, plan: ActivePlan, ascent: Ascent | None = None, x=None, y=None):
+        self.plan = plan
+        self.ascent = ascent
+        self.x = None if x is None else np.asarray(x)[plan.targets]
+        self.y = None if y is None else np.asarray(y)[plan.targets]
+        self.isolated_model: list | None = None
+
+    def configure(self, strategy, update, arrays, config, grid):
+        from flwr.app import ArrayRecord
+
+        plan, r = self.plan, update.round
+        honest = update.previous
+        if plan.kind == ACTIVE_SERVER and plan.active_in(r):
+            sent, losses = self.ascent(honest, self.x, self.y, plan.ascent_steps, plan.ascent_lr)
+            update.honest, update.previous = honest, sent
+            update.deviation = {"targets_loss_before": losses[0], "targets_loss_sent": losses[-1]}
+            return strategy.inner.configure_train(r, ArrayRecord(sent), config, grid)
+        messages = list(strategy.inner.configure_train(r, arrays, config, grid))
+        if plan.kind == ISOLATING_SERVER and plan.active_in(r) and self.isolated_model is not None:
+            iso = plan.isolated[0]
+            node = next((n for n, k in strategy.node_partitions().items() if k == iso), None)
+            if node is not None:
+                messages = [_with_arrays(m, self.isolated_model) if m.metadata.dst_node_id == node else m
+                            for m in messages]
+                update.honest, update.previous = honest, self.isolated_model
+                update.deviation = {"isolated_client": iso}
+        return messages
+
+    def aggregated_replies(self, strategy, update, replies: list) -> list:
+        """The replies the global model aggregates; the update keeps the clients the adversary audits."""
+        if self.plan.kind != ISOLATING_SERVER:
+            return replies
+        iso = self.plan.isolated[0]
+        if iso in update.clients:
+            self.isolated_model = [np.asarray(w) for w in update.clients[iso]]
+        update.clients = {iso: update.clients[iso]} if iso in update.clients else {}
+        parts = strategy.node_partitions()
+        kept = [m for m in replies if m.has_error() or parts.get(m.metadata.src_node_id) != iso]
+        return kept or replies
+
+
+def _with_arrays(message, weights: list):
+    """A copy of a train message with other model weights (the messages of a round share one content)."""
+    from flwr.app import ArrayRecord, Message, RecordDict
+
+    content = RecordDict({k: (ArrayRecord([np.asarray(w) for w in weights]) if isinstance(v, ArrayRecord) else v)
+                          for k, v in message.content.items()})
+    return Message(content=content, dst_node_id=message.metadata.dst_node_id,
+                   message_type=message.metadata.message_type, group_id=message.metadata.group_id)
+
+
+class SecureServerMoves:
+    """The active server under secure aggregation (model inconsistency, Pasquini et al. 2022), in a round of
+    :class:`fedaudit.federation.secagg.AuditedLegacyStrategy`: every client but the target is sent
+    :func:`inert_weights` of the global model, and the target's model is recovered from the unmasked mean
+    (:func:`recover_target`). The target's node is known from its first reply on (replies name their partition), so
+    the inconsistency starts in the round after the target's first reply."""
+
+    def __init__(self, plan: ActivePlan, uniform: bool):
+        self.plan = plan
+        self.uniform = uniform
+        self.inert: list | None = None
+        self.consistent = True
+
+    def configure(self, strategy, update, instructions: list) -> list:
+        from flwr.common import FitIns, ndarrays_to_parameters
+
+        plan, r = self.plan, update.round
+        target = plan.inconsistent_target
+        node = next((n for n, k in strategy.node_partitions().items() if k == target), None)
+        self.consistent = True
+        if not plan.active_in(r) or node is None or all(proxy.node_id != node for proxy, _ in instructions):
+            return instructions
+        self.inert = inert_weights(update.previous)
+        inert = ndarrays_to_parameters(self.inert)
+        self.consistent = False
+        update.deviation = {"inconsistent_target": target}
+        return [(proxy, ins if proxy.node_id == node else FitIns(inert, ins.config)) for proxy, ins in instructions]
+
+    def recovered(self, update, mean: list) -> None:
+        """Put the target's recovered model in ``update.clients`` (the server's view of one client)."""
+        target = self.plan.inconsistent_target
+        if self.consistent or target not in update.participants:
+            return
+        weights = {k: (1 if self.uniform else update.examples[k]) for k in update.participants}
+        update.clients = {target: [w.astype(np.float32) for w in recover_target(mean, weights, target, self.inert)]}
+        update.deviation["recovered_client"] = target
+
+__all__ = ["ACTIVE_KINDS", "ACTIVE_PARTICIPANT", "ACTIVE_SERVER", "ISOLATING_SERVER", "ActivePlan", "Ascent", "ascent_for",
+           "cosine", "flat", "inert_weights", "norm", "plan_for", "recover_target", "SecureServerMoves", "ServerMoves",
+           "update"]

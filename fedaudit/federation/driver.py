@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import numpy as np
 from fedaudit.config import Scenario
 from fedaudit.data import Dataset, Ledger, build_ledger, load_dataset, parse_partition
 from fedaudit.errors import ConfigError, FedAuditError
+from fedaudit.federation.active import plan_for
 from fedaudit.federation.runtime import init_ray, quiet_environment
 from fedaudit.interrupt import Interrupted, graceful_stop
 from fedaudit.interrupt import reinstall as reinstall_signal_handlers
@@ -134,26 +134,8 @@ class FederationResult:
     ray_seconds: float
 
 
-KILL_CLIENTS_ENV = "FEDAUDIT_TEST_KILL_CLIENTS"
-
-
-def _kill_clients_from_env() -> dict:
-    """Fault injection for tests of a whole ``fedaudit run`` process: ``FEDAUDIT_TEST_KILL_CLIENTS="1:3,2:5"``
-    kills the process of client 1's actor in round 3 and client 2's in round 5."""
-    spec = os.environ.get(KILL_CLIENTS_ENV, "").strip()
-    out = {}
-    for item in filter(None, (x.strip() for x in spec.split(","))):
-        try:
-            k, r = item.split(":")
-            out[int(k)] = int(r)
-        except ValueError:
-            raise FedAuditError(f"{KILL_CLIENTS_ENV}={spec!r}: expected CLIENT:ROUND pairs, e.g. 1:3,2:5") from None
-    return out
-
-
 def run_federation(prepared: Prepared, run_dir: Path, *, sink_factory: Callable | None = None,
-                   progress: bool = True, fail_clients: dict | None = None, kill_clients: dict | None = None,
-                   start_round: int = 0, start_weights: list | None = None,
+                   progress: bool = True, start_round: int = 0, start_weights: list | None = None,
                    start_state: dict | None = None, capture_dir: str = "") -> FederationResult:
     """Train the scenario's federation with Flower's simulation runtime on Ray.
 
@@ -167,17 +149,16 @@ def run_federation(prepared: Prepared, run_dir: Path, *, sink_factory: Callable 
 
     SIGINT / SIGTERM (in the main thread): the round in progress is dropped, the messages in flight finish,
     Ray is shut down and :class:`fedaudit.interrupt.Interrupted` is raised, with ``round`` set to the round
-    that was in progress. Test hooks: ``fail_clients`` ({client: round}) makes that client raise,
-    ``kill_clients`` ({client: round}) kills its actor's process (Ray starts a new one), ``capture_dir`` (secure
-    aggregation) makes each client save the weights it trained there (see :mod:`fedaudit.federation.secagg`).
+    that was in progress. Test hook: ``capture_dir`` (secure aggregation) makes each client save the weights it
+    trained there (see :mod:`fedaudit.federation.secagg`); faults are injected with :mod:`fedaudit.faults`.
     """
     with graceful_stop() as stop:
-        return _run_federation(prepared, Path(run_dir), sink_factory, progress, fail_clients, kill_clients,
-                               int(start_round), start_weights, start_state, stop, str(capture_dir or ""))
+        return _run_federation(prepared, Path(run_dir), sink_factory, progress, int(start_round), start_weights,
+                               start_state, stop, str(capture_dir or ""))
 
 
-def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kill_clients, start_round,
-                    start_weights, start_state, stop, capture_dir="") -> FederationResult:
+def _run_federation(prepared, run_dir, sink_factory, progress, start_round, start_weights, start_state, stop,
+                    capture_dir="") -> FederationResult:
     quiet_environment()
     import ray
     from flwr.app import ArrayRecord, Context
@@ -195,7 +176,6 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
     if not 0 <= start_round <= f.rounds:
         raise FedAuditError(f"cannot start after round {start_round}: the scenario has {f.rounds} rounds")
     sampled = max(1, int(f.clients * f.fraction))
-    kills = {**_kill_clients_from_env(), **dict(kill_clients or {})}
     t0 = time.time()
     state = {"error": None, "accuracy": float("nan"), "loss": float("nan"), "rounds": start_round}
     strategy_box: dict = {}
@@ -204,11 +184,14 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
         reinstall_signal_handlers()         # ray.init replaced the SIGTERM handler with its own
         ray_seconds = time.time() - t0
         d = prepared.dataset
+        plan = plan_for(s, d, prepared.ledger)        # a deviating adversary's own run: what it does
+        if plan is not None and plan.inconsistent_target is not None and not capture_dir:
+            capture_dir = str(run_dir / TRUTH_DIR)     # the target's true model, to measure its recovery
         spec = TrainSpec(data_ref=ray.put((d.x, d.y)), owner=prepared.ledger.owner, model_name=s.model.name,
                          model_options=dict(s.model.options), input_shape=d.input_shape, num_classes=d.num_classes,
                          optimizer=f.optimizer, learning_rate=f.learning_rate, local_epochs=f.local_epochs,
                          batch_size=f.batch_size, seed=f.seed, client_threads=max(1, int(s.ray.client_cpus)),
-                         fail_clients=dict(fail_clients or {}), kill_clients=kills, capture_dir=capture_dir)
+                         capture_dir=capture_dir, active=plan)
         evaluator = Evaluator(prepared)
         canaries = None
         if s.audit.canaries:
@@ -224,6 +207,9 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
             loss, acc = evaluator(weights)
             state.update(accuracy=acc, loss=loss, rounds=update.round)
             record = round_record(update, acc, loss)
+            record.update(round_norms(update))
+            if update.deviation:
+                record["deviation"] = deviation_record(update, run_dir / TRUTH_DIR)
             if canaries is not None:
                 without = canaries.observe(update.round, update.previous, update.new)
                 if without is not None and np.isfinite(canaries.contribution).all():
@@ -236,9 +222,14 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
         def _run_secure(grid, context, weights) -> None:
             from fedaudit.federation import secagg
 
+            moves = None
+            if plan is not None and plan.inconsistent_target is not None:
+                from fedaudit.federation.active import SecureServerMoves
+
+                moves = SecureServerMoves(plan, secagg.uniform_weights(s))
             strategy = secagg.AuditedLegacyStrategy(
                 secagg.build_legacy_strategy(s, sampled, weights), observe, round_offset=start_round,
-                stop=stop.event, num_clients=f.clients if sampled == f.clients else None)
+                stop=stop.event, num_clients=f.clients if sampled == f.clients else None, active=moves)
             strategy_box["strategy"] = strategy
             secagg.run_secure(grid, context, strategy, s, sampled, f.rounds - start_round,
                               secagg.max_weight(s, prepared.ledger.owner))
@@ -257,7 +248,8 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
                     if start_state:
                         restore_strategy_state(inner, start_state)
                     strategy = AuditedStrategy(inner, observe, round_offset=start_round, stop=stop.event,
-                                               num_clients=f.clients if sampled == f.clients else None)
+                                               num_clients=f.clients if sampled == f.clients else None,
+                                               active=server_moves(plan, s, d))
                     strategy_box["strategy"] = strategy
                     strategy.start(grid=grid, initial_arrays=ArrayRecord([np.asarray(w) for w in weights]),
                                    num_rounds=f.rounds - start_round)
@@ -308,6 +300,52 @@ def _run_federation(prepared, run_dir, sink_factory, progress, fail_clients, kil
     if state["rounds"] < f.rounds:
         raise FedAuditError(f"federation stopped after {state['rounds']} of {f.rounds} rounds (see the log above)")
     return FederationResult(run_dir, state["rounds"], state["accuracy"], state["loss"], time.time() - t0, ray_seconds)
+
+
+TRUTH_DIR = "truth"     # a deviating server's run under secure aggregation: the target's true model, per round
+
+
+def server_moves(plan, scenario, dataset):
+    """The deviating server's moves for the Message-API strategy (None: the server follows the protocol)."""
+    from fedaudit.federation.active import ACTIVE_SERVER, ISOLATING_SERVER, ServerMoves, ascent_for
+
+    if plan is None or plan.kind not in (ACTIVE_SERVER, ISOLATING_SERVER):
+        return None
+    ascent = ascent_for(scenario.model.name, scenario.model.options, dataset.input_shape, dataset.num_classes) \
+        if plan.kind == ACTIVE_SERVER else None
+    return ServerMoves(plan, ascent, dataset.x, dataset.y)
+
+
+def round_norms(update) -> dict:
+    """How the round looks to a deployment that monitors norms: the model sent (and, when the server deviated, the
+    model it would have sent) and the median norm of the clients' updates."""
+    from fedaudit.federation.active import norm, update as delta
+
+    ups = [norm(delta(w, update.previous)) for w in update.clients.values()] if update.previous else []
+    return {"norms": {"sent": norm(update.previous) if update.previous else None,
+                      "honest": norm(update.honest) if update.honest is not None else None,
+                      "update_median": float(np.median(ups)) if ups else None}}
+
+
+def deviation_record(update, truth_dir: Path) -> dict:
+    """What the deviating adversary did this round; under secure aggregation, how exactly the target's update was
+    recovered (cosine of the recovered with the true update, the true one as the target saved it)."""
+    out = dict(update.deviation)
+    target = out.get("recovered_client")
+    if target is not None:
+        from fedaudit.federation.active import cosine, update as delta
+
+        path = Path(truth_dir) / f"round_{update.round:04d}_client_{int(target):04d}.npz"
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as z:
+                trained = [z[k] for k in sorted(k for k in z.files if k.startswith("trained__"))]
+            recovered = update.clients[target]
+            out["recovered_cosine"] = cosine(delta(recovered, update.previous), delta(trained, update.previous))
+            out["recovered_max_abs_error"] = float(max(np.max(np.abs(np.asarray(a, np.float64) - b))
+                                                      for a, b in zip(recovered[:-1], trained[:-1]))) \
+                if len(trained) > 1 else None
+            path.unlink()
+    return out
 
 
 def _state_of(strategy) -> dict:

@@ -26,14 +26,13 @@ import time
 
 import numpy as np
 from flwr.client import NumPyClient
-from flwr.common import Context, FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import Context, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_manager import ClientManager
-from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy as LegacyStrategy
 
 from fedaudit.config import Scenario
 from fedaudit.errors import FedAuditError
-from fedaudit.federation.strategy import PARTITION_ID_KEY, RoundGrid, RoundUpdate, RunStopped
+from fedaudit.federation.strategy import PARTITION_ID_KEY, RoundGrid, RoundUpdate, RunStopped, failed_partitions
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +93,10 @@ class AuditedLegacyStrategy(LegacyStrategy):
     """
 
     def __init__(self, inner: LegacyStrategy, observer, *, round_offset: int = 0,
-                 stop: threading.Event | None = None, num_clients: int | None = None):
+                 stop: threading.Event | None = None, num_clients: int | None = None, active=None):
         super().__init__()
         self.inner = inner
+        self.active = active     # the active server's SecureServerMoves (fedaudit.federation.active), or None
         self.observer = observer
         self.round_offset = int(round_offset)
         self.stop = stop if stop is not None else threading.Event()
@@ -117,8 +117,14 @@ class AuditedLegacyStrategy(LegacyStrategy):
         self._round = RoundUpdate(round=server_round, previous=parameters_to_ndarrays(parameters),
                                   started=time.time())
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
+        if self.active is not None:
+            instructions = self.active.configure(self, self._round, instructions)
         self._sampled = {proxy.node_id: proxy for proxy, _ in instructions}
         return instructions
+
+    def node_partitions(self) -> dict:
+        """{node id: partition id} of every node that has replied so far."""
+        return dict(self._node_to_partition)
 
     def aggregate_fit(self, server_round: int, results: list, failures: list):
         server_round += self.round_offset
@@ -138,7 +144,8 @@ class AuditedLegacyStrategy(LegacyStrategy):
             update.participants.append(pid)
             update.examples[pid] = int(metrics.get("num-examples", res.num_examples))
             update.train_loss[pid] = float(metrics.get("train_loss", float("nan")))
-        update.failed = self._failed([n for n in self._sampled if n not in replied])
+        update.failed = failed_partitions([n for n in self._sampled if n not in replied], self._node_to_partition,
+                                          self.num_clients)
         if clipped:
             raise FedAuditError(
                 f"round {server_round}: SecAgg+ would clip {sum(clipped.values())} weights of client(s) "
@@ -146,6 +153,8 @@ class AuditedLegacyStrategy(LegacyStrategy):
                 "so the sum would be wrong); raise federation.secagg_clipping_range")
         sums = [parameters_to_ndarrays(res.parameters) for _, res in results]
         self.record_seen(server_round, sums)
+        if self.active is not None and sums:
+            self.active.recovered(update, sums[0])
         aggregated, metrics = self.inner.aggregate_fit(server_round, results, failures)
         if aggregated is not None:
             update.new = parameters_to_ndarrays(aggregated)
@@ -157,15 +166,6 @@ class AuditedLegacyStrategy(LegacyStrategy):
 
     def record_seen(self, server_round: int, arrays: list) -> None:
         """A hook for tests: every array list ``aggregate_fit`` received this round."""
-
-    def _failed(self, nodes: list) -> list:
-        known = [self._node_to_partition[n] for n in nodes if n in self._node_to_partition]
-        unknown = [n for n in nodes if n not in self._node_to_partition]
-        if unknown and self.num_clients is not None:
-            unseen = sorted(set(range(self.num_clients)) - set(self._node_to_partition.values()))
-            if len(unseen) == len(unknown):
-                return sorted(known + unseen)
-        return sorted(known) + [f"node-{n}" for n in unknown]
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         return self.inner.configure_evaluate(server_round + self.round_offset, parameters, client_manager)
@@ -223,7 +223,8 @@ class _Client(NumPyClient):
         weights, metrics = local_train(self.spec, self.partition_id, parameters, int(config["server-round"]),
                                        float(config.get("proximal-mu", 0.0)))
         capture = getattr(self.spec, "capture_dir", "")
-        if capture:
+        plan = getattr(self.spec, "active", None)
+        if capture and (plan is None or plan.inconsistent_target in (None, self.partition_id)):
             _capture(capture, self.partition_id, int(config["server-round"]), parameters, weights)
         n = 1 if self.uniform else int(metrics["num-examples"])
         # SecAgg+ quantises n / max_weight * theta_k clipped to the range (a count says nothing about the weights)

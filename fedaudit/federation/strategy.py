@@ -40,6 +40,10 @@ class RoundUpdate:
     # that took part, and the unmasked sum when the new global model differs from it (central DP noise)
     participants: list = field(default_factory=list)
     aggregate: list | None = None
+    # a deviating adversary's run: the model it would have sent had it followed the protocol (None: it did), and
+    # what else the deviation left to record (fedaudit.federation.active)
+    honest: list | None = None
+    deviation: dict = field(default_factory=dict)
 
 
 def _train_metrics(replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:
@@ -89,6 +93,22 @@ def wrap_dp(scenario: Scenario, strategy: Strategy, sampled: int) -> Strategy:
     cls = DifferentialPrivacyServerSideFixedClipping if dp.mode == "server" else DifferentialPrivacyClientSideFixedClipping
     return cls(strategy, noise_multiplier=dp.noise_multiplier, clipping_norm=dp.clipping_norm,
                num_sampled_clients=sampled)
+
+
+def failed_partitions(nodes: list, node_to_partition: dict, num_clients: int | None) -> list:
+    """Partition ids of the failed ``nodes``, given the partition each node that ever replied reported
+    (``node_to_partition``). A node that never replied has no known partition; when every client was asked
+    (``num_clients`` given) and the failed unknown nodes are exactly as many as the partitions never seen in a
+    reply, they are those partitions. Otherwise an unknown node is named ``node-<id>``. Only a reply tells a
+    node's partition: this is worked out again each round, so a partition that comes back under a new node id
+    is still named."""
+    known = [node_to_partition[n] for n in nodes if n in node_to_partition]
+    unknown = [n for n in nodes if n not in node_to_partition]
+    if unknown and num_clients is not None:
+        unseen = sorted(set(range(num_clients)) - set(node_to_partition.values()))
+        if len(unseen) == len(unknown):
+            return sorted(known + unseen)
+    return sorted(known) + [f"node-{n}" for n in unknown]
 
 
 class RunStopped(Exception):
@@ -181,16 +201,26 @@ class RoundGrid(Grid):
             replies = [r for r in replies if id(r) not in retried] + self._wait(set(ids), end)
 
 
-def _innermost(strategy: Strategy) -> Strategy:
-    """The strategy under Flower's DP wrappers (which keep theirs in ``.strategy``)."""
-    while isinstance(getattr(strategy, "strategy", None), Strategy):
+def unwrap_strategy(strategy: Strategy) -> tuple[Strategy, Strategy | None]:
+    """(the strategy under Flower's DP wrappers and :class:`~fedaudit.federation.canary.CanaryStrategy`, the DP
+    wrapper met on the way or None). Both wrappers keep the strategy they wrap in ``.strategy``."""
+    from flwr.serverapp.strategy import (DifferentialPrivacyClientSideFixedClipping,
+                                         DifferentialPrivacyServerSideFixedClipping)
+
+    from fedaudit.federation.canary import CanaryStrategy
+
+    dp_wrappers = (DifferentialPrivacyServerSideFixedClipping, DifferentialPrivacyClientSideFixedClipping)
+    dp = None
+    while isinstance(strategy, (*dp_wrappers, CanaryStrategy)):
+        if dp is None and isinstance(strategy, dp_wrappers):
+            dp = strategy
         strategy = strategy.strategy
-    return strategy
+    return strategy, dp
 
 
 def strategy_state(strategy: Strategy) -> dict:
     """The server optimiser's state across rounds (FedAvgM's momentum, FedAdam's moments) as named arrays."""
-    inner = _innermost(strategy)
+    inner, _ = unwrap_strategy(strategy)
     out = {}
     momentum = getattr(inner, "momentum_vector", None)
     if momentum is not None:
@@ -204,7 +234,7 @@ def strategy_state(strategy: Strategy) -> dict:
 
 def restore_strategy_state(strategy: Strategy, state: dict) -> None:
     """Put back what :func:`strategy_state` saved (into a freshly built strategy of the same scenario)."""
-    inner = _innermost(strategy)
+    inner, _ = unwrap_strategy(strategy)
     momentum = [state[k] for k in sorted(k for k in state if k.startswith("momentum_vector__"))]
     if momentum:
         inner.momentum_vector = [np.asarray(v) for v in momentum]
@@ -228,8 +258,9 @@ class AuditedStrategy(Strategy):
     """
 
     def __init__(self, inner: Strategy, observer: Callable[[RoundUpdate], None], *, round_offset: int = 0,
-                 stop: threading.Event | None = None, num_clients: int | None = None):
+                 stop: threading.Event | None = None, num_clients: int | None = None, active=None):
         self.inner = inner
+        self.active = active            # a deviating server's ServerMoves (fedaudit.federation.active), or None
         self.num_clients = num_clients
         self.observer = observer
         self.round_offset = int(round_offset)
@@ -249,13 +280,16 @@ class AuditedStrategy(Strategy):
         server_round += self.round_offset
         self.current_round = server_round
         self._round = RoundUpdate(round=server_round, previous=arrays.to_numpy_ndarrays(), started=time.time())
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        if self.active is None:
+            return self.inner.configure_train(server_round, arrays, config, grid)
+        return self.active.configure(self, self._round, arrays, config, grid)
+
+    def node_partitions(self) -> dict:
+        """{node id: partition id} of every node that has replied so far."""
+        return dict(self._node_to_partition)
 
     def _weight_key(self) -> str:
-        inner = self.inner
-        while not hasattr(inner, "weighted_by_key") and hasattr(inner, "strategy"):
-            inner = inner.strategy        # Flower's DP wrappers hold the strategy they wrap
-        return getattr(inner, "weighted_by_key", "num-examples")
+        return getattr(unwrap_strategy(self.inner)[0], "weighted_by_key", "num-examples")
 
     @staticmethod
     def _order(msg: Message):
@@ -289,25 +323,15 @@ class AuditedStrategy(Strategy):
             update.clients[pid] = next(iter(msg.content.array_records.values())).to_numpy_ndarrays()
             update.examples[pid] = int(metrics.get("num-examples", metrics.get(weight_key, 1)))
             update.train_loss[pid] = float(metrics.get("train_loss", float("nan")))
-        update.failed = self._failed_partitions(failed_nodes)
+        update.failed = failed_partitions(failed_nodes, self._node_to_partition, self.num_clients)
+        if self.active is not None:
+            replies = self.active.aggregated_replies(self, update, replies)
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         if arrays is not None:
             update.new = arrays.to_numpy_ndarrays()
         self.observer(update)
         return arrays, metrics
 
-    def _failed_partitions(self, nodes: list) -> list:
-        """Partition ids of the failed nodes. A node that never replied has no known partition; when the failed
-        unknown nodes are exactly as many as the partitions never seen, they are those partitions."""
-        known = [self._node_to_partition[n] for n in nodes if n in self._node_to_partition]
-        unknown = [n for n in nodes if n not in self._node_to_partition]
-        if unknown and self.num_clients is not None:
-            unseen = sorted(set(range(self.num_clients)) - set(self._node_to_partition.values()))
-            if len(unseen) == len(unknown):
-                if len(unknown) == 1:
-                    self._node_to_partition[unknown[0]] = unseen[0]
-                return sorted(known + unseen)
-        return sorted(known) + [f"node-{n}" for n in unknown]
 
     def configure_evaluate(self, server_round, arrays, config, grid):
         return self.inner.configure_evaluate(server_round + self.round_offset, arrays, config, grid)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+
+from fedaudit import faults
 
 
 @dataclass
@@ -23,9 +25,8 @@ class TrainSpec:
     batch_size: int
     seed: int
     client_threads: int = 1
-    fail_clients: dict = field(default_factory=dict)   # testing hook: {partition_id: round} -> raise
-    kill_clients: dict = field(default_factory=dict)   # testing hook: {partition_id: round} -> SIGKILL the actor
-    capture_dir: str = ""                              # testing hook (secure aggregation): clients save their weights
+    capture_dir: str = ""          # clients save the weights they received and trained here (secure aggregation)
+    active: object = None          # fedaudit.federation.active.ActivePlan of a deviating adversary's run, or None
 
 
 _CACHE: dict = {}
@@ -71,26 +72,31 @@ def _limit_threads(n: int) -> None:
 def local_train(spec: TrainSpec, partition_id: int, weights: list, server_round: int,
                 proximal_mu: float = 0.0) -> tuple[list, dict]:
     """Train client ``partition_id`` from ``weights``; return its new weights and metrics."""
-    if spec.fail_clients.get(partition_id) == server_round:
+    fault = faults.client_fault(partition_id, server_round)
+    if fault == faults.RAISE:
         raise RuntimeError(f"client {partition_id} failed in round {server_round} (fault injection)")
-    if spec.kill_clients.get(partition_id) == server_round:
-        _kill_this_process()
+    if fault == faults.KILL:
+        faults.kill_this_process()
     trainer, x, y = client_state(spec)
     idx = np.flatnonzero(spec.owner == partition_id)
     trainer.set_weights(weights)
     rng = np.random.default_rng([spec.seed, partition_id, server_round])
     result = trainer.fit(x[idx], y[idx], epochs=spec.local_epochs, batch_size=spec.batch_size, rng=rng,
                          proximal_mu=proximal_mu)
-    return trainer.get_weights(), {"train_loss": result.loss, "num-examples": int(len(idx)),
-                                   "partition-id": int(partition_id)}
+    trained = trainer.get_weights()
+    plan = spec.active
+    if plan is not None and plan.participant == partition_id and plan.active_in(server_round):
+        trained = _deviate(spec, plan, trained, x, y)
+    return trained, {"train_loss": result.loss, "num-examples": int(len(idx)), "partition-id": int(partition_id)}
 
 
-def _kill_this_process() -> None:
-    """Fault injection: the actor's process dies mid-round, as on an out-of-memory kill or a lost node."""
-    import os
-    import signal
+def _deviate(spec: TrainSpec, plan, weights: list, x, y) -> list:
+    """The active participant: gradient ascent on the target records in its own update (Nasr et al. 2019)."""
+    from fedaudit.federation.active import ascent_for
 
-    os.kill(os.getpid(), signal.SIGKILL)
+    ascent = ascent_for(spec.model_name, spec.model_options, spec.input_shape, spec.num_classes)
+    out, _ = ascent(weights, x[plan.targets], y[plan.targets], plan.ascent_steps, plan.ascent_lr)
+    return out
 
 
 def local_evaluate(spec: TrainSpec, partition_id: int, weights: list) -> dict:

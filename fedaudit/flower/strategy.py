@@ -28,7 +28,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedaudit.config import FLOWER_STRATEGY_PREFIX, STRATEGIES, scenario_from_dict
 from fedaudit.errors import ConfigError, FedAuditError
-from fedaudit.federation.strategy import AuditedStrategy
+from fedaudit.federation.strategy import AuditedStrategy, unwrap_strategy
 from fedaudit.flower.data import FederatedData, resolve_data
 
 log = logging.getLogger(__name__)
@@ -40,14 +40,13 @@ TRAINING_KEYS = ("local_epochs", "batch_size", "learning_rate", "optimizer")
 
 def _unwrap(strategy) -> tuple[Strategy, dict]:
     """(the strategy inside Flower's DP wrappers, the [dp] table those wrappers describe)."""
-    from flwr.serverapp.strategy import (DifferentialPrivacyClientSideFixedClipping,
-                                         DifferentialPrivacyServerSideFixedClipping)
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
+    strategy, wrapper = unwrap_strategy(strategy)
     dp = {}
-    if isinstance(strategy, (DifferentialPrivacyServerSideFixedClipping, DifferentialPrivacyClientSideFixedClipping)):
-        dp = {"mode": "server" if isinstance(strategy, DifferentialPrivacyServerSideFixedClipping) else "client",
-              "noise_multiplier": float(strategy.noise_multiplier), "clipping_norm": float(strategy.clipping_norm)}
-        strategy = strategy.strategy
+    if wrapper is not None:
+        dp = {"mode": "server" if isinstance(wrapper, DifferentialPrivacyServerSideFixedClipping) else "client",
+              "noise_multiplier": float(wrapper.noise_multiplier), "clipping_norm": float(wrapper.clipping_norm)}
     return strategy, dp
 
 

@@ -253,8 +253,11 @@ class RunData:
 
     def per_client_threat_model(self) -> str | None:
         """The threat model whose per-client results the report shows: the strongest audited one that observes each
-        client's own model (None: no such threat model was audited)."""
-        return next((tm for tm in self.threat_models() if per_client_models(tm)), None)
+        client's own model, one that follows the protocol before one that deviates from it (None: no such threat
+        model was audited)."""
+        candidates = [tm for tm in self.threat_models() if per_client_models(tm)]
+        candidates.sort(key=lambda tm: bool(getattr(threat_model(tm), "deviation", False)))
+        return candidates[0] if candidates else None
 
     def client_rounds(self, tm: str | None = None, key: str = "auc") -> tuple[list, list, np.ndarray]:
         """(rounds, clients, matrix[client, round]) of per-client per-round metrics (NaN where absent); ``tm``: the

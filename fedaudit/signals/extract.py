@@ -3,7 +3,8 @@
 For every example: logits, loss, the outputs of chosen layers, the gradient of the example's loss with
 respect to chosen layers' kernels, and per-layer gradient norms. One ``tf.function`` runs the model
 once forward (inference mode, so BatchNormalization uses its moving statistics and examples stay
-independent) and once backward per chunk of examples:
+independent) and once backward per chunk of examples. How a layer's per-example gradient is computed is its
+rule's business (:mod:`fedaudit.signals.rules`, one rule per layer type):
 
 - dense layer, input of rank 2: the per-example kernel gradient is the outer product of the layer's
   input ``a`` and the gradient ``d`` of the loss at the layer's pre-activation output. The graph
@@ -13,6 +14,8 @@ independent) and once backward per chunk of examples:
 - convolutional layer (Conv1D/Conv2D, channels last, groups 1): the per-example gradient is the
   product of the input's patches (kh*kw strided slices of the padded input) with ``d``, one batched
   matmul per chunk;
+- embedding and normalisation layers (named in ``gradients``): the output gradient scattered into the
+  looked-up rows; the sum of ``d * x_hat`` for the scale;
 - any other layer with a kernel (depthwise, separable, transposed, Conv3D, ...): a Jacobian of the
   per-example losses (``pfor``-vectorised).
 
@@ -21,6 +24,7 @@ Chunks keep memory bounded; TensorFlow runs the pass on its GPU when it sees one
 
 from __future__ import annotations
 
+import logging
 import weakref
 from dataclasses import dataclass, field
 
@@ -29,8 +33,11 @@ import numpy as np
 import tensorflow as tf
 
 from fedaudit.errors import AttackError
-from fedaudit.signals.keras_private import BaseConv, functional_graph, run_through_graph, takes_training_argument
+from fedaudit.signals.keras_private import functional_graph, run_through_graph, takes_training_argument
 from fedaudit.signals.layers import LayerRef, kernel_of, resolve_gradient_layers, resolve_output_layers
+from fedaudit.signals.rules import flat_norms, rule_for, weight_of
+
+logger = logging.getLogger(__name__)
 
 #: floats one chunk may hold in its outputs and largest intermediates (about 256 MB)
 CHUNK_BUDGET = 64 * 1024 * 1024
@@ -160,70 +167,12 @@ def outputs_probabilities(model) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# how each kernel layer's per-example gradient is computed
+# how each layer's per-example gradient is computed: fedaudit.signals.rules
 
 
 def _gradient_mode(layer) -> str:
-    """'dense', 'conv' (patches) or 'generic' (Jacobian) for a layer with a kernel."""
-    if isinstance(layer, keras.layers.Dense) and type(layer).call is keras.layers.Dense.call \
-            and getattr(layer, "quantization_mode", None) is None:
-        return "dense"
-    if (isinstance(layer, BaseConv) and type(layer).call is BaseConv.call
-            and type(layer).convolution_op is BaseConv.convolution_op and layer.rank in (1, 2)
-            and layer.data_format == "channels_last" and getattr(layer, "groups", 1) == 1):
-        return "conv"
-    return "generic"
-
-
-def _linear_then_activation(layer, inputs, mode):
-    """The layer's pre-activation output z and its output, computed as the layer does."""
-    if mode == "dense":
-        z = tf.matmul(inputs, layer.kernel) if inputs.shape.rank == 2 else \
-            tf.tensordot(inputs, layer.kernel, axes=[[inputs.shape.rank - 1], [0]])
-        if layer.bias is not None:
-            z = z + layer.bias
-    else:
-        z = layer.convolution_op(inputs, layer.kernel)
-        if layer.use_bias:
-            z = z + layer.bias
-    out = layer.activation(z) if layer.activation is not None else z
-    return z, out
-
-
-def _patches(layer, a):
-    """Input patches (batch, positions, kh*kw*c_in), ordered as the kernel, at the conv's output positions.
-
-    Built from kh*kw strided slices of the (padded) input, which is several times faster on CPU than
-    ``tf.image.extract_patches`` (used only when the spatial size is not known when tracing).
-    """
-    if layer.rank == 1:
-        a = a[:, tf.newaxis]  # (B, 1, L, C)
-        (k,), (s,), (r,) = layer.kernel_size, layer.strides, layer.dilation_rate
-        (kh, kw), (sh, sw), (rh, rw) = (1, k), (1, s), (1, r)
-        padding = layer.padding
-        if padding == "causal":
-            a = tf.pad(a, [[0, 0], [0, 0], [(k - 1) * r, 0], [0, 0]])
-            padding = "valid"
-    else:
-        (kh, kw), (sh, sw), (rh, rw) = layer.kernel_size, layer.strides, layer.dilation_rate
-        padding = layer.padding
-    height, width, channels = a.shape[1], a.shape[2], a.shape[3]
-    if height is None or width is None:
-        p = tf.image.extract_patches(a, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1], rates=[1, rh, rw, 1],
-                                     padding=padding.upper())
-        return tf.reshape(p, [tf.shape(p)[0], -1, p.shape[-1]])
-    span_h, span_w = (kh - 1) * rh + 1, (kw - 1) * rw + 1
-    if padding == "same":
-        out_h, out_w = -(-height // sh), -(-width // sw)
-        pad_h = max((out_h - 1) * sh + span_h - height, 0)
-        pad_w = max((out_w - 1) * sw + span_w - width, 0)
-        a = tf.pad(a, [[0, 0], [pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2], [0, 0]])
-    else:
-        out_h, out_w = (height - span_h) // sh + 1, (width - span_w) // sw + 1
-    slices = [a[:, i * rh: i * rh + (out_h - 1) * sh + 1: sh, j * rw: j * rw + (out_w - 1) * sw + 1: sw, :]
-              for i in range(kh) for j in range(kw)]
-    p = tf.stack(slices, axis=3)  # (B, out_h, out_w, kh*kw, c_in)
-    return tf.reshape(p, [tf.shape(p)[0], out_h * out_w, kh * kw * channels])
+    """The name of the rule that computes ``layer``'s per-example gradient ('dense', 'conv', 'generic', ...)."""
+    return rule_for(layer).name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,15 +213,20 @@ class _Plan:
 
 
 def _build_step(model, plan: _Plan):
-    """A tf.function (x, y) -> dict of per-example tensors for ``plan``."""
+    """A tf.function (x, y) -> dict of per-example tensors for ``plan``.
+
+    Each gradient layer's rule (:func:`fedaudit.signals.rules.rule_for`) either replaces the layer's call to
+    record its input and the tensor whose gradient it needs (one backward pass serves them all), or, for the
+    generic rule, differentiates the per-example losses (a persistent tape, one Jacobian per layer)."""
     grad_layers = {ref.name: ref for ref in (*plan.gradients, *plan.norms)}
-    modes = {name: _gradient_mode(ref.layer) for name, ref in grad_layers.items()}
+    rules = {name: rule_for(ref.layer) for name, ref in grad_layers.items()}
     want_grad = {ref.name for ref in plan.gradients}
     want_norm = {ref.name for ref in plan.norms}
     output_names = {ref.name for ref in plan.outputs}
     hooked = {id(ref.layer): ref for ref in (*plan.outputs, *grad_layers.values())}
-    needs_jacobian = any(mode == "generic" for mode in modes.values())
+    needs_jacobian = any(not rule.records for rule in rules.values())
     probabilities = plan.probabilities
+    logger.debug("signal step: %s", ", ".join(f"{name}: {rule.name}" for name, rule in rules.items()) or "no rules")
 
     def step(x, y):
         record_in, record_z, outputs = {}, {}, {}
@@ -281,12 +235,11 @@ def _build_step(model, plan: _Plan):
                 layer, name = ref.layer, ref.name
 
                 def hook(*args, **kwargs):
-                    mode = modes.get(name)
-                    if mode in ("dense", "conv"):
-                        a = args[0]
-                        z, out = _linear_then_activation(layer, a, mode)
+                    rule = rules.get(name)
+                    if rule is not None and rule.records:
+                        saved, z, out = rule.forward(layer, *args, **kwargs)
                         tape.watch(z)
-                        record_in[name], record_z[name] = a, z
+                        record_in[name], record_z[name] = saved, z
                     else:
                         out = _call_inference(layer, *args, **kwargs)
                     if name in output_names:
@@ -307,40 +260,29 @@ def _build_step(model, plan: _Plan):
         z_names = [name for name in record_z]
         dzs = tape.gradient(total, [record_z[name] for name in z_names]) if z_names else []
         for name, dz in zip(z_names, dzs):
-            layer, mode, a = grad_layers[name].layer, modes[name], record_in[name]
+            layer, rule, saved = grad_layers[name].layer, rules[name], record_in[name]
             if dz is None:
                 dz = tf.zeros_like(record_z[name])
-            if mode == "dense" and a.shape.rank == 2:
-                if name in want_norm:  # |a (x) d| = |a| |d|
-                    result[f"norm/{name}"] = tf.norm(a, axis=1) * tf.norm(dz, axis=1)
-                if name in want_grad:  # materialised, when asked, straight into the output array
-                    result[f"a/{name}"], result[f"d/{name}"] = a, dz
+            factors = rule.factors(layer, saved, dz)
+            if factors is not None:  # materialised, when asked, straight into the output array
+                if name in want_norm:
+                    result[f"norm/{name}"] = rule.norms(layer, saved, dz)
+                if name in want_grad:
+                    result[f"a/{name}"], result[f"d/{name}"] = factors
                 continue
-            if mode == "dense":
-                batch = tf.shape(a)[0]
-                a2 = tf.reshape(a, [batch, -1, a.shape[-1]])
-                d2 = tf.reshape(dz, [batch, -1, dz.shape[-1]])
-                grad = tf.einsum("bti,bto->bio", a2, d2)
-            else:  # conv
-                patches = _patches(layer, a)
-                d2 = tf.reshape(dz, [tf.shape(dz)[0], -1, dz.shape[-1]])
-                grad = tf.einsum("bpk,bpo->bko", patches, d2)
-                grad = tf.reshape(grad, [tf.shape(grad)[0], *layer.kernel.shape])
+            grad = rule.gradients(layer, saved, dz)
             if name in want_grad:
                 result[f"g/{name}"] = grad
             if name in want_norm:
-                result[f"norm/{name}"] = tf.sqrt(tf.reduce_sum(tf.square(tf.reshape(grad, [tf.shape(grad)[0], -1])),
-                                                               axis=1))
-        for name, mode in modes.items():
-            if mode != "generic":
+                result[f"norm/{name}"] = rule.norms(layer, saved, dz, grad)
+        for name, rule in rules.items():
+            if rule.records:
                 continue
-            kernel = kernel_of(grad_layers[name].layer)
-            grad = tape.jacobian(losses, kernel, experimental_use_pfor=True)
+            grad = rule.from_losses(grad_layers[name].layer, tape, losses)
             if name in want_grad:
                 result[f"g/{name}"] = grad
             if name in want_norm:
-                result[f"norm/{name}"] = tf.sqrt(tf.reduce_sum(tf.square(tf.reshape(grad, [tf.shape(grad)[0], -1])),
-                                                               axis=1))
+                result[f"norm/{name}"] = flat_norms(grad)
         if needs_jacobian:
             del tape
         return result
@@ -370,18 +312,7 @@ def _per_example_floats(model, plan: _Plan, num_classes: int) -> int:
         shape = ref.layer.output.shape if hasattr(ref.layer, "output") else None
         total += int(np.prod([d for d in shape[1:] if d])) if shape is not None else 0
     for ref in {r.name: r for r in (*plan.gradients, *plan.norms)}.values():
-        layer = ref.layer
-        size = int(np.prod(kernel_of(layer).shape))
-        mode = _gradient_mode(layer)
-        if mode == "dense":  # factors in the graph; full gradients are written in NumPy
-            size = int(sum(kernel_of(layer).shape))
-        elif mode == "conv":
-            out_shape = layer.output.shape[1:-1] if hasattr(layer, "output") else (1,)
-            positions = int(np.prod([d or 1 for d in out_shape]))
-            size = size + positions * int(np.prod(kernel_of(layer).shape[:-1]))
-        elif mode == "generic":
-            size *= 3
-        total += size
+        total += rule_for(ref.layer).floats_per_example(ref.layer)
     return total
 
 
@@ -404,7 +335,9 @@ def extract(model, x, y, *, layers=(), gradients=(), loss: bool = True, logits: 
     Args:
         layers: layers whose outputs to return, by 1-based index into ``model.layers`` or by name.
         gradients: layers whose per-example kernel gradients to return, by 1-based index among the
-            layers that have a kernel (ML Privacy Meter's counting) or by name.
+            layers that have a kernel (ML Privacy Meter's counting) or by name; a name may also pick a
+            layer without a kernel whose rule takes another weight (an Embedding's matrix, a
+            normalisation layer's scale).
         loss, logits: return per-example cross-entropy loss and logits.
         gradient_norms: True for the norm of every layer in ``gradients`` (of every layer with a
             kernel when ``gradients`` is empty), False for none, or a list of layers.
@@ -421,14 +354,14 @@ def extract(model, x, y, *, layers=(), gradients=(), loss: bool = True, logits: 
     num_classes = check_model(model)
     x, y = check_records(model, x, y, num_classes)
     outputs = resolve_output_layers(model, layers, layers_option)
-    grads = resolve_gradient_layers(model, gradients, gradients_option)
+    grads = resolve_gradient_layers(model, gradients, gradients_option, other_weights=weight_of)
     if gradient_norms is True:
         norms = grads if grads else resolve_gradient_layers(
             model, list(range(1, len([r for r in model.layers if kernel_of(r) is not None]) + 1)))
     elif gradient_norms is False or gradient_norms is None:
         norms = []
     else:
-        norms = resolve_gradient_layers(model, gradient_norms, "gradient_norms")
+        norms = resolve_gradient_layers(model, gradient_norms, "gradient_norms", other_weights=weight_of)
     probabilities = outputs_probabilities(model) if from_logits is None else not from_logits
     plan = _Plan(tuple(outputs), tuple(grads), tuple(norms), bool(factorize), bool(probabilities))
     if batch_size is None:
@@ -460,7 +393,7 @@ def extract(model, x, y, *, layers=(), gradients=(), loss: bool = True, logits: 
         loss=arrays["loss"] if loss else None,
         output_layers=[(r.index, r.name) for r in outputs],
         gradient_layers=[(r.index, r.name) for r in grads],
-        kernel_shapes={r.name: tuple(int(d) for d in kernel_of(r.layer).shape) for r in (*grads, *norms)},
+        kernel_shapes={r.name: tuple(int(d) for d in weight_of(r.layer).shape) for r in (*grads, *norms)},
     )
     for ref in outputs:
         signals.layer_outputs[ref.name] = arrays[f"out/{ref.name}"]

@@ -7,7 +7,9 @@ Two countings, both ML Privacy Meter's:
   convolutional layers, in model order), so ``gradients_to_exploit=[6]`` is the sixth such layer
   even when pooling, normalisation or dropout layers sit between them.
 
-A name picks the layer of that name in ``model.layers`` under either counting.
+A name picks the layer of that name in ``model.layers`` under either counting; where the caller allows it
+(``other_weights``), a gradient layer's name may also pick a layer without a kernel whose gradient rule
+(:mod:`fedaudit.signals.rules`) takes another weight: an Embedding's matrix, a normalisation layer's scale.
 """
 
 from __future__ import annotations
@@ -84,14 +86,18 @@ def resolve_output_layers(model: keras.Model, refs, option: str = "layers") -> l
                  lambda ref: f"{option}: the model has no layer named {ref!r}; {allowed}")
 
 
-def _pick(layers: list, refs, option: str, allowed: str, what: str, unknown_name) -> list[LayerRef]:
+def _pick(layers: list, refs, option: str, allowed: str, what: str, unknown_name, extra=None) -> list[LayerRef]:
     """Resolve 1-based indices into ``layers`` or names of its layers; ``unknown_name(ref)`` words the error
-    for a name that is not among them."""
+    for a name that is not among them. ``extra`` maps further names to their LayerRef (names only)."""
     by_name = {layer.name: i for i, layer in enumerate(layers, start=1)}
+    extra = extra or {}
     out = []
     for ref in _as_refs(refs, option):
         if isinstance(ref, str):
             if ref not in by_name:
+                if ref in extra:
+                    out.append(extra[ref])
+                    continue
                 raise AttackError(unknown_name(ref))
             index = by_name[ref]
         else:
@@ -102,11 +108,24 @@ def _pick(layers: list, refs, option: str, allowed: str, what: str, unknown_name
     return _dedupe(out)
 
 
-def resolve_gradient_layers(model: keras.Model, refs, option: str = "gradients") -> list[LayerRef]:
+def weighted_layers(model: keras.Model, weight_of) -> list[LayerRef]:
+    """The model's top-level layers without a kernel for which ``weight_of(layer)`` (a gradient rule's chosen
+    weight, :func:`fedaudit.signals.rules.weight_of`) is not None: Embedding, BatchNormalization,
+    LayerNormalization, ..., with their 1-based positions in ``model.layers``."""
+    return [LayerRef(i, layer.name, layer) for i, layer in enumerate(model.layers, start=1)
+            if kernel_of(layer) is None and weight_of(layer) is not None]
+
+
+def resolve_gradient_layers(model: keras.Model, refs, option: str = "gradients", *,
+                            other_weights=None) -> list[LayerRef]:
     """Resolve layers whose kernel gradients are wanted: 1-based indices among the layers that have a
-    kernel (Dense, convolutional), or names of such layers."""
+    kernel (Dense, convolutional), or names of such layers; given ``other_weights`` (a function from a layer
+    to its chosen weight or None, as :func:`fedaudit.signals.rules.weight_of`), also names of layers without
+    a kernel that have such a weight (see :func:`weighted_layers`; their index is their position in
+    ``model.layers``)."""
     layers = kernel_layers(model)
-    if not layers and _as_refs(refs, option):
+    extra = {ref.name: ref for ref in weighted_layers(model, other_weights)} if other_weights else {}
+    if not layers and _as_refs(refs, option) and not (extra and all(r in extra for r in _as_refs(refs, option))):
         raise AttackError(f"{option}: the model has no layer with a kernel (Dense or convolutional), "
                           "so no gradient can be exploited; allowed: an empty list")
     allowed = (f"allowed: 1..{len(layers)}, counting only layers with a kernel ({_listing(layers)}), "
@@ -119,4 +138,4 @@ def resolve_gradient_layers(model: keras.Model, refs, option: str = "gradients")
                     f"{allowed}")
         return f"{option}: the model has no layer named {ref!r}; {allowed}"
 
-    return _pick(layers, refs, option, allowed, "gradient layer", unknown_name)
+    return _pick(layers, refs, option, allowed, "gradient layer", unknown_name, extra)

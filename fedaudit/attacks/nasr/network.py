@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from fedaudit.attacks.whitebox.features import Component
-from fedaudit.attacks.whitebox.preprocess import _input_shapes
+from fedaudit.attacks.nasr.features import Component
+from fedaudit.attacks.nasr.preprocess import _input_shapes
 from fedaudit.errors import AttackError
 
 PAPER = {"output": (100, 64), "output_conv": (1024, 512, 128, 64), "label": (128, 64), "loss": (100, 64),

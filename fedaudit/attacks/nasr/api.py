@@ -12,10 +12,10 @@ import numpy as np
 import tensorflow as tf
 
 from fedaudit.attacks.threshold import THRESHOLD_ATTACKS
-from fedaudit.attacks.whitebox.features import WhiteboxFeatures, whitebox_features
-from fedaudit.attacks.whitebox.stacking import STACKS, StackedAttack
-from fedaudit.attacks.whitebox.stacking import stack as stack_attack
-from fedaudit.attacks.whitebox.training import ATTACK_OPTIMIZERS, FittedAttack, fit_attack
+from fedaudit.attacks.nasr.features import WhiteboxFeatures, whitebox_features
+from fedaudit.attacks.nasr.stacking import STACKS, StackedAttack
+from fedaudit.attacks.nasr.stacking import stack as stack_attack
+from fedaudit.attacks.nasr.training import ATTACK_OPTIMIZERS, FittedAttack, fit_attack
 from fedaudit.errors import AttackError
 from fedaudit.signals.extract import check_model, check_records
 from fedaudit.signals.layers import kernel_of, resolve_gradient_layers, resolve_output_layers
@@ -90,7 +90,7 @@ class WhiteBoxAttack:
         size: attack network widths, 'auto' (sized to the data) or 'paper' (2021's widths).
         stack: None (default): the network alone; 'boosting': the network stacked with a gradient-boosted model
             on compact features of the same signals, the mean of their log-odds
-            (:mod:`fedaudit.attacks.whitebox.stacking`).
+            (:mod:`fedaudit.attacks.nasr.stacking`).
     """
 
     def __init__(self, target_train_model, target_attack_model, train_datahandler, attack_datahandler,

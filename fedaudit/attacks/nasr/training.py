@@ -11,9 +11,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fedaudit.attacks.whitebox.features import WhiteboxFeatures
-from fedaudit.attacks.whitebox.network import build_attack_network
-from fedaudit.attacks.whitebox.preprocess import Preprocessor
+from fedaudit.attacks.nasr.features import WhiteboxFeatures
+from fedaudit.attacks.nasr.network import build_attack_network
+from fedaudit.attacks.nasr.preprocess import Preprocessor
 from fedaudit.errors import AttackError
 
 

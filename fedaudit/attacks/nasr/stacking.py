@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedaudit.attacks.whitebox.features import WhiteboxFeatures
+from fedaudit.attacks.nasr.features import WhiteboxFeatures
 
 #: WhiteBoxAttack's ``stack`` choices
 STACKS = ("boosting", None)

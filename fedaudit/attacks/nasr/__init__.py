@@ -1,4 +1,8 @@
-"""The whitebox membership-inference attack of Nasr, Shokri and Houmansadr (IEEE S&P 2019).
+"""The white-box attack network of Nasr, Shokri and Houmansadr (IEEE S&P 2019), which ``meminf`` trains.
+
+(``whitebox`` in ``[audit] attacks`` and ``--attacks`` is another attack: the logistic regression of
+:mod:`fedaudit.attacks.fitted` on the auditor's features. ``fedaudit.attacks.whitebox`` is this package's former
+import path.)
 
 Function-level core (what the federated auditor reuses, no data handler needed):
 
@@ -11,7 +15,7 @@ Function-level core (what the federated auditor reuses, no data handler needed):
 - :func:`fit_attack` trains it on known members and non-members with binary cross-entropy (``Model.fit`` on
   seeded batches, a callback that scores every epoch), choosing the epoch on a validation split carved from the
   known records; ``fitted.predict(features)`` scores;
-- :func:`~fedaudit.attacks.whitebox.stacking.stack` adds a gradient-boosted model on compact statistics of the
+- :func:`~fedaudit.attacks.nasr.stacking.stack` adds a gradient-boosted model on compact statistics of the
   same signals; the score is the mean of the two log-odds.
 
 ML Privacy Meter's API on top: :class:`WhiteBoxAttack` (also :class:`fedaudit.attacks.meminf.initialize`)
@@ -21,7 +25,7 @@ test_attack writes the plots and arrays ML Privacy Meter wrote, for records the 
 Modules, one job each: ``features`` (signals), ``preprocess`` (standardisation), ``network`` (the attack
 network), ``training`` (fitting it), ``stacking`` (the boosted model beside it), ``api`` (``meminf``'s API).
 
-How the network differs from ML Privacy Meter's 2021 code (see ``shared/ATTACKS.md``): signals are computed
+How the network differs from ML Privacy Meter's 2021 code and Nasr et al. (2019): signals are computed
 once, not every epoch; the gradient convolution of a dense kernel gradient ``a (x) d`` is computed from
 the factors (filter f on row r: ``a[r] (d . w_f) + b_f``), so it costs O(filters (in + out)) per example;
 what follows it is sized to the data: with ``size="auto"`` the convolution's responses are averaged over
@@ -35,11 +39,11 @@ least ``min_steps`` steps (2021's tutorial made 150) and keeps the epoch with th
 Weights start N(0, 0.01) as in the paper; Adam's epsilon is 1e-10 (see :data:`ATTACK_OPTIMIZERS`).
 """
 
-from fedaudit.attacks.whitebox.api import AttackResult, WhiteBoxAttack
-from fedaudit.attacks.whitebox.features import Component, WhiteboxFeatures, blackbox_features, whitebox_features
-from fedaudit.attacks.whitebox.network import AUTO, PAPER, GradientRowConv, build_attack_network, network_widths
-from fedaudit.attacks.whitebox.preprocess import Preprocessor
-from fedaudit.attacks.whitebox.training import ATTACK_OPTIMIZERS, FittedAttack, fit_attack, write_tensorboard
+from fedaudit.attacks.nasr.api import AttackResult, WhiteBoxAttack
+from fedaudit.attacks.nasr.features import Component, WhiteboxFeatures, blackbox_features, whitebox_features
+from fedaudit.attacks.nasr.network import AUTO, PAPER, GradientRowConv, build_attack_network, network_widths
+from fedaudit.attacks.nasr.preprocess import Preprocessor
+from fedaudit.attacks.nasr.training import ATTACK_OPTIMIZERS, FittedAttack, fit_attack, write_tensorboard
 
 __all__ = ["Component", "WhiteboxFeatures", "whitebox_features", "blackbox_features", "Preprocessor",
            "GradientRowConv", "build_attack_network", "network_widths", "fit_attack", "FittedAttack", "write_tensorboard",

@@ -1,11 +1,11 @@
-"""The attack network's inputs from raw :class:`~fedaudit.attacks.whitebox.features.WhiteboxFeatures`,
+"""The attack network's inputs from raw :class:`~fedaudit.attacks.nasr.features.WhiteboxFeatures`,
 standardised with statistics of the training split only."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from fedaudit.attacks.whitebox.features import Component, WhiteboxFeatures
+from fedaudit.attacks.nasr.features import Component, WhiteboxFeatures
 
 
 def _safe_std(values: np.ndarray, axis) -> np.ndarray:

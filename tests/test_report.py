@@ -268,7 +268,7 @@ def test_report_files_and_self_contained_html(runs):
     assert len(srcs) == len(PLOTS) and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<script" not in html and "<link" not in html and "@import" not in html and "url(" not in html
     assert not re.search(r'(src|href)="(https?:)?//', html)
-    # the sections the issue asks for
+    # the sections of the report
     for anchor in ("summary", "headline", "audited", "risk-rounds", "risk-clients", "risk-classes", "distributions",
                    "records", "top-records"):
         assert f'id="{anchor}"' in html, anchor
@@ -515,7 +515,7 @@ def test_chromium_probe_catches_a_broken_image(tmp_path):
 
 
 def test_report_code_imports_no_tensorflow(runs):
-    """DESIGN: config, metrics, risk and report import no TensorFlow (a report must build where TF is absent)."""
+    """Config, metrics, risk and report import no TensorFlow (a report must build where TF is absent)."""
     import sys
 
     code = ("import sys; from fedaudit.report import build_report; from fedaudit.report import compare; "

@@ -73,7 +73,7 @@ def check_resumable(run_dir: Path) -> Scenario:
                             f"{' and no '.join(missing)})")
     scenario = load_scenario(run_dir / "scenario.toml", run_dir_file=True)
     status = read_status(run_dir)
-    if status.get("state") == "finished" or (not status and _looks_finished(run_dir, scenario)):
+    if status.finished or (status.state is None and _looks_finished(run_dir, scenario)):
         raise FedAuditError(f"--resume {run_dir}: this run finished all {scenario.federation.rounds} rounds; "
                             f"there is nothing to resume (rebuild its report with: fedaudit report {run_dir})")
     return scenario
@@ -181,14 +181,33 @@ def _set_aside_damaged_rounds(run_dir: Path, scenario: Scenario) -> None:
 def _complete_summary(run_dir: Path) -> None:
     """summary.json's ``dp`` and ``privacy`` objects (accountant, canary and attack epsilon per threat model), with
     or without a report."""
-    if not (run_dir / "summary.json").is_file():
-        return
-    from fedaudit.report.rundata import load_run
-    from fedaudit.report.run_report import ensure_dp, ensure_privacy
+    from fedaudit.privacy import complete_summary
 
-    run = load_run(run_dir)
-    ensure_dp(run)
-    ensure_privacy(run)
+    complete_summary(run_dir)
+
+
+def write_report(run_dir) -> Path | None:
+    """Write the run's report (report.html, plots/, tensorboard/) from its files; return report.html's path (None:
+    the report's dependencies are not installed)."""
+    try:
+        from fedaudit.report import build_report
+    except ImportError:
+        return None
+    return build_report(run_dir)
+
+
+def summary_lines(run_dir, report: Path | None = None) -> list[str]:
+    """The lines a finished run prints: headline risk per threat model, the test accuracy, the report's path."""
+    from fedaudit.report.console import run_summary
+
+    return run_summary(run_dir, report)
+
+
+def finish_run(run_dir, *, report: bool = True) -> list[str]:
+    """What a run does once its rounds are done and aggregated (here, or in a Flower app's strategy): fill
+    summary.json's ``dp`` and ``privacy`` objects, write the report when asked; return the lines to print."""
+    _complete_summary(Path(run_dir))
+    return summary_lines(run_dir, write_report(run_dir) if report else None)
 
 
 def _run_twins(prepared, run_dir: Path, *, progress: bool) -> None:
@@ -205,7 +224,7 @@ def _run_twins(prepared, run_dir: Path, *, progress: bool) -> None:
         return
     for name in deviating(scenario.audit.threat_models):
         tdir = twin_dir(run_dir, name)
-        state = read_status(tdir).get("state") if tdir.is_dir() else None
+        state = read_status(tdir).state if tdir.is_dir() else None
         if state != "finished":
             log.warning("%s: the %s adversary's own federation (beside the passive run of the same seed)",
                         tdir, name)
@@ -222,7 +241,7 @@ def _run_twins(prepared, run_dir: Path, *, progress: bool) -> None:
 
 def _execute(prepared, run_dir: Path, *, progress: bool, report: bool, resumed: bool, start: int = 0,
              weights=None, state=None) -> None:
-    """Run (or continue) the federation, record the outcome in status.json, aggregate and report."""
+    """Run (or continue) the federation, aggregate, record the outcome in status.json, then report."""
     from fedaudit.federation.driver import run_federation
     from fedaudit.runstate import end_attempt, progress as run_progress, prune_checkpoints, start_attempt
 
@@ -245,13 +264,6 @@ def _execute(prepared, run_dir: Path, *, progress: bool, report: bool, resumed: 
         if scenario.audit.enabled:
             _run_twins(prepared, run_dir, progress=progress)
         _complete_summary(run_dir)
-        if report:
-            try:
-                from fedaudit.report import build_report
-            except ImportError:
-                build_report = None
-            if build_report is not None:
-                build_report(run_dir)
     except Interrupted as exc:
         where = run_progress(run_dir, scenario)
         prune_checkpoints(run_dir, where["resume_after_round"])
@@ -266,3 +278,5 @@ def _execute(prepared, run_dir: Path, *, progress: bool, report: bool, resumed: 
         raise
     prune_checkpoints(run_dir, rounds)          # the final global model stays
     end_attempt(run_dir, "finished", **run_progress(run_dir, scenario))
+    if report:
+        write_report(run_dir)                   # after the final status, which the report states

@@ -1,6 +1,6 @@
 """Where a run stands: ``status.json``, the per-round checkpoints, and the round a resumed run starts from.
 
-NumPy only. ``status.json`` says whether the run is running, finished, failed or interrupted (by which
+NumPy only. ``status.json`` (a :class:`fedaudit.schema.RunStatus`) says whether the run is running, finished, failed or interrupted (by which
 signal, in which round) and how far it got; every attempt (the first run and each resume) is appended to
 its ``attempts``. ``checkpoints/round_NNNN.npz`` holds the global weights after round N and the server
 strategy's state (server momentum, Adam moments), written atomically before the round is handed to the
@@ -15,8 +15,8 @@ kernel when the process ends, even on SIGKILL), so a resume can tell a dead run 
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
-import json
 import logging
 import os
 import socket
@@ -27,11 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from fedaudit.errors import FedAuditError
-from fedaudit.rundir import atomic_save_npz, atomic_write_text, json_safe, scan_jsonl
+from fedaudit.rundir import atomic_save_npz, json_safe, scan_jsonl
+from fedaudit.schema import STATUS_FILE, RoundLine, RunStatus, round_number
+from fedaudit.schema import read_status as _read_status
+from fedaudit.schema import write_status
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "status.json"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".fedaudit.lock"
 DAMAGED_SUFFIX = ".damaged"
@@ -41,44 +43,39 @@ STATE = "state__"
 
 # ---- status.json ------------------------------------------------------------------------------------
 
-def read_status(run_dir, problems: list | None = None) -> dict:
-    """The run's status (empty if there is none); an unreadable file is named in a warning and ``problems``."""
-    path = Path(run_dir) / STATUS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        status = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(status, dict):
-            raise ValueError(f"a JSON {type(status).__name__}, not an object")
-        return status
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        log.warning("%s: unreadable (%s); the run's state is unknown", path, exc)
-        if problems is not None:
-            problems.append(f"{STATUS_FILE}: unreadable ({exc})")
-        return {}
+def read_status(run_dir, problems: list | None = None) -> RunStatus:
+    """The run's status (``state`` None if there is none); an unreadable file is named in a warning and
+    ``problems``."""
+    return _read_status(Path(run_dir) / STATUS_FILE, problems)
 
 
-def update_status(run_dir, **fields) -> dict:
+_STATUS_FIELDS = {f.name for f in dataclasses.fields(RunStatus)} - {"extra", "schema_version"}
+
+
+def update_status(run_dir, **fields) -> RunStatus:
+    """Set fields of status.json (fields it does not know go to its ``extra``) and write it."""
     status = read_status(run_dir)
-    status.update(json_safe(fields))
-    status["updated"] = round(time.time(), 3)
-    atomic_write_text(Path(run_dir) / STATUS_FILE, json.dumps(status, indent=2) + "\n")
+    for name, value in json_safe(fields).items():
+        if name in _STATUS_FIELDS:
+            setattr(status, name, value)
+        else:
+            status.extra[name] = value
+    status.updated = round(time.time(), 3)
+    write_status(Path(run_dir) / STATUS_FILE, status)
     return status
 
 
-def start_attempt(run_dir, *, rounds: int, from_round: int, resumed: bool) -> dict:
+def start_attempt(run_dir, *, rounds: int, from_round: int, resumed: bool) -> RunStatus:
     """Record that this process now runs ``run_dir`` from round ``from_round`` + 1."""
-    status = read_status(run_dir)
-    attempts = list(status.get("attempts") or [])
+    attempts = list(read_status(run_dir).attempts)
     attempts.append({"pid": os.getpid(), "host": socket.gethostname(), "started": round(time.time(), 3),
                      "from_round": int(from_round), "resumed": bool(resumed)})
     return update_status(run_dir, state="running", rounds=int(rounds), attempts=attempts, signal=None,
                          interrupted_in_round=None, error=None)
 
 
-def end_attempt(run_dir, state: str, **fields) -> dict:
-    status = read_status(run_dir)
-    attempts = list(status.get("attempts") or [])
+def end_attempt(run_dir, state: str, **fields) -> RunStatus:
+    attempts = list(read_status(run_dir).attempts)
     if attempts:
         attempts[-1] = {**attempts[-1], "ended": round(time.time(), 3), "state": state,
                         **{k: v for k, v in fields.items() if k in ("signal", "interrupted_in_round", "error")}}
@@ -120,8 +117,8 @@ class RunLock:
 
 
 def _holder(run_dir) -> str:
-    attempts = read_status(run_dir).get("attempts") or [{}]
-    pid = attempts[-1].get("pid")
+    attempts = read_status(run_dir).attempts or [{}]
+    pid = attempts[-1].get("pid") if isinstance(attempts[-1], dict) else None
     return f"pid {pid}" if pid else "pid unknown"
 
 
@@ -178,6 +175,14 @@ def _round_npz(run_dir, round_: int) -> Path:
     return round_path(run_dir, round_)
 
 
+def _trained(row: dict) -> RoundLine | None:
+    """A rounds.jsonl line (a raw JSON object) whose utility the driver recorded (its test accuracy, even when
+    that is not a number), as a RoundLine; None otherwise."""
+    if round_number(row.get("round")) is None or not ("model_accuracy" in row or "accuracy" in row):
+        return None
+    return RoundLine.from_dict(row)
+
+
 def complete_rounds(run_dir, scenario, rows: list | None = None) -> set[int]:
     """Rounds whose utility is recorded and, with the audit on, whose every threat model is audited."""
     if rows is None:
@@ -186,14 +191,11 @@ def complete_rounds(run_dir, scenario, rows: list | None = None) -> set[int]:
 
     audit = scenario.audit
     done = set()
-    for row in rows:
-        r = row.get("round")
-        if isinstance(r, bool) or not isinstance(r, int) or ("model_accuracy" not in row and "accuracy" not in row):
+    for line in filter(None, map(_trained, rows)):
+        if audit.enabled and not (set(audited_here(scenario)) <= set(line.views)
+                                  and _round_npz(run_dir, line.round).exists()):
             continue
-        if audit.enabled and not (all(tm in row for tm in audited_here(scenario))
-                                  and _round_npz(run_dir, r).exists()):
-            continue
-        done.add(r)
+        done.add(line.round)
     return done
 
 
@@ -214,8 +216,8 @@ def resume_round(run_dir, scenario, rows: list | None = None) -> int:
 def progress(run_dir, scenario) -> dict:
     """How far the run got, for status.json and the messages of an interrupted run."""
     rows, _ = scan_jsonl(Path(run_dir) / "rounds.jsonl")
-    trained = {r.get("round") for r in rows if "accuracy" in r}
-    return {"rounds_trained": contiguous({r for r in trained if isinstance(r, int)}),
+    trained = {line.round for line in filter(None, map(_trained, rows))}
+    return {"rounds_trained": contiguous(trained),
             "rounds_complete": contiguous(complete_rounds(run_dir, scenario, rows)),
             "resume_after_round": resume_round(run_dir, scenario, rows)}
 

@@ -17,9 +17,14 @@ NumPy-free and TensorFlow-free: plain dataclasses and JSON types.
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: the version this module writes; readers accept every version up to it
 SCHEMA_VERSION = 2
@@ -29,6 +34,11 @@ HEADLINE_KEYS = ("auc", "tpr_at_1pct", "tpr_at_0_1pct", "attack_accuracy")
 
 #: key separator inside the per-round ``audit/round_NNNN.npz`` files ("server__score__loss")
 SEP = "__"
+
+#: the files of a run directory this module reads and writes
+ROUNDS_FILE = "rounds.jsonl"
+SUMMARY_FILE = "summary.json"
+STATUS_FILE = "status.json"
 
 
 # ---- small helpers ----------------------------------------------------------------------------------------
@@ -360,6 +370,11 @@ class RunStatus:
     def finished(self) -> bool:
         return self.state == "finished"
 
+    @property
+    def resumes(self) -> int:
+        """How many of the attempts resumed the run."""
+        return sum(1 for a in self.attempts if isinstance(a, dict) and a.get("resumed"))
+
 
 # ---- audit/round_NNNN.npz -------------------------------------------------------------------------------------
 
@@ -377,6 +392,108 @@ def parse_round_key(key: str) -> tuple[str, ...]:
     return tuple(key.split(SEP))
 
 
-__all__ = ["ClientResult", "HEADLINE_KEYS", "RUN_STATES", "RoundLine", "RunStatus", "RunSummary", "SCHEMA_VERSION",
-           "SEP", "ViewResult", "ViewSummary", "headline_of", "metrics_summary", "normalise_line", "parse_round_key",
-           "round_key"]
+# ---- reading and writing the files ----------------------------------------------------------------------------
+
+def _file(path, name: str) -> Path:
+    """``path`` itself, or ``path / name`` when ``path`` is a run directory."""
+    path = Path(path)
+    return path / name if path.is_dir() else path
+
+
+def _note(problems: list | None, path: Path, what: str, consequence: str = "") -> None:
+    """Name a problem with a file in a warning (with its consequence) and in ``problems``."""
+    log.warning("%s: %s%s", path, what, consequence)
+    if problems is not None:
+        problems.append(f"{path.name}: {what}")
+
+
+def _read_object(path: Path, problems: list | None, consequence: str = "") -> dict | None:
+    """A JSON object file (None if absent; None, named in a warning and in ``problems``, if unreadable)."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        return data
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        _note(problems, path, f"unreadable ({exc})", consequence)
+        return None
+
+
+def _write_object(path: Path, data: dict) -> Path:
+    from fedaudit.rundir import atomic_write_text, json_safe
+
+    return atomic_write_text(path, json.dumps(json_safe(data), indent=2) + "\n")
+
+
+def round_number(value) -> int | None:
+    """A line's ``round`` as an int (None: absent, a bool, or not a whole number)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
+def read_rounds(path, problems: list | None = None, view_names=None) -> list[RoundLine]:
+    """The intact lines of ``rounds.jsonl`` (``path``: the file or its run directory), as :class:`RoundLine`.
+
+    A line that is not a JSON object, or has no round number, is left out and named (file and line) in a warning
+    and in ``problems``; a missing file is no lines."""
+    from fedaudit.rundir import read_jsonl
+
+    path = _file(path, ROUNDS_FILE)
+    out = []
+    for row in read_jsonl(path, problems=problems):
+        if round_number(row.get("round")) is None:
+            _note(problems, path, f"a line without a round number ({str(row)[:60]}); left out")
+            continue
+        try:
+            out.append(RoundLine.from_dict(row, view_names))
+        except (TypeError, ValueError) as exc:
+            _note(problems, path, f"round {row.get('round')}: unreadable line ({exc}); left out")
+    return out
+
+
+def read_summary(path, problems: list | None = None) -> RunSummary | None:
+    """``summary.json`` (``path``: the file or its run directory); None if absent or unreadable (then named in a
+    warning and in ``problems``)."""
+    data = _read_object(_file(path, SUMMARY_FILE), problems)
+    return None if data is None else RunSummary.from_dict(data)
+
+
+def write_summary(path, summary: RunSummary) -> Path:
+    """Write ``summary.json`` (``path``: the file or its run directory) atomically, in this version's form."""
+    return _write_object(_file(path, SUMMARY_FILE), summary.to_dict())
+
+
+def update_summary(path, **fields) -> RunSummary | None:
+    """Set fields of an existing ``summary.json`` (``dp=...``, ``privacy=...``) and write it back; None (nothing
+    written) when there is no readable summary.json."""
+    summary = read_summary(path)
+    if summary is None:
+        return None
+    for name, value in fields.items():
+        if name in _fields(RunSummary) and name != "extra":
+            setattr(summary, name, value)
+        else:
+            summary.extra[name] = value
+    write_summary(path, summary)
+    return summary
+
+
+def read_status(path, problems: list | None = None) -> RunStatus:
+    """``status.json`` (``path``: the file or its run directory); an empty :class:`RunStatus` (``state`` None) if
+    absent or unreadable (then named in a warning and in ``problems``)."""
+    data = _read_object(_file(path, STATUS_FILE), problems, "; the run's state is unknown")
+    return RunStatus() if data is None else RunStatus.from_dict(data)
+
+
+def write_status(path, status: RunStatus) -> Path:
+    """Write ``status.json`` (``path``: the file or its run directory) atomically."""
+    return _write_object(_file(path, STATUS_FILE), status.to_dict())
+
+
+__all__ = ["ClientResult", "HEADLINE_KEYS", "ROUNDS_FILE", "RUN_STATES", "RoundLine", "RunStatus", "RunSummary",
+           "SCHEMA_VERSION", "SEP", "STATUS_FILE", "SUMMARY_FILE", "read_rounds", "read_status", "read_summary",
+           "round_number", "update_summary", "write_status", "write_summary", "ViewResult", "ViewSummary", "headline_of",
+           "metrics_summary", "normalise_line", "parse_round_key", "round_key"]

@@ -58,7 +58,8 @@ from typing import Any
 
 from fedaudit.config import Scenario, load_scenario, read_toml
 from fedaudit.errors import ConfigError, FedAuditError
-from fedaudit.rundir import atomic_write_text, json_safe, new_run_dir, read_jsonl
+from fedaudit.rundir import atomic_write_text, json_safe, new_run_dir
+from fedaudit.schema import read_rounds
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ def _complete(run_dir: Path, scenario: Scenario) -> bool:
     """A finished run: every round recorded, and the audit's summary when the audit is on."""
     if not (run_dir / "scenario.toml").is_file():
         return False
-    rounds = {r.get("round") for r in read_jsonl(run_dir / "rounds.jsonl")}
+    rounds = {line.round for line in read_rounds(run_dir / "rounds.jsonl")}
     if not set(range(1, scenario.federation.rounds + 1)) <= rounds:
         return False
     if scenario.audit.enabled and not (run_dir / "summary.json").is_file():

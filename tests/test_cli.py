@@ -155,6 +155,8 @@ def test_a_run_ends_with_its_headline_on_stderr_and_its_directory_on_stdout(tmp_
     assert err[1].startswith("fedaudit: participant (another client): AUC ")
     assert err[2].startswith("fedaudit: test accuracy ") and err[2].endswith("after 2 rounds")
     assert err[3] == f"fedaudit: report: {out / 'report.html'}" and (out / "report.html").is_file()
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "2 configured, 2 recorded</td>" in html and "did not finish" not in html    # built after the final status
 
 
 def test_checks_that_need_no_tensorflow_run_before_it(tmp_path):

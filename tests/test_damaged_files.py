@@ -95,7 +95,8 @@ def test_compare_warns_and_keeps_the_intact_rounds(tmp_path, caplog):
 def audited_run_dir(tmp_path, rounds=3):
     """A run dir as the auditor leaves it after ``rounds`` rounds (arrays made up; no model)."""
     from fedaudit.auditor.records import audit_records
-    from fedaudit.auditor.state import SEP, save_round
+    from fedaudit.auditor.state import save_round
+    from fedaudit.schema import round_key
     from fedaudit.data import Ledger
     from fedaudit.runstate import save_checkpoint
 
@@ -107,10 +108,10 @@ def audited_run_dir(tmp_path, rounds=3):
     n = len(records)
     for r in range(1, rounds + 1):
         save_round(run, r, {"round": np.int64(r), "feature_names": np.array(["loss"]),
-                            "participant" + SEP + "features": np.zeros((n, 1), np.float32),
-                            "participant" + SEP + "loss": np.ones(n, np.float32),
-                            "participant" + SEP + "correct": np.ones(n, bool),
-                            "participant" + SEP + "score" + SEP + "whitebox": np.zeros(n, np.float32)})
+                            round_key("participant", "features"): np.zeros((n, 1), np.float32),
+                            round_key("participant", "loss"): np.ones(n, np.float32),
+                            round_key("participant", "correct"): np.ones(n, bool),
+                            round_key("participant", "score", "whitebox"): np.zeros(n, np.float32)})
         save_checkpoint(run, r, [np.full((2, 2), float(r))], {})
     return run
 

@@ -111,7 +111,7 @@ def test_fedprox_run_with_partial_participation(tmp_path):
     rows = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
     assert all(len(r["clients"]) == 2 and r["failed"] == [] for r in rows)
-    assert all(0 <= r["accuracy"] <= 1 and r["loss"] > 0 for r in rows)
+    assert all(0 <= r["model_accuracy"] <= 1 and r["loss"] > 0 for r in rows)
     ledger = Ledger.load(run_dir / "ledger.npz")
     assert ledger.num_clients == 4
     assert load_scenario(run_dir / "scenario.toml").federation.strategy == "fedprox"
@@ -150,7 +150,7 @@ def test_quickstart_as_a_ray_cluster_job(tmp_path):
     rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3, 4, 5]
     assert all(r["clients"] == list(range(10)) for r in rows)
-    assert rows[-1]["accuracy"] >= 0.85
+    assert rows[-1]["model_accuracy"] >= 0.85
     assert str(out) in job.stdout                     # the run directory is the job's last line of output
     owner = np.load(out / "ledger.npz")["owner"]
     assert set(np.unique(owner[owner >= 0])) == set(range(10))

@@ -58,7 +58,7 @@ def test_flwr_run_audits_the_flower_app(tmp_path):
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2]
     for r in rounds:
-        assert r["clients"] == [0, 1] and r["accuracy"] > 0.5            # both partitions, a model that learns
+        assert r["clients"] == [0, 1] and r["model_accuracy"] > 0.5            # both partitions, a model that learns
         for tm in ("server", "participant"):
             assert 0.0 <= r[tm]["auc"] <= 1.0, (tm, r)
     summary = json.loads((out / "summary.json").read_text())

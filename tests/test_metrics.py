@@ -199,3 +199,32 @@ def test_epsilon_intervals_at_the_roc_corners_equal_those_over_every_threshold()
         every = {"point": _epsilon_bound(c.tpr, c.fpr, 1e-5), "low": _epsilon_bound(tp_low, fp_high, 1e-5),
                  "high": _epsilon_optimistic(tp_high, fp_low, 1e-5)}
         assert _epsilon_from_counts(c, 1e-5, 0.05) == every
+
+
+# ---- risk levels (fedaudit.risk) -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metrics, level", [
+    ({"auc": 0.71}, "high"), ({"auc": 0.55, "tpr_at_1pct": 0.12}, "high"),
+    ({"auc": 0.60}, "moderate"), ({"auc": 0.52, "tpr_at_1pct": 0.03}, "moderate"),
+    ({"auc": 0.53}, "low"), ({"auc": 0.51, "tpr_at_1pct": 0.02, "tpr_at_1pct_ci": [0.011, 0.04]}, "low"),
+    ({"auc": 0.51, "tpr_at_1pct": 0.02, "tpr_at_1pct_ci": [0.005, 0.04]}, "negligible"),
+    ({"auc": None}, None), ({}, None),
+])
+def test_risk_levels_from_the_headline_metrics(metrics, level):
+    from fedaudit.risk import risk_level
+
+    assert risk_level(metrics) == level
+
+
+def test_risk_reads_a_view_summary_and_a_summary_dict_alike():
+    from fedaudit.risk import empirical_epsilon, risk_level, worst_level
+    from fedaudit.schema import ViewSummary
+
+    s = summarize(np.linspace(1, 2, 300), np.linspace(0, 1, 300)).to_dict()
+    view = ViewSummary.from_dict(s)
+    assert risk_level(view) == risk_level(s) == "high"
+    low, point = empirical_epsilon(view)
+    assert low == s["epsilon_lower_ci"][0] and point == s["epsilon_lower"]
+    assert all(math.isnan(x) for x in empirical_epsilon(None))
+    assert worst_level(["low", None, "moderate", "negligible"]) == "moderate" and worst_level([None]) is None

@@ -1,6 +1,7 @@
 """Reports as a person sees them: report.html and comparison.html built from fake run directories (no Ray).
 
-``write_fake_run`` writes a run directory that follows notes/RUNDIR.md exactly, with random but plausible
+``write_fake_run`` writes a run directory built from the run directory's schema (:mod:`fedaudit.schema`: each
+rounds.jsonl line a RoundLine, summary.json a RunSummary, status.json a RunStatus), with random but plausible
 numbers; ``leak`` sets how far members' scores sit above non-members' (0: no leak), growing over rounds.
 The Chromium tests render the pages headless (file:// URLs only, no network), check that every image loaded
 and that the headline table is there, and save screenshots to test-artifacts/.
@@ -22,13 +23,16 @@ from fedaudit.config import Scenario
 from fedaudit.data import POPULATION, TEST, Ledger
 from fedaudit.errors import FedAuditError
 from fedaudit.metrics import summarize
-from fedaudit.rundir import atomic_save_npy, atomic_write_text, json_safe, upsert_jsonl
+from fedaudit.rundir import atomic_save_npy, atomic_write_text, upsert_jsonl
+from fedaudit import schema
+from fedaudit.schema import ClientResult, RoundLine, RunStatus, RunSummary, ViewResult, ViewSummary, metrics_summary
 from fedaudit.slices import slice_metrics
+from fedaudit.threat_model import get_threat_model, threat_model_names
 
 CHROMIUM = Path("/usr/bin/chromium")
 
 # --------------------------------------------------------------------------------------------------
-# A fake run directory (notes/RUNDIR.md)
+# A fake run directory (fedaudit/schema.py)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -40,8 +44,9 @@ def write_fake_run(path, *, seed: int = 0, clients: int = 5, rounds: int = 4, re
                    leak: float = 1.0, audit: bool = True, threat_models=("server", "participant"),
                    dp: dict | None = None, name: str = "fake", partition: str = "iid",
                    write_summary: bool = True, write_records: bool = True, write_clients: bool = True,
-                   write_probs: bool = True, accuracy_scale: float = 1.0):
-    """Write a run dir at ``path`` and return it. ``dp``: e.g. {"mode": "server", "noise_multiplier": 1.0}."""
+                   write_probs: bool = True, accuracy_scale: float = 1.0, state: str | None = None):
+    """Write a run dir at ``path`` and return it. ``dp``: e.g. {"mode": "server", "noise_multiplier": 1.0};
+    ``state``: status.json's (None: no status.json, as a run dir of an earlier version)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -68,9 +73,9 @@ def write_fake_run(path, *, seed: int = 0, clients: int = 5, rounds: int = 4, re
     final_scores = {}
     for r in range(1, rounds + 1):
         acc = accuracy_scale * (0.95 - 0.5 * np.exp(-0.8 * r)) + rng.normal(0, 0.005)
-        row = {"round": r, "train_loss": float(1.5 * np.exp(-0.5 * r) + 0.05), "accuracy": float(acc),
-               "loss": float(1.6 * np.exp(-0.45 * r) + 0.1), "clients": list(range(clients)), "failed": [],
-               "non_finite_clients": [], "wall_seconds": float(rng.uniform(0.5, 2.0))}
+        line = RoundLine(round=r, train_loss=float(1.5 * np.exp(-0.5 * r) + 0.05), model_accuracy=float(acc),
+                         loss=float(1.6 * np.exp(-0.45 * r) + 0.1), clients=list(range(clients)), failed=[],
+                         non_finite_clients=[], wall_seconds=float(rng.uniform(0.5, 2.0)))
         if audit:
             for t, tm in enumerate(threat_models):
                 strength = leak * (r / rounds) * (1.0 if tm == "server" else 0.5)
@@ -83,19 +88,23 @@ def write_fake_run(path, *, seed: int = 0, clients: int = 5, rounds: int = 4, re
                 per_client = []
                 for k in range(clients):
                     sk = summarize(scores[owner == k], ns)
-                    per_client.append({"client": k, "records": int((owner == k).sum()), "auc": sk.auc,
-                                       "tpr_at_1pct": sk.tpr_at_1pct, "tpr_at_0_1pct": sk.tpr_at_0_1pct,
-                                       "accuracy": sk.accuracy})
-                obj = {"attack": "whitebox", "auc": summ.auc, "tpr_at_1pct": summ.tpr_at_1pct,
-                       "tpr_at_0_1pct": summ.tpr_at_0_1pct, "accuracy": summ.accuracy,
-                       "summary": summ.to_dict(), "attacks": {"whitebox": summ.to_dict(),
-                                                             "loss": summarize(ms * 0.7, ns).to_dict()},
-                       "clients": per_client}
+                    per_client.append(ClientResult(client=k, records=int((owner == k).sum()), auc=sk.auc,
+                                                   tpr_at_1pct=sk.tpr_at_1pct, tpr_at_0_1pct=sk.tpr_at_0_1pct,
+                                                   attack_accuracy=sk.accuracy))
+                view = ViewResult(attack="whitebox", auc=summ.auc, tpr_at_1pct=summ.tpr_at_1pct,
+                                  tpr_at_0_1pct=summ.tpr_at_0_1pct, attack_accuracy=summ.accuracy,
+                                  summary=metrics_summary(summ.to_dict()),
+                                  attacks={"whitebox": metrics_summary(summ.to_dict()),
+                                           "loss": metrics_summary(summarize(ms * 0.7, ns).to_dict())},
+                                  clients=per_client)
                 if tm == "server":
-                    obj["source_inference"] = {"accuracy": float(rng.uniform(0.2, 0.5)), "chance": 1.0 / clients}
-                row[tm] = obj
-            row["audit_seconds"] = float(rng.uniform(1, 3))
-        upsert_jsonl(path / "rounds.jsonl", row)
+                    view.source_inference = {"accuracy": float(rng.uniform(0.2, 0.5)), "chance": 1.0 / clients}
+                line.views[tm] = view
+            line.audit_seconds = float(rng.uniform(1, 3))
+        upsert_jsonl(path / "rounds.jsonl", line.to_dict())
+    if state is not None:
+        schema.write_status(path, RunStatus(state=state, rounds=rounds, rounds_complete=rounds if state == "finished" else
+                                     rounds - 1, attempts=[{"resumed": False, "state": state}]))
 
     if not audit:
         return path
@@ -107,10 +116,12 @@ def write_fake_run(path, *, seed: int = 0, clients: int = 5, rounds: int = 4, re
         atomic_save_npy(path / "member_probs.npy", risk_members)
         atomic_save_npy(path / "nonmember_probs.npy", risk_nonmembers)
     if write_records:
-        lines = ["record,client,member,label,server,participant,risk"]
+        # as the auditor writes it: a column per registered threat model that follows the protocol
+        columns = [tm for tm in threat_model_names() if not getattr(get_threat_model(tm), "deviation", False)]
+        lines = [",".join(["record", "client", "member", "label", *columns, "risk"])]
         for i in np.flatnonzero(audited):
             cells = [str(i), str(int(owner[i])), "1" if member[i] else "0", str(int(labels[i]))]
-            for tm in ("server", "participant"):
+            for tm in columns:
                 cells.append(f"{final_scores[tm][i]:.6g}" if tm in final_scores else "")
             cells.append(f"{risk[i]:.6g}")
             lines.append(",".join(cells))
@@ -125,19 +136,19 @@ def write_fake_run(path, *, seed: int = 0, clients: int = 5, rounds: int = 4, re
             lines.append(f"{k},{int((owner == k).sum())},{sk.auc:.6g},{tpr},{rk.mean():.6g},{rk.max():.6g},{rounds}")
         atomic_write_text(path / "clients.csv", "\n".join(lines) + "\n")
     if write_summary:
-        summary = {"threat_models": {}, "slices": {}}
+        summary = RunSummary()
         for tm in threat_models:
             ms, ns = final_scores[tm][member], final_scores[tm][owner == POPULATION]
-            summary["threat_models"][tm] = summarize(ms, ns, delta=scenario.dp.delta).to_dict()
+            summary.threat_models[tm] = ViewSummary.from_dict(summarize(ms, ns, delta=scenario.dp.delta).to_dict())
             pop = owner == POPULATION
-            summary["slices"][tm] = slice_metrics(ms, ns, labels[member], labels[pop], -ms, -ns,
-                                                  rng.random(member.sum()) < 0.9, rng.random(pop.sum()) < 0.8)
-        summary["source_inference"] = {"accuracy": 0.4, "chance": 1.0 / clients}
-        if scenario.dp.mode != "none":   # as the auditor writes it: the accountant's epsilon is the report's to fill
-            summary["dp"] = {"mode": scenario.dp.mode, "noise_multiplier": scenario.dp.noise_multiplier,
-                             "clipping_norm": scenario.dp.clipping_norm, "delta": scenario.dp.delta,
-                             "accountant_epsilon": None}
-        atomic_write_text(path / "summary.json", json.dumps(json_safe(summary), indent=1))
+            summary.slices[tm] = slice_metrics(ms, ns, labels[member], labels[pop], -ms, -ns,
+                                               rng.random(member.sum()) < 0.9, rng.random(pop.sum()) < 0.8)
+        summary.source_inference = {"accuracy": 0.4, "chance": 1.0 / clients}
+        if scenario.dp.mode != "none":   # as the auditor writes it: the accountant's epsilon is the run's to fill
+            summary.dp = {"mode": scenario.dp.mode, "noise_multiplier": scenario.dp.noise_multiplier,
+                          "clipping_norm": scenario.dp.clipping_norm, "delta": scenario.dp.delta,
+                          "accountant_epsilon": None}
+        schema.write_summary(path, summary)
     return path
 
 
@@ -257,7 +268,7 @@ def test_report_files_and_self_contained_html(runs):
     assert len(srcs) == len(PLOTS) and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<script" not in html and "<link" not in html and "@import" not in html and "url(" not in html
     assert not re.search(r'(src|href)="(https?:)?//', html)
-    # the sections the issue asks for
+    # the sections of the report
     for anchor in ("summary", "headline", "audited", "risk-rounds", "risk-clients", "risk-classes", "distributions",
                    "records", "top-records"):
         assert f'id="{anchor}"' in html, anchor
@@ -504,7 +515,7 @@ def test_chromium_probe_catches_a_broken_image(tmp_path):
 
 
 def test_report_code_imports_no_tensorflow(runs):
-    """DESIGN: config, metrics, risk and report import no TensorFlow (a report must build where TF is absent)."""
+    """Config, metrics, risk and report import no TensorFlow (a report must build where TF is absent)."""
     import sys
 
     code = ("import sys; from fedaudit.report import build_report; from fedaudit.report import compare; "
@@ -514,3 +525,80 @@ def test_report_code_imports_no_tensorflow(runs):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --------------------------------------------------------------------------------------------------
+# How the run ended, and a threat model the report code does not name
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state, ending", [
+    ("finished", ""),
+    ("failed", "; the run failed"),
+    ("running", "; the run did not finish (still running, or killed)"),
+])
+def test_rounds_row_states_how_the_run_ended(tmp_path, state, ending):
+    from fedaudit.report import build_report
+
+    run = write_fake_run(tmp_path / state, rounds=4, records=400, state=state)
+    html = build_report(run, tensorboard=False).read_text(encoding="utf-8")
+    assert f"<tr><th>Rounds</th><td>4 configured, 4 recorded{ending}</td></tr>" in html
+
+
+def test_the_report_of_a_run_is_built_after_its_final_status(tmp_path, monkeypatch):
+    """`fedaudit run` writes status.json's final state, then the report, which says the run finished."""
+    import types
+
+    import fedaudit.federation.driver as driver
+    from fedaudit.run import _execute
+    from fedaudit.schema import read_status
+
+    scenario = Scenario().with_overrides({"federation.rounds": 3, "audit.enabled": False})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    def federation(prepared, out, **kwargs):
+        assert read_status(out).state == "running"
+        write_fake_run(out, rounds=3, records=300, audit=False)
+
+    monkeypatch.setattr(driver, "run_federation", federation)
+    _execute(types.SimpleNamespace(scenario=scenario), run_dir, progress=False, report=True, resumed=False)
+    assert read_status(run_dir).state == "finished"
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "<tr><th>Rounds</th><td>3 configured, 3 recorded</td></tr>" in html
+    assert "did not finish" not in html
+
+
+def test_a_registered_threat_model_appears_in_every_part_of_the_report(tmp_path):
+    from fedaudit.report import build_comparison, build_report
+    from fedaudit.report.console import run_summary
+    from fedaudit.threat_model import ThreatModel, register_threat_model, unregister_threat_model
+
+    class Snooper(ThreatModel):
+        name = "snooper"
+        title = "First-client snooper"
+        description = "a toy adversary who sees one client's model each round"
+        noun = "the first-client snooper"
+        possessive = "the first-client snooper's"
+        against = "Against the first-client snooper"
+        color = "#117a65"
+        strength = 15
+
+    register_threat_model(Snooper)
+    try:
+        run = write_fake_run(tmp_path / "run", rounds=3, records=600,
+                             threat_models=("server", "snooper", "participant"))
+        html = build_report(run).read_text(encoding="utf-8")
+        headline = html[html.index('id="headline"'):html.index("</table>", html.index('id="headline"'))]
+        assert "First-client snooper" in headline and "a toy adversary who sees one client" in headline
+        assert "AUC, snooper" in html                               # the rounds table and the class table
+        assert "Snooper score" in html                              # the records at highest risk
+        assert "the <em>snooper</em> is a toy adversary" in html    # how to read the report
+        assert any("first-client snooper: AUC" in line for line in run_summary(run))
+        assert_plot_not_empty(run / "plots" / "risk_rounds.png")
+        out = build_comparison([run], tmp_path / "compare")
+        page = out.read_text(encoding="utf-8")
+        assert "<h3>First-client snooper</h3>" in page
+        assert_plot_not_empty(out.parent / "plots" / "compare_roc_snooper.png")
+    finally:
+        unregister_threat_model(Snooper.name)

@@ -59,7 +59,7 @@ def lines(run_dir: Path) -> dict:
 
 def audited(run_dir: Path, round_: int) -> bool:
     row = lines(run_dir).get(round_, {})
-    return "server" in row and "participant" in row and "accuracy" in row
+    return "server" in row and "participant" in row and "model_accuracy" in row
 
 
 def wait_until(proc, ready, what: str) -> None:
@@ -81,7 +81,7 @@ def resume_until_a_new_round(run_dir: Path, ray_tmp: Path):
     assert after + 1 < ROUNDS, f"the earlier attempts went too far ({after} rounds) for a stop to land mid-run"
     before = lines(run_dir).get(after + 1)
     proc = start(["--resume", run_dir], ray_tmp)
-    wait_until(proc, lambda: (row := lines(run_dir).get(after + 1)) is not None and "accuracy" in row
+    wait_until(proc, lambda: (row := lines(run_dir).get(after + 1)) is not None and "model_accuracy" in row
                and row != before, f"a line for round {after + 1}")
     return proc, after
 

@@ -266,7 +266,7 @@ local_epochs = [1, 2]
     dirs = ["01-local_epochs-1", "02-local_epochs-2"]
     for d in dirs:
         rounds = [json.loads(line) for line in (out / d / "rounds.jsonl").read_text().splitlines()]
-        assert [r["round"] for r in rounds] == [1, 2] and rounds[-1]["accuracy"] > 0.3
+        assert [r["round"] for r in rounds] == [1, 2] and rounds[-1]["model_accuracy"] > 0.3
         html = (out / d / "report.html").read_text(encoding="utf-8")
         assert "Not audited" in html and 'id="headline"' in html
         assert list((out / d / "tensorboard").glob("events.out.tfevents.*"))

@@ -20,14 +20,17 @@ import pytest
 from fedaudit.report.rundata import load_run
 from fedaudit.report.tensorboard import read_scalars, write_scalars
 from fedaudit.rundir import atomic_write_text
+from fedaudit.schema import RoundLine, ViewResult
 
 from procs import free_port
 
 ROUNDS = [
-    {"round": 1, "accuracy": 0.61, "loss": 1.2, "train_loss": 1.4, "server": {"auc": 0.55, "tpr_at_1pct": 0.02},
-     "participant": {"auc": 0.52, "tpr_at_1pct": None}},
-    {"round": 2, "accuracy": 0.74, "loss": 0.8, "train_loss": 0.9, "server": {"auc": 0.63, "tpr_at_1pct": 0.05},
-     "participant": {"auc": 0.57, "tpr_at_1pct": 0.01}},
+    RoundLine(round=1, model_accuracy=0.61, loss=1.2, train_loss=1.4,
+              views={"server": ViewResult(auc=0.55, tpr_at_1pct=0.02),
+                     "participant": ViewResult(auc=0.52, tpr_at_1pct=None)}).to_dict(),
+    RoundLine(round=2, model_accuracy=0.74, loss=0.8, train_loss=0.9,
+              views={"server": ViewResult(auc=0.63, tpr_at_1pct=0.05),
+                     "participant": ViewResult(auc=0.57, tpr_at_1pct=0.01)}).to_dict(),
 ]
 
 

@@ -22,6 +22,13 @@ from fedaudit.bench.common import fresh_run, report
 from fedaudit.config import Scenario, load_scenario, scenario_from_dict
 from fedaudit.federation.runtime import quiet_environment
 from fedaudit.rundir import read_jsonl
+from fedaudit.schema import RunSummary, read_summary
+
+
+def _auc(summary: RunSummary, tm: str) -> float | None:
+    view = summary.view(tm)
+    return view.value("auc") if view is not None else None
+
 
 TARGET = 1.3
 
@@ -59,13 +66,13 @@ def run(json_path: str | None = None, quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="fedaudit-bench-auditor-") as tmp:
         scenario_file = Path(tmp) / "scenario.toml"
         scenario_file.write_text(base.to_toml(), encoding="utf-8")
-        costs, summary = [], {}
+        costs, summary = [], RunSummary()
         for i, audited in enumerate(order):
             out = Path(tmp) / f"run-{i}-{'audited' if audited else 'plain'}"
             walls[audited].append(fresh_run("auditor", scenario_file, out, audited)["wall"])
             if audited:
                 costs.append(auditor_costs(out))
-                summary = json.loads((out / "summary.json").read_text())
+                summary = read_summary(out) or RunSummary()
     mean = {k: statistics.fmean(v) for k, v in walls.items()}
     cost = {k: statistics.fmean([c[k] for c in costs if c.get(k) is not None] or [float("nan")])
             for k in ("signals", "attacks", "io", "total", "actor_start", "actor_start_cpu", "aggregate_seconds",
@@ -79,8 +86,7 @@ def run(json_path: str | None = None, quick: bool = False) -> dict:
         "order": ["audited" if a else "plain" for a in order],
         "plain_seconds": walls[False], "audited_seconds": walls[True], "ratio": ratio, "target": TARGET,
         "within_target": ratio <= TARGET, "auditor": cost, "auditor_runs": costs,
-        "server_auc": summary.get("threat_models", {}).get("server", {}).get("auc"),
-        "participant_auc": summary.get("threat_models", {}).get("participant", {}).get("auc"),
+        "server_auc": _auc(summary, "server"), "participant_auc": _auc(summary, "participant"),
     }
     rows = [
         ("workload", f"{base.data.dataset}, {f.clients} clients, {f.rounds} rounds, {f.local_epochs} local epochs, "

@@ -27,13 +27,13 @@ def workload(quick: bool) -> dict:
 
 def run_fedaudit(prepared) -> dict:
     from fedaudit.federation.driver import run_federation
-    from fedaudit.rundir import read_jsonl
+    from fedaudit.schema import read_rounds
 
     with tempfile.TemporaryDirectory() as tmp:
         result = run_federation(prepared, Path(tmp), progress=False)
-        rounds = read_jsonl(Path(tmp) / "rounds.jsonl")
+        rounds = read_rounds(Path(tmp) / "rounds.jsonl")
     return {"seconds": result.seconds - result.ray_seconds, "ray_start": result.ray_seconds,
-            "rounds": [r["wall_seconds"] for r in rounds], "accuracy": result.accuracy}
+            "rounds": [line.wall_seconds for line in rounds], "accuracy": result.accuracy}
 
 
 def run_flower_idiom(prepared) -> dict:

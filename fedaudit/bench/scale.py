@@ -27,6 +27,7 @@ from fedaudit.bench.common import fresh_run, report
 from fedaudit.config import scenario_from_dict
 from fedaudit.federation.runtime import quiet_environment
 from fedaudit.rundir import read_jsonl
+from fedaudit.schema import RunSummary, read_rounds, read_summary
 
 RECORDS_PER_CLIENT = 30
 POPULATION, TEST = 0.2, 0.05
@@ -57,15 +58,14 @@ def measure(clients: int, rounds: int, tmp: Path) -> dict:
     plain_dir, audited_dir = tmp / f"{clients}-plain", tmp / f"{clients}-audited"
     plain = fresh_run("scale", path, plain_dir, False)
     audited = fresh_run("scale", path, audited_dir, True)
-    train = [r["wall_seconds"] for r in read_jsonl(plain_dir / "rounds.jsonl")]
+    train = [line.wall_seconds for line in read_rounds(plain_dir)]
     timing = read_jsonl(audited_dir / "audit" / "timing.jsonl")
     audit = [t["total"] for t in timing]
     audit_cpu = [t.get("cpu") for t in timing]
     arrays = [p.stat().st_size for p in sorted((audited_dir / "audit").glob("round_*.npz"))]
     agg = json.loads((audited_dir / "audit" / "aggregate_timing.json").read_text())
     task_rss = max((t.get("max_rss_mb", 0.0) for row in timing for t in row.get("tasks", [])), default=0.0)
-    summary = json.loads((audited_dir / "summary.json").read_text())
-    tms = summary.get("threat_models", {})
+    summary = read_summary(audited_dir) or RunSummary()
     return {
         "clients": clients, "records": scenario.data.options["records"], "rounds": rounds,
         "train_seconds_per_round": train, "train_seconds_after_first": _mean(train[1:]),
@@ -76,8 +76,13 @@ def measure(clients: int, rounds: int, tmp: Path) -> dict:
         "round_array_bytes": arrays, "round_array_mb": _mean(arrays) / 1e6,
         "driver_rss_mb": max(plain["driver_rss_mb"], audited["driver_rss_mb"]),
         "auditor_rss_mb": max(float(agg.get("max_rss_mb", 0.0)), float(task_rss)),
-        "server_auc": (tms.get("server") or {}).get("auc"), "participant_auc": (tms.get("participant") or {}).get("auc"),
+        "server_auc": _auc(summary, "server"), "participant_auc": _auc(summary, "participant"),
     }
+
+
+def _auc(summary: RunSummary, tm: str) -> float | None:
+    view = summary.view(tm)
+    return view.value("auc") if view is not None else None
 
 
 def exponent(clients, seconds) -> float:

@@ -90,20 +90,25 @@ class Evaluator:
 
 
 def round_record(update, accuracy: float, loss: float) -> dict:
-    """The utility part of a round's line in rounds.jsonl."""
+    """The utility part of a round's line in rounds.jsonl (a :class:`fedaudit.schema.RoundLine` without views, as
+    the JSON object the round sinks merge): ``model_accuracy`` is the global model's test accuracy."""
+    from fedaudit.schema import RoundLine
+
     losses = [update.train_loss[k] for k in sorted(update.train_loss)]
     weights = [update.examples[k] for k in sorted(update.train_loss)]
-    return {
-        "round": update.round,
-        "train_loss": float(np.average(losses, weights=weights)) if losses else None,
-        "accuracy": accuracy,
-        "loss": loss,
-        "clients": sorted(update.clients) if update.clients else sorted(update.participants),
-        "failed": [str(x) for x in update.failed],
-        "non_finite_clients": sorted(k for k, w in update.clients.items()
-                                     if not all(np.isfinite(a).all() for a in w)),
-        "wall_seconds": round(time.time() - update.started, 3),
-    }
+    line = RoundLine(
+        round=update.round,
+        train_loss=float(np.average(losses, weights=weights)) if losses else None,
+        model_accuracy=accuracy,
+        loss=loss,
+        clients=sorted(update.clients) if update.clients else sorted(update.participants),
+        failed=[str(x) for x in update.failed],
+        non_finite_clients=sorted(k for k, w in update.clients.items() if not all(np.isfinite(a).all() for a in w)),
+        wall_seconds=round(time.time() - update.started, 3),
+    )
+    record = line.to_dict()
+    record.pop("audit_seconds")         # the auditor's, merged into the same line
+    return record
 
 
 class RoundLog:

@@ -197,14 +197,9 @@ class AuditStrategy(AuditedStrategy):
 
     def _finish(self) -> None:
         self._sink.finish()
-        report = None
-        if self._report:
-            from fedaudit.report import build_report
+        from fedaudit.run import finish_run
 
-            report = build_report(self.run_dir)
-        from fedaudit.report.console import run_summary
-
-        for line in run_summary(self.run_dir, report):
+        for line in finish_run(self.run_dir, report=self._report):
             log.warning("fedaudit: %s", line)
         log.warning("fedaudit: run directory: %s", self.run_dir)
 

@@ -157,7 +157,7 @@ def run_model_audit(model_path, members, nonmembers, population=None, out=None, 
     atomic_save_npy(run_dir / "nonmember_probs.npy", risk[~m].astype(np.float32))
     atomic_write_text(run_dir / "summary.json", json.dumps(json_safe(summary), indent=2) + "\n")
     if report:
-        from fedaudit.report.model_report import build_model_report
+        from fedaudit.run import write_report
 
-        build_model_report(run_dir)
+        write_report(run_dir)          # the single-model report, for this run directory's kind of summary.json
     return run_dir

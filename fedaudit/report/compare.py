@@ -12,15 +12,18 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 from fedaudit.errors import FedAuditError
 from fedaudit.report import figures as F
-from fedaudit.report.fmt import LEVEL_TEXT, count, empirical_epsilon, eps, esc, f3, finite, num, pct, pct_ci, risk_level
+from fedaudit.privacy import ensure_dp, ensure_privacy
+from fedaudit.report.fmt import count, eps, esc, f3, finite, num, pct, pct_ci
 from fedaudit.report.html import figure, missing, page, section, table, toc
-from fedaudit.report.run_report import ensure_dp, ensure_privacy
-from fedaudit.report.rundata import THREAT_MODEL_TITLES, RunData, load_run
+from fedaudit.report.rundata import RunData, load_run, threat_model, tm_noun, tm_possessive, tm_title
+from fedaudit.risk import LEVEL_TEXT, empirical_epsilon, risk_level
 from fedaudit.rundir import atomic_write_text
+from fedaudit.threat_model import ordered
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +92,23 @@ def default_labels(runs: list[RunData], diff: list[str]) -> list[str]:
     return out
 
 
+def _threat_models(runs: list[RunData]) -> list[str]:
+    """The threat models any of the runs audited, strongest first."""
+    return ordered({tm for r in runs for tm in r.threat_models()})
+
+
+def _headline(run: RunData, tm: str | None) -> dict | None:
+    """A run's headline metrics (a mapping) for a threat model, or None."""
+    headline = run.headline(tm)[0] if tm else None
+    return headline.metrics if headline is not None else None
+
+
 def _main_tm(runs: list[RunData]) -> str | None:
-    for tm in ("server", "participant"):
-        if any(r.headline(tm)[0] for r in runs):
+    """The strongest threat model with a headline result in any run."""
+    for tm in _threat_models(runs):
+        if any(_headline(r, tm) for r in runs):
             return tm
-    tms = [tm for r in runs for tm in r.threat_models()]
+    tms = _threat_models(runs)
     return tms[0] if tms else None
 
 
@@ -130,7 +145,7 @@ def _accountant(run: RunData) -> str:
 
 
 def _privacy(run: RunData, tm: str | None) -> dict | None:
-    p = (run.summary.get("privacy") or {}).get(tm) if tm else None
+    p = (run.privacy or {}).get(tm) if tm else None
     return p if isinstance(p, dict) else None
 
 
@@ -180,7 +195,8 @@ def _link(run: RunData, out: Path, label: str) -> str:
 
 def comparison_table(runs: list[RunData], labels: list[str], out: Path) -> str:
     any_dp = any(r.dp_mode != "none" for r in runs)
-    any_canary = any(_privacy(r, tm) for r in runs for tm in ("server", "participant"))
+    any_canary = any(_privacy(r, tm) for r in runs for tm in _threat_models(runs) + list(r.privacy or {})
+                     if tm != "utility")
     header = ["Run", "Final test accuracy", "Adversary", "AUC", "Members identified at 1% FPR",
               "Members identified at 0.1% FPR", "Empirical &epsilon; (lower bound)"]
     if any_dp or any_canary:
@@ -198,9 +214,9 @@ def comparison_table(runs: list[RunData], labels: list[str], out: Path) -> str:
                 acc = run.final_accuracy
                 cells.append(f'<td rowspan="{n}">{_link(run, out, label)}</td>')
                 cells.append(f'<td rowspan="{n}" class="num">{pct(acc) if math.isfinite(acc) else "n/a"}</td>')
-            summ = run.headline(tm)[0] if tm else None
-            title = THREAT_MODEL_TITLES.get(tm, tm) if tm else "-"
-            if tm == "server" and run.aggregate_only:
+            summ = _headline(run, tm)
+            title = tm_title(tm) if tm else "-"
+            if tm and run.sees_sum_only(tm):
                 title += " (sum of the updates only: secure aggregation)"
             cells.append(f"<td>{esc(title)}</td>")
             if summ:
@@ -257,12 +273,13 @@ def summary_paragraphs(runs: list[RunData], labels: list[str], diff: list[str]) 
         paras.append("<strong>Not audited.</strong> None of these runs has audit results, so only utility is "
                      "compared.")
     else:
-        rows = [(label, run, run.headline(tm)[0]) for run, label in zip(runs, labels)]
+        rows = [(label, run, _headline(run, tm)) for run, label in zip(runs, labels)]
         rows = [(label, run, s) for label, run, s in rows if s and finite(s.get("auc"))]
         if rows:
             rows.sort(key=lambda x: num(x[2].get("auc")))
             lo, hi = rows[0], rows[-1]
-            noun = {"server": "the honest-but-curious server", "participant": "a participant"}.get(tm, tm)
+            m = threat_model(tm)
+            noun = re.sub(r" \(.*\)$", "", tm_noun(tm)) if m is not None else tm     # without its aside
 
             def desc(item):
                 label, run, s = item
@@ -295,9 +312,9 @@ def summary_paragraphs(runs: list[RunData], labels: list[str], diff: list[str]) 
             a = run.dp.get("accountant_epsilon")
             emp = []
             for t in run.threat_models():
-                low = empirical_epsilon(run.headline(t)[0])[0]
+                low = empirical_epsilon(_headline(run, t))[0]
                 if math.isfinite(low):
-                    emp.append(f"{esc({'server': 'server', 'participant': 'participant'}.get(t, t))} &ge; {eps(low)}")
+                    emp.append(f"{esc(t)} &ge; {eps(low)}")
             bits.append(f"<strong>{esc(label)}</strong>: accountant &epsilon; = {eps(a) if finite(a) else 'infinite'}"
                         + (f"; audit measured {', '.join(emp)}" if emp else "; not audited"))
         paras.append("Differential privacy (&epsilon; at &delta; = "
@@ -306,17 +323,18 @@ def summary_paragraphs(runs: list[RunData], labels: list[str], diff: list[str]) 
                      "values are what its attacks achieved (lower bounds, 95% confidence)."
                      + _server_coverage([run for run, _ in dp_runs]))
         no_dp = [run for run in runs if run.dp_mode == "none"]
-        for tm in ("server", "participant"):
-            base = [num((r.headline(tm)[0] or {}).get("auc")) for r in no_dp]
-            with_dp = [num((r.headline(tm)[0] or {}).get("auc")) for r, _ in dp_runs]
+        for tm in _threat_models(runs):
+            base = [num((_headline(r, tm) or {}).get("auc")) for r in no_dp]
+            with_dp = [num((_headline(r, tm) or {}).get("auc")) for r, _ in dp_runs]
             base = [v for v in base if math.isfinite(v)]
             with_dp = [v for v in with_dp if math.isfinite(v)]
             if base and with_dp:
-                noun = {"server": "the server's", "participant": "a participant's"}[tm]
-                paras.append(f"With DP, {noun} AUC is {f3(min(with_dp), 2)} to {f3(max(with_dp), 2)}, against "
+                m = threat_model(tm)
+                noun = tm_possessive(tm).replace("honest-but-curious ", "")
+                paras.append(f"With DP, {esc(noun)} AUC is {f3(min(with_dp), 2)} to {f3(max(with_dp), 2)}, against "
                              f"{f3(max(base), 2)} without"
                              + (" &mdash; DP barely changes what the server learns from the raw updates."
-                                if tm == "server" and max(base) - min(with_dp) < 0.05 else "."))
+                                if m is not None and m.per_client_models and max(base) - min(with_dp) < 0.05 else "."))
     return paras
 
 
@@ -325,9 +343,7 @@ def draw_comparison_plots(runs: list[RunData], labels: list[str], plots_dir: Pat
     for old in plots_dir.glob("compare_*.png"):
         old.unlink(missing_ok=True)
     out = {}
-    tms = [tm for tm in ("server", "participant") if any(tm in r.threat_models() for r in runs)]
-    tms += sorted({tm for r in runs for tm in r.threat_models()} - set(tms))
-    for tm in tms:
+    for tm in _threat_models(runs):
         out[f"roc_{tm}"] = F.plot_roc_overlay(runs, labels, tm, plots_dir / f"compare_roc_{tm}.png")
         out[f"roc_log_{tm}"] = F.plot_roc_overlay(runs, labels, tm, plots_dir / f"compare_roc_log_{tm}.png", log=True)
         out[f"auc_rounds_{tm}"] = F.plot_rounds_overlay(
@@ -337,14 +353,14 @@ def draw_comparison_plots(runs: list[RunData], labels: list[str], plots_dir: Pat
             runs, labels, "tpr_at_1pct", plots_dir / f"compare_tpr_rounds_{tm}.png", tms=[tm],
             ylabel="Members identified at 1% FPR (%)", percent=True,
             title=f"Members identified at 1% FPR per round, {tm}")
-    out["utility"] = F.plot_rounds_overlay(runs, labels, "accuracy", plots_dir / "compare_utility.png",
+    out["utility"] = F.plot_rounds_overlay(runs, labels, "model_accuracy", plots_dir / "compare_utility.png",
                                            ylabel="Test accuracy", title="Utility over rounds")
     points = []
     for run, label in zip(runs, labels):
         for tm in run.threat_models():
             summ = run.headline(tm)[0]
-            if summ:
-                points.append({"label": label, "tm": tm, "auc": num(summ.get("auc")), "accuracy": run.final_accuracy})
+            if summ is not None:
+                points.append({"label": label, "tm": tm, "auc": num(summ.value("auc")), "accuracy": run.final_accuracy})
     out["privacy_utility"] = F.plot_privacy_utility(points, plots_dir / "compare_privacy_utility.png")
     if any(r.dp_mode != "none" for r in runs):
         rows = []
@@ -354,7 +370,7 @@ def draw_comparison_plots(runs: list[RunData], labels: list[str], plots_dir: Pat
                 a = (run.dp or {}).get("accountant_epsilon")
                 acc = num(a) if finite(a) else math.inf
             rows.append({"label": label, "accountant": acc,
-                         "empirical": {tm: empirical_epsilon(run.headline(tm)[0])[0]
+                         "empirical": {tm: empirical_epsilon(_headline(run, tm))[0]
                                        for tm in run.threat_models()}})
         out["epsilons"] = F.plot_epsilons(rows, plots_dir / "compare_epsilons.png")
     return out
@@ -392,15 +408,15 @@ def render_comparison(runs: list[RunData], labels: list[str], out: Path, *, titl
         "Not audited: no run has both an audit result and a test accuracy.")))
     roc = ""
     rounds = ""
-    for tm in ("server", "participant"):
+    for tm in _threat_models(runs):
         pair = [figure(plots.get(f"roc_{tm}"), f"ROC overlay, {tm}"), figure(plots.get(f"roc_log_{tm}"),
                                                                                f"ROC overlay (log), {tm}")]
         if any(pair):
-            roc += f"<h3>{esc(THREAT_MODEL_TITLES[tm])}</h3><div class=\"grid2\">{''.join(pair)}</div>"
+            roc += f"<h3>{esc(tm_title(tm))}</h3><div class=\"grid2\">{''.join(pair)}</div>"
         r = figure(plots.get(f"auc_rounds_{tm}"), f"AUC per round, {tm}") + figure(
             plots.get(f"tpr_rounds_{tm}"), f"TPR at 1% FPR per round, {tm}")
         if r:
-            rounds += f"<h3>{esc(THREAT_MODEL_TITLES[tm])}</h3>{r}"
+            rounds += f"<h3>{esc(tm_title(tm))}</h3>{r}"
     sections.append(section("roc", "ROC curves", roc or missing("Not audited: no per-record scores to draw ROC "
                                                                "curves from.")))
     sections.append(section("rounds", "Risk and utility over rounds", rounds + figure(
@@ -422,9 +438,9 @@ def build_comparison(run_dirs, out, *, labels: list[str] | None = None, title: s
     runs = []
     for p in run_dirs:
         run = load_run(p)
-        ensure_dp(run, write=False)
-        if "privacy" not in run.summary:
-            ensure_privacy(run, write=False)
+        ensure_dp(run.path, run.scenario, run.summary, write=False)
+        if run.summary.privacy is None:
+            ensure_privacy(run.path, run.scenario, run.summary, write=False)
         runs.append(run)
     if labels is None:
         labels = default_labels(runs, differing_settings(runs))

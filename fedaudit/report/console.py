@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from fedaudit.report.fmt import LEVEL_TEXT, empirical_epsilon, f3, finite, num, pct, risk_level
-from fedaudit.report.rundata import THREAT_MODEL_TITLES, RunData, load_run
+from fedaudit.report.fmt import f3, finite, num, pct
+from fedaudit.report.rundata import RunData, load_run, tm_title
+from fedaudit.risk import LEVEL_TEXT, empirical_epsilon, risk_level
 
 
 def _risk_line(label: str, summ: dict, attack: str | None) -> str:
+    """One line of a metrics summary (a mapping)."""
     parts = [f"AUC {f3(summ.get('auc'))}"]
     tpr = num(summ.get("tpr_at_1pct"))
     parts.append(f"TPR {pct(tpr)} at 1% FPR" if math.isfinite(tpr) else "TPR at 1% FPR not measurable")
@@ -33,12 +35,12 @@ def run_lines(run: RunData, report: Path | None = None) -> list[str]:
     """Headline risk per threat model, the final test accuracy and the report's path, one fact a line."""
     lines = []
     for tm in run.threat_models():
-        summ, _ = run.headline(tm)
-        if summ:
-            who = THREAT_MODEL_TITLES.get(tm, tm).lower()
-            if tm == "server" and run.aggregate_only:
+        headline, _ = run.headline(tm)
+        if headline is not None:
+            who = tm_title(tm).lower()
+            if run.sees_sum_only(tm):
                 who += " (secure aggregation: the sum only)"
-            lines.append(_risk_line(who, summ, run.headline_attack(tm)))
+            lines.append(_risk_line(who, headline.metrics, run.headline_attack(tm)))
     if not lines:
         lines.append("not audited (audit.enabled = false)" if run.scenario is not None and
                      not run.scenario.audit.enabled else "no audit results in the run directory")

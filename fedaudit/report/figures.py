@@ -17,9 +17,9 @@ from matplotlib.figure import Figure
 
 from fedaudit.metrics import roc_curve
 from fedaudit import plots
-from fedaudit.report.rundata import THREAT_MODEL_TITLES, RunData
+from fedaudit.report.rundata import RunData, tm_color, tm_title
 
-TM_COLORS = {"server": "#b03a2e", "participant": "#1f618d", "risk": "#6c3483"}
+RISK_COLOR = "#6c3483"       # the aggregated membership probability (a threat model's colour is the registry's)
 UTILITY_COLOR = "#1e8449"
 CHANCE_STYLE = dict(color="0.45", ls="--", lw=0.9)
 # Distinct colours for runs in a comparison (colour-blind-safe first).
@@ -50,10 +50,6 @@ def _save(fig: Figure, path) -> Path:
     return path
 
 
-def tm_title(tm: str) -> str:
-    return THREAT_MODEL_TITLES.get(tm, tm)
-
-
 def _finite(x, y):
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
@@ -74,7 +70,7 @@ def _round_axis(ax, rounds) -> None:
 
 def plot_utility(run: RunData, path) -> Path | None:
     """Test accuracy (left axis) and test loss (right axis) of the global model per round."""
-    rx, acc = _finite(*run.utility("accuracy"))
+    rx, acc = _finite(*run.utility("model_accuracy"))
     lx, loss = _finite(*run.utility("loss"))
     if not rx.size and not lx.size:
         return None
@@ -107,7 +103,7 @@ def plot_risk_over_rounds(run: RunData, path) -> Path | None:
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     all_rounds = []
     for tm in tms:
-        color = TM_COLORS.get(tm, None)
+        color = tm_color(tm)
         x, y = _finite(*run.per_round(tm, "auc"))
         all_rounds += list(x)
         ax1.plot(x, y, "o-", color=color, label=tm_title(tm))
@@ -140,16 +136,17 @@ def plot_risk_over_rounds(run: RunData, path) -> Path | None:
 
 
 def client_table(run: RunData) -> dict | None:
-    """clients.csv as columns, or the last audited round's per-client server results in the same shape."""
+    """clients.csv as columns, or the last audited round's per-client results (of the threat model that observes
+    each client's own model) in the same shape."""
     if run.clients is not None and "client" in run.clients and len(run.clients["client"]):
         return run.clients
-    for r in reversed(run.rounds):
-        obj = r.get("server")
-        if isinstance(obj, dict) and isinstance(obj.get("clients"), list) and obj["clients"]:
-            rows = [c for c in obj["clients"] if isinstance(c, dict) and "client" in c]
-            cols = {k: np.array([_num(c.get(k)) for c in rows]) for k in ("client", "records", "auc", "tpr_at_0_1pct",
-                                                                           "tpr_at_1pct")}
-            cols["peak_round"] = np.full(len(rows), float(r.get("round", math.nan)))
+    tm = run.per_client_threat_model()
+    for round_, view in reversed(run.views(tm) if tm else []):
+        if view.clients:
+            cols = {"client": np.array([float(c.client) for c in view.clients])}
+            cols.update({k: np.array([_num(getattr(c, k)) for c in view.clients])
+                         for k in ("records", "auc", "tpr_at_0_1pct", "tpr_at_1pct")})
+            cols["peak_round"] = np.full(len(view.clients), float(round_))
             return cols
     return None
 
@@ -206,8 +203,9 @@ def plot_clients(run: RunData, path) -> Path | None:
 
 
 def plot_client_rounds(run: RunData, path) -> Path | None:
-    """Heat map of the attack's AUC per client (rows) and round (columns), server view."""
-    rounds, clients, matrix = run.client_rounds("server", "auc")
+    """Heat map of the attack's AUC per client (rows) and round (columns), of the threat model that observes each
+    client's own model."""
+    rounds, clients, matrix = run.client_rounds(None, "auc")
     if not clients or not np.isfinite(matrix).any() or len(rounds) < 2:
         return None
     fig = _figure((max(5.0, min(12.0, 0.5 * len(rounds) + 3)), max(2.6, min(12.0, 0.28 * len(clients) + 1.5))))
@@ -222,7 +220,7 @@ def plot_client_rounds(run: RunData, path) -> Path | None:
     ax.set_xlabel("Round")
     ax.set_ylabel("Client")
     fig.colorbar(im, ax=ax, label="AUC")
-    ax.set_title("Risk per client and round (server view)")
+    ax.set_title(f"Risk per client and round ({run.per_client_threat_model()} view)")
     return _save(fig, path)
 
 
@@ -231,7 +229,7 @@ def class_results(run: RunData, tm: str) -> dict | None:
 
     From summary.json's slices when the auditor wrote them, else computed from records.csv's scores.
     """
-    slices = (run.summary.get("slices") or {}).get(tm) if isinstance(run.summary.get("slices"), dict) else None
+    slices = run.summary.slices.get(tm) if isinstance(run.summary.slices, dict) else None
     rows = []
     if isinstance(slices, list):
         for s in slices:
@@ -279,7 +277,7 @@ def plot_classes(run: RunData, path) -> Path | None:
         vals = np.array([lookup.get(c, np.nan) for c in classes], float)
         lows.append(np.nanmin(vals))
         ax.bar(np.arange(len(classes)) + (i - (len(per_tm) - 1) / 2) * width, np.nan_to_num(vals - 0.5),
-               bottom=0.5, width=width, color=TM_COLORS.get(tm), label=tm_title(tm), edgecolor="0.3", lw=0.4)
+               bottom=0.5, width=width, color=tm_color(tm), label=tm_title(tm), edgecolor="0.3", lw=0.4)
     ax.axhline(0.5, **CHANCE_STYLE, label="chance (0.5)")
     ax.set_xticks(np.arange(len(classes)))
     ax.set_xticklabels([str(c) for c in classes], fontsize=8)
@@ -302,12 +300,12 @@ def roc_curves(run: RunData) -> dict:
             curves[tm_title(tm)] = _with_auc(fpr, tpr)
         else:
             summ, _ = run.headline(tm)
-            roc = (summ or {}).get("roc")
+            roc = summ.extra.get("roc") if summ is not None else None
             if isinstance(roc, dict) and roc.get("fpr"):
                 fpr = np.r_[0.0, np.asarray(roc["fpr"], float), 1.0]
                 tpr = np.r_[0.0, np.asarray([_num(v) for v in roc["tpr"]], float), 1.0]
                 ok = np.isfinite(tpr)
-                curves[tm_title(tm)] = (fpr[ok], tpr[ok], _num(summ.get("auc")))
+                curves[tm_title(tm)] = (fpr[ok], tpr[ok], _num(summ.value("auc")))
     probs = run.risk_probs()
     if probs is not None and len(curves) != 1:
         fpr, tpr, _ = roc_curve(*probs)
@@ -368,7 +366,7 @@ def plot_roc_overlay(runs: list[RunData], labels: list[str], tm: str, path, log:
 
 def plot_rounds_overlay(runs: list[RunData], labels: list[str], key: str, path, tms=None,
                         ylabel: str = "Attack AUC", title: str = "", percent: bool = False) -> Path | None:
-    """One line per run and threat model of a per-round metric (``accuracy`` for utility)."""
+    """One line per run and threat model of a per-round metric (``model_accuracy`` for utility: ``tms`` None)."""
     fig = _figure((8.5, 4.0))
     ax = fig.add_subplot()
     drew = False
@@ -393,7 +391,7 @@ def plot_rounds_overlay(runs: list[RunData], labels: list[str], key: str, path, 
         return None
     if tms is not None and key == "auc":
         ax.axhline(0.5, **CHANCE_STYLE, label="chance")
-    if key == "accuracy" and tms is None:
+    if key == "model_accuracy" and tms is None:
         ax.set_ylim(0, 1.02)
     ax.set_ylabel(ylabel)
     _round_axis(ax, all_rounds)
@@ -472,12 +470,12 @@ def plot_epsilons(rows: list[dict], path) -> Path | None:
             e = _num(r.get("empirical", {}).get(tm))
             xe = x + (i + 1) * width
             if np.isfinite(e):
-                ax.bar(xe, e, width=width, color=TM_COLORS.get(tm, "0.5"), edgecolor="0.3", lw=0.5)
+                ax.bar(xe, e, width=width, color=tm_color(tm) or "0.5", edgecolor="0.3", lw=0.5)
                 ax.text(xe, e, f"{e:.2g}", ha="center", va="bottom", fontsize=7)
     from matplotlib.patches import Patch
 
     handles = [Patch(color="#7d3c98", label="accountant epsilon (formal upper bound)")]
-    handles += [Patch(color=TM_COLORS.get(tm, "0.5"), label=f"empirical epsilon, {tm_title(tm).lower()} (lower bound)")
+    handles += [Patch(color=tm_color(tm) or "0.5", label=f"empirical epsilon, {tm_title(tm).lower()} (lower bound)")
                 for tm in tms]
     ax.set_xticks(pos)
     ax.set_xticklabels([r["label"] for r in rows], fontsize=8, rotation=10)
@@ -494,5 +492,5 @@ def plot_epsilons(rows: list[dict], path) -> Path | None:
 __all__ = [
     "plot_utility", "plot_risk_over_rounds", "plot_clients", "plot_client_rounds", "plot_classes",
     "plot_run_rocs", "plot_histogram", "plot_roc_overlay", "plot_rounds_overlay", "plot_privacy_utility",
-    "plot_epsilons", "roc_curves", "class_results", "client_table", "TM_COLORS", "RUN_COLORS",
+    "plot_epsilons", "roc_curves", "class_results", "client_table", "tm_title", "RISK_COLOR", "RUN_COLORS",
 ]

@@ -1,24 +1,10 @@
-"""Number formatting and risk levels shared by the report, the narrative and the comparison."""
+"""Number formatting shared by the report, the narrative and the comparison (the risk levels are
+:mod:`fedaudit.risk`'s)."""
 
 from __future__ import annotations
 
 import html
 import math
-
-# Risk levels from the headline numbers; the thresholds are stated in the report's "How to read" section.
-LEVELS = ("negligible", "low", "moderate", "high")
-LEVEL_TEXT = {
-    "negligible": "not distinguishable from guessing",
-    "low": "low",
-    "moderate": "moderate",
-    "high": "high",
-}
-LEVEL_RULES = (
-    ("high", "AUC at least 0.70, or at least 10% of members identified at 1% FPR"),
-    ("moderate", "AUC at least 0.60, or at least 3% of members identified at 1% FPR"),
-    ("low", "AUC at least 0.53, or the 95% interval of the TPR at 1% FPR lies above 1% (better than guessing)"),
-    ("negligible", "none of the above: the attack did not measurably beat guessing"),
-)
 
 
 def num(v) -> float:
@@ -80,42 +66,4 @@ def one_in(fpr: float) -> str:
     return f"1 in {int(round(1 / fpr)):,}"
 
 
-def empirical_epsilon(summary: dict | None) -> tuple[float, float]:
-    """(conservative 95% lower bound, point estimate) of a summary's empirical epsilon (NaN when absent).
-
-    The conservative end (TPR at its lower, FPR at its upper Clopper-Pearson end) is the number to quote:
-    the point estimate is a maximum over thresholds and small counts at the tails inflate it.
-    """
-    if not summary:
-        return math.nan, math.nan
-    point = num(summary.get("epsilon_lower"))
-    ci = summary.get("epsilon_lower_ci")
-    low = num(ci[0]) if isinstance(ci, (list, tuple)) and ci else math.nan
-    return low, point
-
-
-def risk_level(summary: dict | None) -> str | None:
-    """The level of one threat model's headline summary dict (None if it has no AUC)."""
-    if not summary or not finite(summary.get("auc")):
-        return None
-    auc = num(summary.get("auc"))
-    tpr1 = num(summary.get("tpr_at_1pct"))
-    ci = summary.get("tpr_at_1pct_ci") or [None, None]
-    ci_low = num(ci[0]) if isinstance(ci, (list, tuple)) and ci else math.nan
-    if auc >= 0.70 or (math.isfinite(tpr1) and tpr1 >= 0.10):
-        return "high"
-    if auc >= 0.60 or (math.isfinite(tpr1) and tpr1 >= 0.03):
-        return "moderate"
-    if auc >= 0.53 or (math.isfinite(ci_low) and ci_low > 0.01):
-        return "low"
-    return "negligible"
-
-
-def worst_level(levels) -> str | None:
-    levels = [lv for lv in levels if lv]
-    return max(levels, key=LEVELS.index) if levels else None
-
-
-__all__ = ["num", "finite", "esc", "f3", "pct", "pct_ci", "eps", "count", "one_in", "risk_level", "worst_level",
-           "empirical_epsilon",
-           "LEVELS", "LEVEL_TEXT", "LEVEL_RULES"]
+__all__ = ["num", "finite", "esc", "f3", "pct", "pct_ci", "eps", "count", "one_in"]

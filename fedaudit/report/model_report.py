@@ -18,7 +18,8 @@ from fedaudit import plots
 from fedaudit.errors import FedAuditError
 from fedaudit.metrics import auc as auc_of
 from fedaudit.metrics import roc_curve
-from fedaudit.report.fmt import LEVEL_RULES, LEVEL_TEXT, count, esc, f3, finite, pct, risk_level
+from fedaudit.report.fmt import count, esc, f3, finite, pct
+from fedaudit.risk import LEVEL_RULES, LEVEL_TEXT, risk_level
 from fedaudit.report.html import figure, kv_table, missing, page, section, table, toc
 from fedaudit.report.rundata import _as_float_array, read_csv_table
 from fedaudit.report.run_report import _eps_cell, _tpr_cell

@@ -12,24 +12,28 @@ import math
 import numpy as np
 
 from fedaudit.report.figures import class_results, client_table
-from fedaudit.report.fmt import (LEVEL_TEXT, count, empirical_epsilon, eps, esc, f3, finite, num, one_in, pct, pct_ci,
-                                 risk_level, worst_level)
-from fedaudit.report.rundata import THREAT_MODEL_DESCRIPTIONS, RunData
+from fedaudit.report.fmt import count, eps, esc, f3, finite, num, one_in, pct, pct_ci
+from fedaudit.report.rundata import RunData, per_client_models, threat_model, tm_against, tm_noun, tm_possessive
+from fedaudit.risk import LEVEL_TEXT, empirical_epsilon, risk_level, worst_level
 
 
-NOUNS = {"server": "the honest-but-curious server", "participant": "a participant (another client)"}
-POSSESSIVE = {"server": "the honest-but-curious server's", "participant": "a participant's"}
+def _who(description: str) -> str:
+    """A description ("the aggregator, who sees ...") as the clause after the adversary's noun ("who sees ...")."""
+    head, sep, rest = description.partition(", who ")
+    if not sep:
+        return description
+    return "who, under secure aggregation, " + rest if head.endswith(" under secure aggregation") else "who " + rest
 
 
 def _tm_sentence(tm: str, summ: dict, first: bool, who: str | None = None) -> str:
-    who = THREAT_MODEL_DESCRIPTIONS.get(tm, "") if who is None else who
-    noun = NOUNS.get(tm, f"the {tm} adversary")
+    """The sentence on one threat model's headline metrics (``summ``: a metrics mapping)."""
+    m = threat_model(tm)
+    who = (m.description if m is not None else "") if who is None else who
+    noun = tm_noun(tm)
     noun = noun[0].upper() + noun[1:]
     auc = num(summ.get("auc"))
     parts = []
-    who = who.replace("the aggregator, who", "who")
-    who = who.replace("a client of the federation, who", "who")
-    who = who.replace("the aggregator under secure aggregation, who", "who, under secure aggregation,")
+    who = _who(who)
     if first:
         parts.append(f"{esc(noun)}, {esc(who)}, recognises whether a record was used in training with an AUC of "
                      f"<strong>{f3(auc, 2)}</strong> (0.5 is guessing, 1.0 is always right).")
@@ -64,7 +68,7 @@ def _trend(run: RunData, tm: str) -> str | None:
     peak = int(np.argmax(y))
     first, last = y[0], y[-1]
     if last - first >= 0.03 and peak >= y.size - 2:
-        text = (f"Risk grows as training goes on: {esc(POSSESSIVE.get(tm, tm))} AUC rises from {f3(first, 2)} in "
+        text = (f"Risk grows as training goes on: {esc(tm_possessive(tm))} AUC rises from {f3(first, 2)} in "
                 f"round {int(x[0])} to {f3(y[peak], 2)} in round {int(x[peak])}, so every further round leaks more.")
     elif y[peak] - max(first, last) >= 0.03:
         text = (f"Risk peaks in round {int(x[peak])} (AUC {f3(y[peak], 2)}, from {f3(first, 2)} in round {int(x[0])} "
@@ -190,28 +194,32 @@ def _dp(run: RunData, headlines: dict) -> list[str]:
         low, point = empirical_epsilon(summ)
         if not math.isfinite(low):
             continue
-        measured = (f"{esc(POSSESSIVE.get(tm, tm + chr(39) + 's'))} attack measured &epsilon; &ge; {eps(low)} (95% confidence"
+        m = threat_model(tm)
+        uncovered = central and m is not None and not m.dp_covers.get(run.dp_mode, False) and m.per_client_models
+        measured = (f"{esc(tm_possessive(tm))} attack measured &epsilon; &ge; {eps(low)} (95% confidence"
                     + (f"; point estimate {eps(point)})" if math.isfinite(point) else ")"))
         measured = measured[0].upper() + measured[1:]
         if finite(acc) and low > num(acc):
             out.append(f"{measured}: <strong>more than the guarantee allows</strong>. "
                        + (f"This is expected for the server, which sees {seen} before noise is added: "
-                          "this form of DP does not protect against the aggregator." if tm == "server" and central else
+                          "this form of DP does not protect against the aggregator." if uncovered else
                           "The guarantee does not hold as configured; check the DP settings."))
         elif finite(acc):
             out.append(f"{measured}, within the guarantee"
                        + (f" (but the server sees {seen} before noise is added, so the guarantee "
-                          "does not cover it)." if tm == "server" and central else "."))
+                          "does not cover it)." if uncovered else "."))
     return out
 
 
 def _privacy(run: RunData) -> list[str]:
     """Per threat model, the guarantee beside what this run measured (summary.json's ``privacy`` object)."""
-    privacy = run.summary.get("privacy")
-    if not isinstance(privacy, dict):
+    privacy = run.privacy
+    if privacy is None:
         return []
     out = []
-    for tm in ("server", "participant"):
+    from fedaudit.threat_model import ordered
+
+    for tm in ordered(k for k, v in privacy.items() if k != "utility" and isinstance(v, dict)):
         p = privacy.get(tm)
         if not isinstance(p, dict):
             continue
@@ -219,7 +227,7 @@ def _privacy(run: RunData) -> list[str]:
         mia, delta = p.get("mia_epsilon_lower"), p.get("delta")
         if acc is None and can is None and mia is None:
             continue
-        who = {"server": "Against the server", "participant": "Against a participant"}[tm]
+        who = tm_against(tm)
         claim = (f"the DP guarantee claims at most &epsilon; = <strong>{eps(acc)}</strong>" if finite(acc) else
                  "no DP guarantee covers this adversary" + (f" ({esc(p['accountant_note'])})"
                                                             if p.get("accountant_note") else ""))
@@ -245,7 +253,7 @@ def _privacy(run: RunData) -> list[str]:
         out.append("; ".join(bits) + ".")
         per = [c for c in p.get("per_client") or [] if isinstance(c, dict)]
         if per and len(per) <= 20:
-            out.append("Per client, the guarantee for the rounds it took part in beside what the server's attack "
+            out.append(f"Per client, the guarantee for the rounds it took part in beside what the {esc(tm)}'s attack "
                        "measured on its records: " + "; ".join(
                            f"client {esc(c.get('client'))} ({esc(c.get('rounds'))} rounds): at most "
                            f"{eps(c.get('accountant_epsilon'))}, measured &ge; {eps(c.get('mia_epsilon_lower'))}"
@@ -263,9 +271,9 @@ def summarize_run(run: RunData) -> tuple[str | None, list[str]]:
     paras: list[str] = []
     headlines = {}
     for tm in run.threat_models():
-        summ, _ = run.headline(tm)
-        if summ and finite(summ.get("auc")):
-            headlines[tm] = summ
+        headline, _ = run.headline(tm)
+        if headline is not None and finite(headline.value("auc")):
+            headlines[tm] = headline.metrics
     levels = {tm: risk_level(s) for tm, s in headlines.items()}
     overall = worst_level(levels.values())
     if not headlines:
@@ -293,7 +301,8 @@ def summarize_run(run: RunData) -> tuple[str | None, list[str]]:
         if si and finite(si.get("accuracy")):
             acc_si, chance = num(si.get("accuracy")), num(si.get("chance"))
             better = math.isfinite(chance) and acc_si > 1.5 * chance
-            paras.append(f"The server can also tell which client a training record came from: it names the right "
+            who = run.per_client_threat_model() or "server"
+            paras.append(f"The {esc(who)} can also tell which client a training record came from: it names the right "
                          f"client for {pct(acc_si)} of members"
                          + (f" (guessing: {pct(chance)})" if math.isfinite(chance) else "")
                          + (", which reveals where a person's data is held." if better else

@@ -2,93 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 
 import numpy as np
 
+from fedaudit.privacy import ensure_dp, ensure_privacy
 from fedaudit.report import figures as F
-from fedaudit.report.fmt import (LEVEL_RULES, LEVEL_TEXT, count, empirical_epsilon, eps, esc, f3, finite, num, pct,
-                                 pct_ci, risk_level)
+from fedaudit.report.fmt import count, eps, esc, f3, finite, num, pct, pct_ci
 from fedaudit.report.html import figure, kv_table, missing, page, section, table, toc
 from fedaudit.report.narrative import summarize_run
-from fedaudit.report.rundata import (THREAT_MODEL_DESCRIPTIONS, THREAT_MODEL_TITLES, RunData, _as_float_array,
-                                     load_run)
-from fedaudit.rundir import atomic_write_text, json_safe
+from fedaudit.report.rundata import RunData, _as_float_array, load_run, tm_title
+from fedaudit.risk import LEVEL_RULES, LEVEL_TEXT, empirical_epsilon, risk_level
+from fedaudit.rundir import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 PLOT_NAMES = ("utility", "risk_rounds", "clients", "client_rounds", "classes", "histogram", "roc", "roc_log")
 TOP_RECORDS = 20
-
-
-# ----------------------------------------------------------------------------------------------------
-# DP: the accountant's epsilon in summary.json
-# ----------------------------------------------------------------------------------------------------
-
-
-def ensure_dp(run: RunData, write: bool = True) -> dict | None:
-    """Fill summary.json's ``dp`` object (accountant epsilon) when the run trained with DP and it is absent.
-
-    Written into an existing summary.json only (the auditor owns that file's creation); kept in memory
-    otherwise, so the report shows it either way.
-    """
-    if run.scenario is None or run.scenario.dp.mode == "none":
-        return run.dp
-    dp = dict(run.dp or {})
-    if dp.get("accountant_epsilon") is not None and dp.get("accountant"):
-        return dp
-    from fedaudit.dp import scenario_dp
-
-    try:
-        computed = scenario_dp(run.scenario) or {}
-    except (ImportError, ValueError) as exc:
-        log.warning("accountant epsilon not computed: %s", exc)
-        computed = {"mode": run.scenario.dp.mode, "noise_multiplier": run.scenario.dp.noise_multiplier,
-                    "clipping_norm": run.scenario.dp.clipping_norm, "delta": run.scenario.dp.delta,
-                    "accountant_epsilon": None, "accountant_error": str(exc)}
-    computed.update({k: v for k, v in dp.items() if v is not None})   # what the run recorded wins
-    run.summary["dp"] = computed
-    path = run.path / "summary.json"
-    if write and path.is_file():
-        try:
-            current = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(current, dict):
-                current["dp"] = computed
-                atomic_write_text(path, json.dumps(json_safe(current), indent=2) + "\n")
-        except (OSError, json.JSONDecodeError) as exc:
-            log.warning("%s: could not add the dp object (%s)", path, exc)
-    return computed
-
-
-def ensure_privacy(run: RunData, write: bool = True) -> dict | None:
-    """Fill summary.json's ``privacy`` object (see :mod:`fedaudit.privacy`): per threat model the accountant's,
-    the canaries' and the membership attacks' epsilon. Written into an existing summary.json only; kept when
-    summary.json already has it (a run writes it when it ends, the report reads it)."""
-    if run.scenario is None:
-        return None
-    if isinstance(run.summary.get("privacy"), dict):
-        return run.summary["privacy"]
-    from fedaudit.privacy import run_privacy
-
-    try:
-        privacy = run_privacy(run.path, run.scenario, run.summary)
-    except (ImportError, ValueError, OSError, KeyError) as exc:
-        log.warning("privacy object not computed: %s", exc)
-        return None
-    run.summary["privacy"] = json_safe(privacy)
-    path = run.path / "summary.json"
-    if write and path.is_file():
-        try:
-            current = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(current, dict):
-                current["privacy"] = run.summary["privacy"]
-                atomic_write_text(path, json.dumps(json_safe(current), indent=2) + "\n")
-        except (OSError, json.JSONDecodeError) as exc:
-            log.warning("%s: could not add the privacy object (%s)", path, exc)
-    return run.summary["privacy"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -102,6 +34,7 @@ def _ci(ci) -> str:
 
 
 def _eps_cell(summ: dict) -> str:
+    """The empirical epsilon of a metrics summary (a mapping), as a table cell."""
     low, point = empirical_epsilon(summ)
     if not math.isfinite(low) and not math.isfinite(point):
         return '<span class="na">not computed</span>'
@@ -128,16 +61,17 @@ def headline_rows(run: RunData) -> list[list[str]]:
     tms = run.threat_models()
     configured = run.configured_threat_models()
     for tm in list(tms) + [t for t in configured if t not in tms]:
-        title = f"<strong>{esc(THREAT_MODEL_TITLES.get(tm, tm))}</strong><br><span class=note>" \
+        title = f"<strong>{esc(tm_title(tm))}</strong><br><span class=note>" \
                 f"{esc(run.describe(tm))}</span>"
-        summ, source = run.headline(tm)
-        if not summ:
+        headline, source = run.headline(tm)
+        if headline is None:
             rows.append([title, '<span class="na">not audited</span>'] + [""] * 6)
             continue
+        summ = headline.metrics
         level = risk_level(summ)
         badge = f'<span class="badge {level}">{esc(LEVEL_TEXT[level])}</span>' if level else ""
         attack = run.headline_attack(tm) or "aggregated"
-        if tm == "server" and run.aggregate_only:
+        if run.sees_sum_only(tm):
             attack += " (aggregate-only: on the global models; no client's update is visible)"
         note = f'<br><span class="note">{esc(source)}</span>' if source and not source.startswith("all rounds") else ""
         rows.append([
@@ -171,7 +105,8 @@ def headline_section(run: RunData) -> str:
     si = run.source_inference()
     if si and finite(si.get("accuracy")):
         naive = si.get("lowest_loss") if isinstance(si.get("lowest_loss"), dict) else {}
-        body += (f"<p><strong>Source inference</strong> (server): the client a member record came from is named "
+        who = run.per_client_threat_model() or "server"
+        body += (f"<p><strong>Source inference</strong> ({esc(who)}): the client a member record came from is named "
                  f"correctly for {pct(si.get('accuracy'))} of members"
                  + (f" (guessing: {pct(si.get('chance'))})" if finite(si.get("chance")) else "")
                  + (f"; the naive rule (the client whose model gives the lowest loss) names "
@@ -204,10 +139,10 @@ def dp_section(run: RunData) -> str:
              ("Accountant", esc(dp.get("accountant", "")))]
     rows = [["Flower's privacy accountant (formal upper bound, client level)", acc_text, "any attack, any record"]]
     for tm in run.threat_models():
-        summ, _ = run.headline(tm)
-        if summ:
-            rows.append([f"Audit: empirical lower bound, {esc(THREAT_MODEL_TITLES.get(tm, tm).lower())}",
-                         _eps_cell(summ), esc(run.describe(tm))])
+        headline, _ = run.headline(tm)
+        if headline is not None:
+            rows.append([f"Audit: empirical lower bound, {esc(tm_title(tm).lower())}",
+                         _eps_cell(headline.metrics), esc(run.describe(tm))])
     if len(rows) == 1:
         rows.append(["Audit: empirical lower bound", '<span class="na">not audited</span>', ""])
     body = kv_table(pairs) + table(["", "&epsilon;", "Applies to"], rows, id_="dp-epsilons")
@@ -243,13 +178,12 @@ def rounds_text(run: RunData) -> str:
     if missing:
         text += f" (round{'s' if len(missing) > 1 else ''} {_ranges(missing)} missing)"
     st = run.status
-    if st.get("state") == "interrupted":
-        where = f" in round {st['interrupted_in_round']}" if st.get("interrupted_in_round") else ""
-        text += f"; the run was interrupted by {st.get('signal') or 'a signal'}{where}"
-    elif st.get("state") in ("running", "failed"):
-        text += "; the run " + ("failed" if st["state"] == "failed" else "did not finish (still running, or killed)")
-    attempts = st.get("attempts") or []
-    resumed = sum(1 for a in attempts if a.get("resumed"))
+    if st.state == "interrupted":
+        where = f" in round {st.interrupted_in_round}" if st.interrupted_in_round else ""
+        text += f"; the run was interrupted by {st.signal or 'a signal'}{where}"
+    elif st.state in ("running", "failed"):
+        text += "; the run " + ("failed" if st.state == "failed" else "did not finish (still running, or killed)")
+    resumed = st.resumes
     if resumed:
         text += f"; resumed {resumed} time{'s' if resumed > 1 else ''}"
     return esc(text)
@@ -299,14 +233,14 @@ def audited_section(run: RunData, plots: dict) -> str:
         header = ["Round", "Test accuracy", "Test loss", "Training loss", "Clients replied"] + \
                  [f"AUC, {esc(tm)}" for tm in tms]
         rows = []
-        for r in run.rounds:
-            failed = r.get("failed") or []
-            replied = len(r.get("clients") or [])
-            cells = [esc(r.get("round")), f3(r.get("accuracy")), f3(r.get("loss")), f3(r.get("train_loss")),
+        for line in run.rounds:
+            failed = line.failed or []
+            replied = len(line.clients or [])
+            cells = [esc(line.round), f3(line.model_accuracy), f3(line.loss), f3(line.train_loss),
                      f"{replied}" + (f' <span class="na">({len(failed)} failed)</span>' if failed else "")]
             for tm in tms:
-                obj = r.get(tm)
-                cells.append(f3(obj.get("auc")) if isinstance(obj, dict) else '<span class="na">not audited</span>')
+                view = line.view(tm)
+                cells.append(f3(view.auc) if view is not None else '<span class="na">not audited</span>')
             rows.append(cells)
         body += table(header, rows, numeric=set(range(1, len(header))))
     else:
@@ -379,7 +313,7 @@ def _rounds_count(value) -> str:
 
 def sampling_note(run: RunData) -> str:
     """How many records each figure rests on (the audit scores samples under every client's model)."""
-    rec = run.summary.get("records") if isinstance(run.summary.get("records"), dict) else {}
+    rec = run.summary.records if isinstance(run.summary.records, dict) else {}
     pop, src = rec.get("population_sample"), rec.get("source_sample")
     if not pop:
         return ""
@@ -468,14 +402,46 @@ def records_section(run: RunData) -> str:
 
     as_int = lambda v: esc(int(v)) if finite(v) else '<span class="na">n/a</span>'  # noqa: E731
     score = lambda v: f3(v) if finite(v) else '<span class="na">not audited</span>'  # noqa: E731
+    tms = score_columns(run)
     rows = [[cell("record", i, as_int), cell("client", i, as_int), cell("label", i, as_int),
-             f"<strong>{f3(risk[i])}</strong>", cell("server", i, score), cell("participant", i, score)] for i in idx]
-    body = table(["Record", "Client", "Label", "Membership probability", "Server score", "Participant score"], rows,
-                 numeric={0, 3, 4, 5}, id_="top-records")
+             f"<strong>{f3(risk[i])}</strong>"] + [cell(tm, i, score) for tm in tms] for i in idx]
+    body = table(["Record", "Client", "Label", "Membership probability"] + [f"{esc(tm.capitalize())} score"
+                                                                              for tm in tms], rows,
+                 numeric={0, 3} | set(range(4, 4 + len(tms))), id_="top-records")
+    note = ""
+    if tms:
+        names = " and ".join(tms) if len(tms) <= 2 else ", ".join(tms[:-1]) + " and " + tms[-1]
+        note = f" {esc(names[0].upper() + names[1:])} scores: each adversary's own score (higher = more likely a member)."
     body += ('<p class="note">Record: the row of the record in the dataset (so the data controller can find the '
              "person). Membership probability: the audit's estimate, from all adversaries, that the record was used in "
-             "training. Server and participant scores: each adversary's own score (higher = more likely a member).</p>")
+             f"training.{note}</p>")
     return section("records", "Records at highest risk", body)
+
+
+def score_columns(run: RunData) -> list[str]:
+    """records.csv's per-threat-model score columns (the audited threat models, strongest first)."""
+    from fedaudit.threat_model import ordered
+
+    columns = set(run.records or {})
+    return ordered(columns & (set(run.threat_models()) | set(_registered())))
+
+
+def _registered() -> list[str]:
+    from fedaudit.threat_model import threat_model_names
+
+    return threat_model_names()
+
+
+def _adversaries_text(run: RunData) -> str:
+    """Who each adversary of the run is, and whose view the per-client risk is."""
+    tms = run.threat_models() or run.configured_threat_models() or _registered()
+    parts = [f"the <em>{esc(tm)}</em> is {esc(run.describe(tm) or tm)}" for tm in tms]
+    text = "; ".join(parts)
+    text = (text[0].upper() + text[1:] + ".") if text else ""
+    per_client = run.per_client_threat_model()
+    if per_client:
+        text += f" Risk per client is the {esc(per_client)}'s view."
+    return text
 
 
 def method_section(run: RunData) -> str:
@@ -485,9 +451,7 @@ def method_section(run: RunData) -> str:
         "record was part of the training data. Members are the records the clients trained on; non-members are "
         "records from the same source that no client saw. Each record is scored by attack models fitted on other "
         "records only (cross-fitting), so no record is judged by a model that saw its answer.</p>"
-        "<p><strong>Who the adversaries are.</strong> The <em>server</em> (aggregator) sees every client's model "
-        "update in every round; the <em>participant</em> sees only the global model after each round. Risk per "
-        "client is the server's view."
+        "<p><strong>Who the adversaries are.</strong> " + _adversaries_text(run)
         + (" This run used secure aggregation: the server saw only the sum of the updates, so its view is the "
            "aggregate-only attack on the global models it computed, with no per-client models and no source "
            "inference." if run.aggregate_only else "") + "</p>"
@@ -545,8 +509,8 @@ def render_report(run: RunData, plots: dict) -> str:
 def build_report(run_dir, *, tensorboard: bool = True) -> Path:
     """Write ``report.html``, ``plots/*.png`` and ``tensorboard/`` into ``run_dir``; return report.html's path."""
     run = load_run(run_dir)
-    ensure_dp(run)
-    ensure_privacy(run)
+    ensure_dp(run.path, run.scenario, run.summary)
+    ensure_privacy(run.path, run.scenario, run.summary)
     plots = draw_plots(run, run.path / "plots")
     if tensorboard:
         from fedaudit.report.tensorboard import write_scalars
@@ -560,4 +524,4 @@ def build_report(run_dir, *, tensorboard: bool = True) -> Path:
     return out
 
 
-__all__ = ["build_report", "ensure_dp", "ensure_privacy", "render_report", "draw_plots", "headline_rows", "HEADLINE_HEADER"]
+__all__ = ["build_report", "render_report", "draw_plots", "headline_rows", "score_columns", "HEADLINE_HEADER"]

@@ -1,15 +1,15 @@
-"""Read a run directory (the files of notes/RUNDIR.md) into plain data for the report.
+"""Read a run directory (its files are described by :mod:`fedaudit.schema`) into typed data for the report.
 
 Every part is optional except the folder itself: a run with the audit off, a run that was killed, or an
-auditor that wrote only some files still gives a report, which then says what was not audited.
-NumPy only; no TensorFlow.
+auditor that wrote only some files still gives a report, which then says what was not audited. The threat
+models' names, titles and descriptions come from the registry (:mod:`fedaudit.threat_model`): a threat model
+registered there appears in the report without changes here. NumPy only; no TensorFlow.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -18,22 +18,50 @@ from pathlib import Path
 import numpy as np
 
 from fedaudit.errors import FedAuditError
-from fedaudit.rundir import read_jsonl
+from fedaudit.schema import (RoundLine, RunStatus, RunSummary, ViewResult, ViewSummary, read_rounds, read_status,
+                             read_summary)
+from fedaudit.threat_model import ThreatModel, ordered, threat_models as registered_threat_models
 
 log = logging.getLogger(__name__)
 
-THREAT_MODELS = ("server", "participant")
-THREAT_MODEL_TITLES = {
-    "server": "Honest-but-curious server",
-    "participant": "Participant (another client)",
-}
-THREAT_MODEL_DESCRIPTIONS = {
-    "server": "the aggregator, who sees every client's model update in every round",
-    "participant": "a client of the federation, who sees only the global model of each round",
-}
-# the server under secure aggregation (summary.json: "secure_aggregation", the server's "view")
-AGGREGATE_ONLY_DESCRIPTION = ("the aggregator under secure aggregation, who sees only the sum of the clients' updates "
-                              "(the global model) in every round, never one client's update")
+
+# ---- the registry, for names that may not be registered in this process ----------------------------------------
+
+def threat_model(tm: str) -> ThreatModel | None:
+    """The registered threat model ``tm`` (None: a name in a run directory this process does not know)."""
+    return registered_threat_models().get(tm)
+
+
+def tm_title(tm: str) -> str:
+    m = threat_model(tm)
+    return m.title if m is not None and m.title else tm
+
+
+def tm_noun(tm: str) -> str:
+    """The adversary as the subject of a sentence ("the honest-but-curious server")."""
+    m = threat_model(tm)
+    return m.noun if m is not None and m.noun else f"the {tm} adversary"
+
+
+def tm_possessive(tm: str) -> str:
+    m = threat_model(tm)
+    return m.possessive if m is not None and m.possessive else f"{tm}'s"
+
+
+def tm_against(tm: str) -> str:
+    m = threat_model(tm)
+    return m.against if m is not None and m.against else f"Against {tm}"
+
+
+def tm_color(tm: str) -> str | None:
+    m = threat_model(tm)
+    return m.color if m is not None else None
+
+
+def per_client_models(tm: str) -> bool:
+    """Whether the adversary observes each client's own model (per-client results, source inference)."""
+    m = threat_model(tm)
+    return bool(m is not None and m.per_client_models)
 
 
 def _float(value) -> float:
@@ -112,13 +140,13 @@ class RunData:
     scenario: object = None                 # fedaudit.config.Scenario, or None if scenario.toml is missing/bad
     scenario_error: str | None = None
     ledger: dict | None = None              # Ledger.summary()
-    rounds: list = field(default_factory=list)
+    rounds: list[RoundLine] = field(default_factory=list)       # rounds.jsonl's intact lines
     clients: dict | None = None             # clients.csv columns
     records: dict | None = None             # records.csv columns
-    summary: dict = field(default_factory=dict)   # summary.json
+    summary: RunSummary = field(default_factory=RunSummary)   # summary.json (empty if absent or unreadable)
     member_probs: np.ndarray | None = None
     nonmember_probs: np.ndarray | None = None
-    status: dict = field(default_factory=dict)     # status.json: running, finished, interrupted, failed
+    status: RunStatus = field(default_factory=RunStatus)       # status.json: running, finished, interrupted, failed
     problems: list = field(default_factory=list)  # files (and lines) that were missing or unreadable
 
     # ---- what was audited -------------------------------------------------------------------------
@@ -128,15 +156,14 @@ class RunData:
         return self.scenario.name if self.scenario is not None else self.path.name
 
     def threat_models(self) -> list[str]:
-        """Threat models with any result (summary.json or a round), in the canonical order."""
-        found = set((self.summary.get("threat_models") or {}).keys())
-        for r in self.rounds:
-            found.update(tm for tm in THREAT_MODELS if isinstance(r.get(tm), dict))
+        """Threat models with any result (summary.json, a round, or records.csv's scores), strongest first."""
+        found = set(self.summary.threat_models)
+        for line in self.rounds:
+            found.update(line.views)
         if self.records is not None:
-            found.update(tm for tm in THREAT_MODELS
+            found.update(tm for tm in registered_threat_models()
                          if tm in self.records and np.isfinite(_as_float_array(self.records[tm])).any())
-        ordered = [tm for tm in THREAT_MODELS if tm in found]
-        return ordered + sorted(found - set(ordered))
+        return ordered(found)
 
     @property
     def audited(self) -> bool:
@@ -147,98 +174,104 @@ class RunData:
             return list(self.scenario.audit.threat_models)
         return []
 
-    def headline(self, tm: str) -> tuple[dict | None, str]:
-        """(summary dict of the final aggregated risk, where it came from) for a threat model."""
-        s = (self.summary.get("threat_models") or {}).get(tm)
-        if isinstance(s, dict) and s:
+    def views(self, tm: str) -> list[tuple[int, ViewResult]]:
+        """[(round, the threat model's result in that round)], in the order of rounds.jsonl."""
+        return [(line.round, line.views[tm]) for line in self.rounds if tm in line.views]
+
+    def headline(self, tm: str) -> tuple[ViewSummary | None, str]:
+        """(the threat model's final aggregated result, where it came from): summary.json's, else the last
+        round's."""
+        s = self.summary.view(tm)
+        if s is not None and s.metrics:
             return s, "all rounds, aggregated"
-        for r in reversed(self.rounds):
-            obj = r.get(tm)
-            if isinstance(obj, dict):
-                summ = obj.get("summary") if isinstance(obj.get("summary"), dict) else None
-                if summ is None and obj.get("auc") is not None:
-                    summ = {k: obj.get(k) for k in ("auc", "tpr_at_1pct", "tpr_at_0_1pct", "accuracy")}
-                if summ:
-                    return summ, f"round {r.get('round')} only (no aggregated summary.json)"
+        for round_, view in reversed(self.views(tm)):
+            if view.summary:
+                summ = ViewSummary.from_dict(view.summary)
+            elif view.auc is not None:
+                summ = ViewSummary(metrics=view.headline_numbers())
+            else:
+                continue
+            summ.attack = view.attack
+            return summ, f"round {round_} only (no aggregated summary.json)"
         return None, ""
 
     def headline_attack(self, tm: str) -> str | None:
-        s = (self.summary.get("threat_models") or {}).get(tm)
-        if isinstance(s, dict) and s and isinstance(self.summary.get("attack"), str):
-            return self.summary["attack"]
-        for r in reversed(self.rounds):
-            obj = r.get(tm)
-            if isinstance(obj, dict) and obj.get("attack"):
-                return str(obj["attack"])
+        s = self.summary.view(tm)
+        if s is not None and s.metrics and isinstance(self.summary.attack, str):
+            return self.summary.attack
+        for _, view in reversed(self.views(tm)):
+            if view.attack:
+                return str(view.attack)
         return None
 
     def per_round(self, tm: str, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(rounds, values) of a threat model's per-round metric (``auc``, ``tpr_at_1pct``, ...)."""
-        xs, ys = [], []
-        for r in self.rounds:
-            obj = r.get(tm)
-            if not isinstance(obj, dict):
-                continue
-            value = obj.get(key)
-            if value is None and isinstance(obj.get("summary"), dict):
-                value = obj["summary"].get(key)
-            xs.append(r.get("round"))
-            ys.append(_float(value))
-        return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+        pairs = [(r, _float(view.value(key))) for r, view in self.views(tm)]
+        return (np.asarray([p[0] for p in pairs], dtype=np.float64), np.asarray([p[1] for p in pairs],
+                                                                                 dtype=np.float64))
 
     def per_round_ci(self, tm: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         xs, lo, hi = [], [], []
-        for r in self.rounds:
-            obj = r.get(tm)
-            if not isinstance(obj, dict) or not isinstance(obj.get("summary"), dict):
+        for r, view in self.views(tm):
+            if not view.summary:
                 continue
-            ci = obj["summary"].get(key + "_ci") or [None, None]
-            xs.append(r.get("round"))
-            lo.append(_float(ci[0]))
-            hi.append(_float(ci[1]))
+            low, high = view.interval(key)
+            xs.append(r)
+            lo.append(_float(low))
+            hi.append(_float(high))
         return (np.asarray(xs, dtype=np.float64), np.asarray(lo, dtype=np.float64),
                 np.asarray(hi, dtype=np.float64))
 
-    def utility(self, key: str = "accuracy") -> tuple[np.ndarray, np.ndarray]:
-        xs = [r.get("round") for r in self.rounds if "round" in r]
-        ys = [_float(r.get(key)) for r in self.rounds if "round" in r]
+    def utility(self, key: str = "model_accuracy") -> tuple[np.ndarray, np.ndarray]:
+        """(rounds, values) of a round line's utility field (``model_accuracy``, ``loss``, ``train_loss``)."""
+        xs = [line.round for line in self.rounds]
+        ys = [_float(getattr(line, key) if key in _ROUND_FIELDS else line.extra.get(key)) for line in self.rounds]
         return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
 
     @property
     def final_accuracy(self) -> float:
-        _, acc = self.utility("accuracy")
+        """The global model's test accuracy in the last round that has one."""
+        _, acc = self.utility("model_accuracy")
         finite = acc[np.isfinite(acc)]
         return float(finite[-1]) if finite.size else math.nan
 
     @property
     def rounds_done(self) -> int:
-        return max((int(r["round"]) for r in self.rounds if isinstance(r.get("round"), int)), default=0)
+        return max((line.round for line in self.rounds), default=0)
 
     def recorded_rounds(self) -> list[int]:
         """The distinct rounds rounds.jsonl holds an intact line for, sorted."""
-        return sorted({int(r["round"]) for r in self.rounds
-                       if isinstance(r.get("round"), int) and not isinstance(r.get("round"), bool)})
+        return sorted({line.round for line in self.rounds})
 
     def missing_rounds(self) -> list[int]:
         """Rounds up to the last recorded one (or the configured number) with no intact line."""
         recorded = set(self.recorded_rounds())
         last = max(recorded, default=0)
-        if self.scenario is not None and self.status.get("state") == "finished":
+        if self.scenario is not None and self.status.finished:
             last = max(last, self.scenario.federation.rounds)
         return [r for r in range(1, last + 1) if r not in recorded]
 
-    def client_rounds(self, tm: str = "server", key: str = "auc") -> tuple[list, list, np.ndarray]:
-        """(rounds, clients, matrix[client, round]) of per-client per-round metrics (NaN where absent)."""
+    def per_client_threat_model(self) -> str | None:
+        """The threat model whose per-client results the report shows: the strongest audited one that observes each
+        client's own model, one that follows the protocol before one that deviates from it (None: no such threat
+        model was audited)."""
+        candidates = [tm for tm in self.threat_models() if per_client_models(tm)]
+        candidates.sort(key=lambda tm: bool(getattr(threat_model(tm), "deviation", False)))
+        return candidates[0] if candidates else None
+
+    def client_rounds(self, tm: str | None = None, key: str = "auc") -> tuple[list, list, np.ndarray]:
+        """(rounds, clients, matrix[client, round]) of per-client per-round metrics (NaN where absent); ``tm``: the
+        per-client threat model by default."""
+        tm = tm or self.per_client_threat_model()
         table: dict = {}
         rounds = []
-        for r in self.rounds:
-            obj = r.get(tm)
-            if not isinstance(obj, dict) or not isinstance(obj.get("clients"), list):
+        for r, view in self.views(tm) if tm else []:
+            if not view.clients:
                 continue
-            rounds.append(r.get("round"))
-            for c in obj["clients"]:
-                if isinstance(c, dict) and "client" in c:
-                    table.setdefault(int(c["client"]), {})[r.get("round")] = _float(c.get(key))
+            rounds.append(r)
+            for c in view.clients:
+                value = getattr(c, key) if key in _CLIENT_FIELDS else c.extra.get(key)
+                table.setdefault(c.client, {})[r] = _float(value)
         clients = sorted(table)
         matrix = np.full((len(clients), len(rounds)), np.nan)
         for i, c in enumerate(clients):
@@ -268,47 +301,62 @@ class RunData:
         return self.scores("risk")
 
     def source_inference(self) -> dict | None:
-        """{"accuracy", "chance"} of attributing members to their client (server view), if audited (never under
-        secure aggregation: the server has no client's model to attribute a record to)."""
+        """{"accuracy", "chance"} of attributing members to their client, if audited: summary.json's, else the last
+        round's of a threat model that has one (never under secure aggregation: no client's model is seen to
+        attribute a record to)."""
         if self.aggregate_only:
             return None
-        si = self.summary.get("source_inference")
+        si = self.summary.source_inference
         if isinstance(si, dict) and si.get("accuracy") is not None:
             return si
-        for r in reversed(self.rounds):
-            obj = r.get("server")
-            if isinstance(obj, dict) and isinstance(obj.get("source_inference"), dict):
-                si = dict(obj["source_inference"])
-                si["round"] = r.get("round")
-                return si
+        tms = self.threat_models()
+        for line in reversed(self.rounds):
+            for tm in tms:
+                view = line.views.get(tm)
+                if view is not None and isinstance(view.source_inference, dict):
+                    return {**view.source_inference, "round": line.round}
         return None
 
     @property
     def aggregate_only(self) -> bool:
         """Secure aggregation: the server saw the sum of the updates only (its view is the aggregate-only attack)."""
-        if isinstance(self.summary.get("secure_aggregation"), dict):
+        if isinstance(self.summary.secure_aggregation, dict):
             return True
         f = getattr(self.scenario, "federation", None)
         return bool(getattr(f, "secure_aggregation", False))
 
+    def sees_sum_only(self, tm: str) -> bool:
+        """Whether secure aggregation changed what threat model ``tm`` observes in this run (it saw the sum of the
+        updates where it would have seen each one)."""
+        if not self.aggregate_only:
+            return False
+        m = threat_model(tm)
+        s = self.summary.view(tm)
+        return bool((m is not None and m.secure_aggregation_description) or (s is not None and s.view))
+
     def describe(self, tm: str) -> str:
         """Who the adversary of threat model ``tm`` is, in this run."""
-        if tm == "server" and self.aggregate_only:
-            return AGGREGATE_ONLY_DESCRIPTION
-        return THREAT_MODEL_DESCRIPTIONS.get(tm, "")
+        m = threat_model(tm)
+        return m.describe(self.aggregate_only) if m is not None else ""
 
     @property
     def dp(self) -> dict | None:
-        dp = self.summary.get("dp")
-        if isinstance(dp, dict):
-            return dp
-        return None
+        return self.summary.dp if isinstance(self.summary.dp, dict) else None
+
+    @property
+    def privacy(self) -> dict | None:
+        """summary.json's ``privacy`` object (see :mod:`fedaudit.privacy`), if present."""
+        return self.summary.privacy if isinstance(self.summary.privacy, dict) else None
 
     @property
     def dp_mode(self) -> str:
         if self.dp and self.dp.get("mode"):
             return str(self.dp["mode"])
         return self.scenario.dp.mode if self.scenario is not None else "none"
+
+
+_ROUND_FIELDS = {"model_accuracy", "loss", "train_loss", "wall_seconds", "audit_seconds"}
+_CLIENT_FIELDS = {"records", "auc", "tpr_at_1pct", "tpr_at_0_1pct", "attack_accuracy"}
 
 
 def _as_float_array(values) -> np.ndarray:
@@ -344,24 +392,15 @@ def load_run(run_dir) -> RunData:
             _problem(run, path / "ledger.npz", str(exc))
     elif (path / "scenario.toml").is_file():
         _problem(run, path / "ledger.npz", "missing: which record was a member of which client is unknown")
-    run.rounds = read_jsonl(path / "rounds.jsonl", problems=run.problems)
+    run.rounds = read_rounds(path / "rounds.jsonl", run.problems)
     for name, attr in (("clients.csv", "clients"), ("records.csv", "records")):
         try:
             setattr(run, attr, read_csv_table(path / name, run.problems))
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             _problem(run, path / name, f"unreadable ({exc})")
-    if (path / "summary.json").is_file():
-        try:
-            summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
-            if not isinstance(summary, dict):
-                raise ValueError(f"a JSON {type(summary).__name__}, not an object")
-            run.summary = summary
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            _problem(run, path / "summary.json", f"unreadable ({exc})")
+    run.summary = read_summary(path / "summary.json", run.problems) or RunSummary()
     run.member_probs = _load_npy(path / "member_probs.npy", run.problems)
     run.nonmember_probs = _load_npy(path / "nonmember_probs.npy", run.problems)
-    from fedaudit.runstate import read_status
-
     run.status = read_status(path, run.problems)
     return run
 
@@ -371,5 +410,5 @@ def _problem(run: RunData, path: Path, what: str) -> None:
     run.problems.append(f"{path.name}: {what}")
 
 
-__all__ = ["RunData", "load_run", "read_csv_table", "THREAT_MODELS", "THREAT_MODEL_TITLES", "AGGREGATE_ONLY_DESCRIPTION",
-           "THREAT_MODEL_DESCRIPTIONS"]
+__all__ = ["RunData", "load_run", "per_client_models", "read_csv_table", "threat_model", "tm_against", "tm_color",
+           "tm_noun", "tm_possessive", "tm_title"]

@@ -14,34 +14,34 @@ from pathlib import Path
 from fedaudit import scalars as _scalars
 from fedaudit.scalars import FILE_PREFIX, FILE_SUFFIX, read_scalars
 
-TM_KEYS = ("auc", "tpr_at_1pct", "tpr_at_0_1pct", "tpr_at_0_01pct", "epsilon_lower", "accuracy")
-UTILITY_KEYS = ("accuracy", "loss", "train_loss")
+#: {tag: the view's metric}: ``<tm>/accuracy`` is the attack's balanced accuracy
+TM_KEYS = {"auc": "auc", "tpr_at_1pct": "tpr_at_1pct", "tpr_at_0_1pct": "tpr_at_0_1pct",
+           "tpr_at_0_01pct": "tpr_at_0_01pct", "epsilon_lower": "epsilon_lower", "accuracy": "attack_accuracy"}
+#: {tag: the round line's field}: ``utility/accuracy`` is the global model's test accuracy
+UTILITY_KEYS = {"accuracy": "model_accuracy", "loss": "loss", "train_loss": "train_loss"}
 KIND = "rounds"
 
 
 def round_scalars(run) -> list[tuple[int, dict[str, float]]]:
     """[(round, {tag: value})] from a RunData's rounds (finite values only)."""
     out = []
-    for r in run.rounds:
-        step = r.get("round")
-        if not isinstance(step, int):
-            continue
+    tms = run.threat_models()
+    for line in run.rounds:
         scalars = {}
-        for key in UTILITY_KEYS:
-            v = r.get(key)
+        for tag, key in UTILITY_KEYS.items():
+            v = getattr(line, key)
             if isinstance(v, (int, float)) and math.isfinite(v):
-                scalars[f"utility/{key}"] = float(v)
-        for tm in run.threat_models():
-            obj = r.get(tm)
-            if not isinstance(obj, dict):
+                scalars[f"utility/{tag}"] = float(v)
+        for tm in tms:
+            view = line.view(tm)
+            if view is None:
                 continue
-            summ = obj.get("summary") if isinstance(obj.get("summary"), dict) else {}
-            for key in TM_KEYS:
-                v = obj.get(key, summ.get(key))
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                    scalars[f"{tm}/{key}"] = float(v)
+            for tag, key in TM_KEYS.items():
+                v = view.value(key)
+                if v is not None and math.isfinite(v):
+                    scalars[f"{tm}/{tag}"] = float(v)
         if scalars:
-            out.append((step, scalars))
+            out.append((line.round, scalars))
     return out
 
 

@@ -97,3 +97,10 @@ def test_a_threat_model_registered_here_is_audited_and_aggregated(snooper, tmp_p
         assert z["first-client-snooper__per_round"].shape[1] == 2
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["threat_models"]["first-client-snooper"]["auc"] == summary["threat_models"]["first-client-snooper"]["auc"]
+    # ... and reported: its title, who it is, and its figures, with no report code aware of it
+    from fedaudit.report import build_report
+
+    build_report(tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert "First-client snooper" in html and "a toy adversary who sees one client" in html
+    assert f"{summary['threat_models']['first-client-snooper']['auc']:.3f}" in html

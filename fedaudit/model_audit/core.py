@@ -107,7 +107,7 @@ def _fitted_scores(settings, target: _Target, x, y, member, num_classes, records
 def _score_attacks(settings, target: _Target, logits, x, y, member, num_classes, population, records) -> dict:
     """The score attacks, each given what the registry says it needs: the logits alone, the population
     (the population records, or without any the known non-members, cross-fitted), or reference models."""
-    from fedaudit.attacks.audit import prepare_audit, score_all
+    from fedaudit.attacks.scoring import prepare_audit, score_all
     from fedaudit.attacks.base import AttackInputs, attack_spec, run_score_attack
     from fedaudit.auditor.shard import population_rows
 

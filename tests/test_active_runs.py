@@ -50,6 +50,13 @@ def test_an_active_server_runs_beside_its_passive_twin_and_resumes(tmp_path):
     assert cost["passive"] == pytest.approx(lines[-1]["model_accuracy"])
     assert cost["deviating"] == pytest.approx(twin_lines[-1]["model_accuracy"])
     before = {k: entry[k] for k in ("auc", "tpr_at_1pct")}
+    from fedaudit.report import build_comparison, build_report
+
+    build_report(run_dir)
+    html = (run_dir / "report.html").read_text()
+    assert "If the server deviates from the protocol" in html and 'id="deviating"' in html
+    build_comparison([run_dir], tmp_path / "cmp")
+    assert "Adversaries that deviate from the protocol" in (tmp_path / "cmp" / "comparison.html").read_text()
 
     # an interruption during the active server's run: its second round and the merge are lost
     update_status(twin, state="interrupted")

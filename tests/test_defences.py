@@ -137,9 +137,13 @@ def test_local_dp_brings_the_servers_attack_to_chance(tmp_path):
     plain, _ = _run(PURCHASE, tmp_path, "plain")
     assert plain["threat_models"]["server"]["auc"] > 0.9
     assert plain["privacy"]["server"]["accountant_epsilon"] is None
-    local, out = _run(_with(PURCHASE, dp={"mode": "local", "noise_multiplier": 5.0}, audit={"canaries": 30}),
+    # local DP's guarantee does not rest on the server's honesty: a server that runs gradient ascent on its targets
+    # (in a federation of its own beside this one) stays at chance too
+    local, out = _run(_with(PURCHASE, dp={"mode": "local", "noise_multiplier": 5.0},
+                            audit={"canaries": 30, "threat_models": ["server", "active-server"], "active": {"targets": 400}}),
                       tmp_path, "local")
     assert abs(local["threat_models"]["server"]["auc"] - 0.5) < 0.05
+    assert abs(local["threat_models"]["active-server"]["auc"] - 0.5) < 0.05
     server = local["privacy"]["server"]
     assert 0 < server["accountant_epsilon"] < 3 and all(c["rounds"] == 2 for c in server["per_client"])
     assert all(c["mia_epsilon_lower"] is not None for c in server["per_client"])

@@ -19,6 +19,7 @@ from fedaudit.errors import FedAuditError
 from fedaudit.report import figures as F
 from fedaudit.privacy import ensure_dp, ensure_privacy
 from fedaudit.report.fmt import count, eps, esc, f3, finite, num, pct, pct_ci
+from fedaudit.report.deviation import deviation_table
 from fedaudit.report.html import figure, missing, page, section, table, toc
 from fedaudit.report.rundata import RunData, load_run, threat_model, tm_noun, tm_possessive, tm_title
 from fedaudit.risk import LEVEL_TEXT, empirical_epsilon, risk_level
@@ -393,6 +394,14 @@ def render_comparison(runs: list[RunData], labels: list[str], out: Path, *, titl
         body += "<h3>Runs that failed</h3>" + table(
             ["Run", "Error"], [[esc(f.get("label", "?")), esc(f.get("error", ""))] for f in failures])
     sections.append(section("side-by-side", "Side by side", body))
+    deviating = deviation_table(runs, labels)
+    if deviating:
+        sections.append(section("deviating", "Adversaries that deviate from the protocol", deviating + (
+            '<p class="note">Each deviating adversary ran in a federation of its own beside the run that followed the '
+            "protocol, with the same seed, and is measured on its target records beside its passive twin on the same "
+            "records (95% intervals). Test accuracy: the passive run's and the deviating run's final global model; a "
+            "large drop is a deviation a deployment would notice. Norm ratio: the largest ratio, over the rounds, of "
+            "the norm of the model the deviating server sent to the honest one's.</p>")))
     sections.append(section("settings-section", "What differs between the runs",
                             settings_table(runs, labels, diff) + common_settings(runs, diff)))
     if plots.get("epsilons"):
@@ -421,7 +430,10 @@ def render_comparison(runs: list[RunData], labels: list[str], out: Path, *, titl
                                                                "curves from.")))
     sections.append(section("rounds", "Risk and utility over rounds", rounds + figure(
         plots.get("utility"), "Test accuracy per round", "Test accuracy of each run's global model per round.")))
-    entries = [("summary", "Summary"), ("side-by-side", "Side by side"), ("settings-section", "Settings")]
+    entries = [("summary", "Summary"), ("side-by-side", "Side by side")]
+    if deviating:
+        entries.append(("deviating", "Deviating adversaries"))
+    entries.append(("settings-section", "Settings"))
     if plots.get("epsilons"):
         entries.append(("dp", "Differential privacy"))
     entries += [("privacy-utility", "Privacy-utility"), ("roc", "ROC"), ("rounds", "Over rounds")]

@@ -12,6 +12,7 @@ from fedaudit.privacy import ensure_dp, ensure_privacy
 from fedaudit.report import figures as F
 from fedaudit.report.fmt import count, eps, esc, f3, finite, num, pct, pct_ci
 from fedaudit.report.html import figure, kv_table, missing, page, section, table, toc
+from fedaudit.report.deviation import deviation_paragraphs, deviation_section
 from fedaudit.report.narrative import summarize_run
 from fedaudit.report.rundata import RunData, _as_float_array, load_run, tm_title
 from fedaudit.risk import LEVEL_RULES, LEVEL_TEXT, empirical_epsilon, risk_level
@@ -488,12 +489,17 @@ def draw_plots(run: RunData, plots_dir: Path) -> dict:
 
 def render_report(run: RunData, plots: dict) -> str:
     level, paragraphs = summarize_run(run)
+    paragraphs = paragraphs + deviation_paragraphs(run)       # "if the server deviates from the protocol ..."
     summary = (f'<section id="summary" class="summary level-{esc(level or "none")}"><h2>Summary for the DPIA</h2>'
                + "".join(f"<p>{p}</p>" for p in paragraphs) + "</section>")
     sections = [summary, headline_section(run), dp_section(run), audited_section(run, plots),
                 rounds_section(run, plots), clients_section(run, plots), classes_section(run, plots),
                 distributions_section(run, plots), records_section(run), method_section(run)]
     entries = [("summary", "Summary"), ("headline-section", "Headline risk")]
+    deviating = deviation_section(run)
+    if deviating:
+        sections.insert(2, deviating)
+        entries.append(("deviating", "Deviating adversaries"))
     if run.dp_mode != "none" and run.dp:
         entries.append(("dp", "Differential privacy"))
     entries += [("audited", "What was audited"), ("risk-rounds", "Over rounds"), ("risk-clients", "Per client"),

@@ -28,7 +28,7 @@ def run(tmp_path, **overrides):
 def test_an_active_server_runs_beside_its_passive_twin_and_resumes(tmp_path):
     run_dir = run(tmp_path, **{"audit.threat_models": ["participant", "active-server"]})
     twin = run_dir / "active" / "active-server"
-    assert read_status(run_dir)["state"] == read_status(twin)["state"] == "finished"
+    assert read_status(run_dir).state == read_status(twin).state == "finished"
     # the passive run audits the participant and the active server's passive twin; the twin only the active server
     assert set(json.loads((twin / "summary.json").read_text())["threat_models"]) == {"active-server"}
     lines = read_jsonl(run_dir / "rounds.jsonl")
@@ -69,7 +69,7 @@ def test_an_active_server_runs_beside_its_passive_twin_and_resumes(tmp_path):
     from fedaudit.run import resume_run
 
     resume_run(run_dir, progress=False, report=False)
-    assert read_status(run_dir)["state"] == read_status(twin)["state"] == "finished"
+    assert read_status(run_dir).state == read_status(twin).state == "finished"
     assert [t["round"] for t in read_jsonl(twin / "rounds.jsonl")] == [1, 2]
     again = json.loads((run_dir / "summary.json").read_text())["threat_models"]["active-server"]
     # the twin restarts from its last usable checkpoint (here its start: only the final model is kept) and its

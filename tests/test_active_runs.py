@@ -43,7 +43,8 @@ def test_an_active_server_runs_beside_its_passive_twin_and_resumes(tmp_path):
     entry = summary["threat_models"]["active-server"]
     assert entry["n_members"] == entry["n_nonmembers"] == 50                     # its metrics are on the targets
     comparison = entry["comparison"]
-    assert comparison["passive_twin"] == "server" and comparison["targets"] == {"members": 50, "nonmembers": 50}
+    assert comparison["passive_twin"] == "server" and comparison["targets"] == {
+        "members": 50, "nonmembers": 50, "scored": {"members": 50, "nonmembers": 50}}
     assert [r["round"] for r in comparison["per_round"]] == [1, 2]
     assert all(0 <= r[k]["auc"] <= 1 for r in comparison["per_round"] for k in ("active", "passive"))
     cost = comparison["cost"]["model_accuracy"]

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from fedaudit.risk import empirical_epsilon
-from fedaudit.schema import RunSummary, read_rounds, read_summary, update_summary
+from fedaudit.schema import PrivacyEstimate, RunSummary, read_rounds, read_summary, update_summary
 from fedaudit.threat_model import threat_models
 
 log = logging.getLogger(__name__)
@@ -178,13 +178,12 @@ def privacy_object(scenario, round_clients: dict[int, list], canaries: dict | No
     acc = accountant_by_threat_model(scenario, round_clients)
     can = canary_by_threat_model(scenario, canaries, seed=scenario.federation.seed)
     out = {}
-    first = ("accountant_epsilon", "canary_epsilon", "canary_epsilon_ci", "mia_epsilon_lower", "delta")
     for tm in _threat_models(scenario):
         low, _ = empirical_epsilon(headlines.get(tm))
-        entry = {**acc[tm], **can[tm], "mia_epsilon_lower": low if math.isfinite(low) else None}
-        quoted = [entry.get("accountant_epsilon"), entry.get("canary_epsilon"), entry.get("mia_epsilon_lower")]
-        entry["delta"] = float(scenario.dp.delta) if any(x is not None for x in quoted) else None
-        out[tm] = {k: entry[k] for k in first} | {k: v for k, v in entry.items() if k not in first and v is not None}
+        entry = PrivacyEstimate.from_dict({**acc[tm], **can[tm]})
+        entry.mia_epsilon_lower = low if math.isfinite(low) else None
+        entry.delta = float(scenario.dp.delta) if entry.measures_anything else None
+        out[tm] = entry.to_dict()
     if utility:
         out["utility"] = utility
     return out

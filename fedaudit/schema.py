@@ -303,6 +303,72 @@ class ViewSummary:
 
 
 @dataclass
+class DpSummary:
+    """``summary.json``'s ``dp`` object: the DP training's settings and the accountant's epsilon (filled by
+    :func:`fedaudit.privacy.ensure_dp` from :func:`fedaudit.dp.scenario_dp`)."""
+
+    mode: str | None = None                   # server, client or local
+    noise_multiplier: float | None = None
+    clipping_norm: float | None = None
+    delta: float | None = None
+    accountant_epsilon: float | None = None   # None: not computed, or no finite guarantee (no noise)
+    accountant: str | None = None
+    accountant_error: str | None = None       # why it was not computed
+    level: str | None = None
+    rounds: int | None = None
+    sampling: str | None = None
+    sampling_rate: float | None = None
+    optimal_order: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DpSummary":
+        known, extra = _split(cls, data)
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in _out(self).items() if v is not None or k in ("mode", "accountant_epsilon")}
+
+
+@dataclass
+class PrivacyEstimate:
+    """One threat model's entry of ``summary.json``'s ``privacy`` object (see :mod:`fedaudit.privacy`): the DP
+    guarantee against that adversary beside what the run measured."""
+
+    accountant_epsilon: float | None = None   # the guarantee (None: none covers this adversary)
+    canary_epsilon: float | None = None       # measured with canary clients, every round observed
+    canary_epsilon_ci: list | None = None
+    mia_epsilon_lower: float | None = None    # what the membership attacks imply (conservative end)
+    delta: float | None = None                # the delta all of these are quoted at
+    accountant_note: str | None = None
+    canary_note: str | None = None
+    canaries: int | None = None
+    canary_rounds: int | None = None
+    canary_mu: float | None = None
+    canary_epsilon_final: float | None = None  # the final model only
+    canary_epsilon_final_ci: list | None = None
+    canary_mu_final: float | None = None
+    per_client: list = field(default_factory=list)   # [{client, rounds, accountant_epsilon, mia_epsilon_lower}]
+    extra: dict = field(default_factory=dict)
+
+    _ALWAYS = ("accountant_epsilon", "canary_epsilon", "canary_epsilon_ci", "mia_epsilon_lower", "delta")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PrivacyEstimate":
+        known, extra = _split(cls, data)
+        known["per_client"] = [c for c in known.get("per_client") or [] if isinstance(c, dict)]
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in _out(self).items()
+                if k in self._ALWAYS or (v is not None and not (k == "per_client" and not v))}
+
+    @property
+    def measures_anything(self) -> bool:
+        return not (self.accountant_epsilon is None and self.canary_epsilon is None and self.mia_epsilon_lower is None)
+
+
+@dataclass
 class RunSummary:
     """``summary.json`` of a federated run."""
 
@@ -334,6 +400,21 @@ class RunSummary:
 
     def view(self, name: str) -> ViewSummary | None:
         return self.threat_models.get(name)
+
+    def dp_summary(self) -> DpSummary | None:
+        """The ``dp`` object, typed (None: the run trained without DP, or nothing filled it yet)."""
+        return DpSummary.from_dict(self.dp) if isinstance(self.dp, dict) else None
+
+    def privacy_of(self, name: str) -> PrivacyEstimate | None:
+        """Threat model ``name``'s entry of the ``privacy`` object, typed (None: no entry)."""
+        entry = (self.privacy or {}).get(name) if isinstance(self.privacy, dict) else None
+        return PrivacyEstimate.from_dict(entry) if isinstance(entry, dict) else None
+
+    def privacy_threat_models(self) -> list[str]:
+        """The threat models the ``privacy`` object has an entry for (its ``utility`` is not one)."""
+        if not isinstance(self.privacy, dict):
+            return []
+        return [k for k, v in self.privacy.items() if k != "utility" and isinstance(v, dict)]
 
 
 # ---- status.json ----------------------------------------------------------------------------------------------
@@ -493,7 +574,7 @@ def write_status(path, status: RunStatus) -> Path:
     return _write_object(_file(path, STATUS_FILE), status.to_dict())
 
 
-__all__ = ["ClientResult", "HEADLINE_KEYS", "ROUNDS_FILE", "RUN_STATES", "RoundLine", "RunStatus", "RunSummary",
+__all__ = ["ClientResult", "DpSummary", "HEADLINE_KEYS", "PrivacyEstimate", "ROUNDS_FILE", "RUN_STATES", "RoundLine", "RunStatus", "RunSummary",
            "SCHEMA_VERSION", "SEP", "STATUS_FILE", "SUMMARY_FILE", "read_rounds", "read_status", "read_summary",
            "round_number", "update_summary", "write_status", "write_summary", "ViewResult", "ViewSummary", "headline_of",
            "metrics_summary", "normalise_line", "parse_round_key", "round_key"]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fedaudit.schema import (SCHEMA_VERSION, ClientResult, RoundLine, RunStatus, RunSummary, ViewResult, ViewSummary,
-                             parse_round_key, read_rounds, read_status, read_summary, round_key, update_summary,
+from fedaudit.schema import (SCHEMA_VERSION, ClientResult, DpSummary, PrivacyEstimate, RoundLine, RunStatus,
+                             RunSummary, ViewResult, ViewSummary, parse_round_key, read_rounds, read_status, read_summary, round_key, update_summary,
                              write_status, write_summary)
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fedaudit"
@@ -64,6 +64,27 @@ def test_a_run_summary_round_trips():
     back = RunSummary.from_dict(data)
     assert back == summary
     assert back.view("server").value("auc") == 0.7 and back.view("server").interval("auc") == (0.6, 0.8)
+
+
+def test_the_dp_and_privacy_objects_read_typed():
+    summary = RunSummary.from_dict({
+        "dp": {"mode": "server", "noise_multiplier": 1.0, "accountant_epsilon": None, "new_setting": 3},
+        "privacy": {"server": {"accountant_epsilon": None, "canary_epsilon": None, "canary_epsilon_ci": None,
+                               "mia_epsilon_lower": 0.4, "delta": 1e-5, "accountant_note": "central DP",
+                               "per_client": [{"client": 0, "rounds": 2}]},
+                    "participant": {"accountant_epsilon": None, "canary_epsilon": None, "canary_epsilon_ci": None,
+                                    "mia_epsilon_lower": None, "delta": None},
+                    "utility": {"accuracy": 0.9}}})
+    dp = summary.dp_summary()
+    assert dp.mode == "server" and dp.accountant_epsilon is None and dp.extra == {"new_setting": 3}
+    assert DpSummary.from_dict(dp.to_dict()) == dp
+    assert summary.privacy_threat_models() == ["server", "participant"]
+    server = summary.privacy_of("server")
+    assert server.measures_anything and server.per_client == [{"client": 0, "rounds": 2}]
+    assert not summary.privacy_of("participant").measures_anything and summary.privacy_of("nobody") is None
+    assert PrivacyEstimate.from_dict(server.to_dict()) == server
+    assert set(summary.privacy_of("participant").to_dict()) == set(PrivacyEstimate._ALWAYS)
+    assert RunSummary().dp_summary() is None and RunSummary().privacy_threat_models() == []
 
 
 def test_a_run_status_round_trips():

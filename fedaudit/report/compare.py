@@ -24,6 +24,7 @@ from fedaudit.report.html import figure, missing, page, section, table, toc
 from fedaudit.report.rundata import RunData, load_run, threat_model, tm_noun, tm_possessive, tm_title
 from fedaudit.risk import LEVEL_TEXT, empirical_epsilon, risk_level
 from fedaudit.rundir import atomic_write_text
+from fedaudit.schema import DpSummary
 from fedaudit.threat_model import ordered
 
 log = logging.getLogger(__name__)
@@ -136,36 +137,31 @@ def _eps(summ: dict) -> str:
 def _accountant(run: RunData) -> str:
     if run.dp_mode == "none":
         return '<span class="na">no DP</span>'
-    dp = run.dp or {}
-    a = dp.get("accountant_epsilon")
+    dp = run.dp or DpSummary()
+    a = dp.accountant_epsilon
     if finite(a):
-        return f"<strong>{eps(a)}</strong><br><span class=ci>&delta; = {esc(dp.get('delta'))}</span>"
-    if num(dp.get("noise_multiplier")) == 0:
+        return f"<strong>{eps(a)}</strong><br><span class=ci>&delta; = {esc(dp.delta)}</span>"
+    if num(dp.noise_multiplier) == 0:
         return "infinite (no noise)"
     return '<span class="na">n/a</span>'
 
 
-def _privacy(run: RunData, tm: str | None) -> dict | None:
-    p = (run.privacy or {}).get(tm) if tm else None
-    return p if isinstance(p, dict) else None
-
-
 def _tm_accountant(run: RunData, tm: str | None) -> str:
     """The guarantee against this adversary (summary.json's privacy object), else the run's accountant."""
-    p = _privacy(run, tm)
+    p = run.privacy(tm)
     if p is None:
         return _accountant(run)
-    a = p.get("accountant_epsilon")
+    a = p.accountant_epsilon
     if finite(a):
-        return f"<strong>{eps(a)}</strong><br><span class=ci>&delta; = {esc(p.get('delta'))}</span>"
+        return f"<strong>{eps(a)}</strong><br><span class=ci>&delta; = {esc(p.delta)}</span>"
     return f'<span class="na">{"no DP" if run.dp_mode == "none" else "none against this adversary"}</span>'
 
 
 def _canary(run: RunData, tm: str | None) -> str:
-    p = _privacy(run, tm)
-    if p is None or p.get("canary_epsilon") is None:
+    p = run.privacy(tm)
+    if p is None or p.canary_epsilon is None:
         return '<span class="na">n/a</span>'
-    c, ci = p["canary_epsilon"], p.get("canary_epsilon_ci")
+    c, ci = p.canary_epsilon, p.canary_epsilon_ci
     text = f"<strong>{eps(c) if finite(c) else 'unbounded'}</strong>"
     if isinstance(ci, list) and len(ci) == 2:
         text += f'<br><span class="ci">[{eps(ci[0])}, {eps(ci[1])}]</span>'
@@ -196,8 +192,7 @@ def _link(run: RunData, out: Path, label: str) -> str:
 
 def comparison_table(runs: list[RunData], labels: list[str], out: Path) -> str:
     any_dp = any(r.dp_mode != "none" for r in runs)
-    any_canary = any(_privacy(r, tm) for r in runs for tm in _threat_models(runs) + list(r.privacy or {})
-                     if tm != "utility")
+    any_canary = any(r.privacy(tm) for r in runs for tm in _threat_models(runs) + r.summary.privacy_threat_models())
     header = ["Run", "Final test accuracy", "Adversary", "AUC", "Members identified at 1% FPR",
               "Members identified at 0.1% FPR", "Empirical &epsilon; (lower bound)"]
     if any_dp or any_canary:
@@ -306,11 +301,11 @@ def summary_paragraphs(runs: list[RunData], labels: list[str], diff: list[str]) 
         accs.sort()
         paras.append(f"Utility: test accuracy ranges from {pct(accs[0][0])} ({esc(accs[0][1])}) to {pct(accs[-1][0])} "
                      f"({esc(accs[-1][1])}).")
-    dp_runs = [(run, label) for run, label in zip(runs, labels) if run.dp_mode != "none" and run.dp]
+    dp_runs = [(run, label) for run, label in zip(runs, labels) if run.dp_mode != "none" and run.dp is not None]
     if dp_runs:
         bits = []
         for run, label in dp_runs:
-            a = run.dp.get("accountant_epsilon")
+            a = run.dp.accountant_epsilon
             emp = []
             for t in run.threat_models():
                 low = empirical_epsilon(_headline(run, t))[0]
@@ -319,7 +314,7 @@ def summary_paragraphs(runs: list[RunData], labels: list[str], diff: list[str]) 
             bits.append(f"<strong>{esc(label)}</strong>: accountant &epsilon; = {eps(a) if finite(a) else 'infinite'}"
                         + (f"; audit measured {', '.join(emp)}" if emp else "; not audited"))
         paras.append("Differential privacy (&epsilon; at &delta; = "
-                     f"{esc(dp_runs[0][0].dp.get('delta'))}): " + "; ".join(bits) + ". The accountant's value is a "
+                     f"{esc(dp_runs[0][0].dp.delta)}): " + "; ".join(bits) + ". The accountant's value is a "
                      "formal upper bound for anyone who sees the global models, such as a participant; the audit's "
                      "values are what its attacks achieved (lower bounds, 95% confidence)."
                      + _server_coverage([run for run, _ in dp_runs]))
@@ -368,7 +363,7 @@ def draw_comparison_plots(runs: list[RunData], labels: list[str], plots_dir: Pat
         for run, label in zip(runs, labels):
             acc = None
             if run.dp_mode != "none":
-                a = (run.dp or {}).get("accountant_epsilon")
+                a = (run.dp or DpSummary()).accountant_epsilon
                 acc = num(a) if finite(a) else math.inf
             rows.append({"label": label, "accountant": acc,
                          "empirical": {tm: empirical_epsilon(_headline(run, tm))[0]

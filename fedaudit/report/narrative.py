@@ -179,11 +179,11 @@ def _dp(run: RunData, headlines: dict) -> list[str]:
         return []
     mode = {"server": "server-side clipping", "client": "client-side clipping",
             "local": "local DP: clipping and noise on each client"}.get(run.dp_mode, run.dp_mode)
-    acc = dp.get("accountant_epsilon")
-    delta = dp.get("delta")
+    acc = dp.accountant_epsilon
+    delta = dp.delta
     central = run.dp_mode != "local"
-    out = [f"Training used differential privacy ({esc(mode)}, noise multiplier {esc(dp.get('noise_multiplier'))}, "
-           f"clipping norm {esc(dp.get('clipping_norm'))})."]
+    out = [f"Training used differential privacy ({esc(mode)}, noise multiplier {esc(dp.noise_multiplier)}, "
+           f"clipping norm {esc(dp.clipping_norm)})."]
     if finite(acc):
         out[-1] += (f" Flower's privacy accountant certifies <strong>&epsilon; = {eps(acc)}</strong> at &delta; = "
                     f"{esc(delta)} for each client's data (a formal upper bound on what any attack can achieve).")
@@ -213,52 +213,49 @@ def _dp(run: RunData, headlines: dict) -> list[str]:
 
 def _privacy(run: RunData) -> list[str]:
     """Per threat model, the guarantee beside what this run measured (summary.json's ``privacy`` object)."""
-    privacy = run.privacy
-    if privacy is None:
-        return []
-    out = []
     from fedaudit.threat_model import ordered
 
-    for tm in ordered(k for k, v in privacy.items() if k != "utility" and isinstance(v, dict)):
-        p = privacy.get(tm)
-        if not isinstance(p, dict):
+    if not isinstance(run.summary.privacy, dict):
+        return []
+    out = []
+    for tm in ordered(run.summary.privacy_threat_models()):
+        p = run.privacy(tm)
+        if p is None or not p.measures_anything:
             continue
-        acc, can, ci = p.get("accountant_epsilon"), p.get("canary_epsilon"), p.get("canary_epsilon_ci")
-        mia, delta = p.get("mia_epsilon_lower"), p.get("delta")
-        if acc is None and can is None and mia is None:
-            continue
+        acc, can, ci = p.accountant_epsilon, p.canary_epsilon, p.canary_epsilon_ci
+        mia, delta = p.mia_epsilon_lower, p.delta
         who = tm_against(tm)
         claim = (f"the DP guarantee claims at most &epsilon; = <strong>{eps(acc)}</strong>" if finite(acc) else
-                 "no DP guarantee covers this adversary" + (f" ({esc(p['accountant_note'])})"
-                                                            if p.get("accountant_note") else ""))
+                 "no DP guarantee covers this adversary" + (f" ({esc(p.accountant_note)})"
+                                                            if p.accountant_note else ""))
         bits = [f"{who} (&delta; = {esc(delta)}): {claim}" if delta is not None else f"{who}: {claim}"]
         if can is not None:
             interval = (f" [{eps(ci[0])}, {eps(ci[1])}]" if isinstance(ci, list) and len(ci) == 2 else "")
-            text = (f"measured in this run with {esc(p.get('canaries', ''))} canary clients: "
+            text = (f"measured in this run with {esc('' if p.canaries is None else p.canaries)} canary clients: "
                     f"<strong>{eps(can) if finite(can) else 'unbounded'}</strong>{interval} (every round observed)")
-            fin, fci = p.get("canary_epsilon_final"), p.get("canary_epsilon_final_ci")
+            fin, fci = p.canary_epsilon_final, p.canary_epsilon_final_ci
             if fin is not None:
                 text += (f", {eps(fin) if finite(fin) else 'unbounded'}"
                          + (f" [{eps(fci[0])}, {eps(fci[1])}]" if isinstance(fci, list) and len(fci) == 2 else "")
                          + " (final model only)")
-            if p.get("canary_note"):
-                text += f"; {esc(p['canary_note'])}"
+            if p.canary_note:
+                text += f"; {esc(p.canary_note)}"
             bits.append(text)
             if finite(acc) and finite(ci[0] if isinstance(ci, list) and ci else None) and ci[0] > 1.05 * num(acc):
                 bits.append("<strong>more than the guarantee allows: check the DP implementation and settings</strong>")
-        elif p.get("canary_note"):
-            bits.append(f"canaries measure nothing here ({esc(p['canary_note'])})")
+        elif p.canary_note:
+            bits.append(f"canaries measure nothing here ({esc(p.canary_note)})")
         if mia is not None:
             bits.append(f"the membership attacks on real records show &epsilon; &ge; {eps(mia)}")
         out.append("; ".join(bits) + ".")
-        per = [c for c in p.get("per_client") or [] if isinstance(c, dict)]
+        per = p.per_client
         if per and len(per) <= 20:
             out.append(f"Per client, the guarantee for the rounds it took part in beside what the {esc(tm)}'s attack "
                        "measured on its records: " + "; ".join(
                            f"client {esc(c.get('client'))} ({esc(c.get('rounds'))} rounds): at most "
                            f"{eps(c.get('accountant_epsilon'))}, measured &ge; {eps(c.get('mia_epsilon_lower'))}"
                            for c in per) + ".")
-    util = privacy.get("utility") or {}
+    util = run.summary.privacy.get("utility") or {}
     if finite(util.get("accuracy_without_canaries")) and finite(util.get("accuracy")):
         out.append(f"Canaries and utility: the final model reaches {pct(num(util['accuracy']))} test accuracy with the "
                    f"canaries' updates in it and {pct(num(util['accuracy_without_canaries']))} with their summed "

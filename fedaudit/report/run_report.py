@@ -125,19 +125,20 @@ def _not_audited_text(run: RunData) -> str:
 
 def dp_section(run: RunData) -> str:
     dp = run.dp
-    if run.dp_mode == "none" or not dp:
+    if run.dp_mode == "none" or dp is None:
         return ""
     mode = {"server": "server-side fixed clipping (the server clips each update, then adds noise)",
             "client": "client-side fixed clipping (each client clips its update; the server adds noise)"}.get(
         run.dp_mode, run.dp_mode)
-    acc = dp.get("accountant_epsilon")
+    acc = dp.accountant_epsilon
+    blank = lambda v: "" if v is None else v  # noqa: E731
     acc_text = (f"<strong>{eps(acc)}</strong>" if finite(acc) else
-                ('<span class="na">infinite (noise multiplier 0)</span>' if num(dp.get("noise_multiplier")) == 0
-                 else f'<span class="na">not computed {esc(dp.get("accountant_error", ""))}</span>'))
-    pairs = [("Mechanism", esc(mode)), ("Noise multiplier", esc(dp.get("noise_multiplier"))),
-             ("Clipping norm", esc(dp.get("clipping_norm"))), ("&delta;", esc(dp.get("delta"))),
-             ("Client sampling", esc(dp.get("sampling", ""))), ("Rounds accounted", esc(dp.get("rounds", ""))),
-             ("Accountant", esc(dp.get("accountant", "")))]
+                ('<span class="na">infinite (noise multiplier 0)</span>' if num(dp.noise_multiplier) == 0
+                 else f'<span class="na">not computed {esc(blank(dp.accountant_error))}</span>'))
+    pairs = [("Mechanism", esc(mode)), ("Noise multiplier", esc(dp.noise_multiplier)),
+             ("Clipping norm", esc(dp.clipping_norm)), ("&delta;", esc(dp.delta)),
+             ("Client sampling", esc(blank(dp.sampling))), ("Rounds accounted", esc(blank(dp.rounds))),
+             ("Accountant", esc(blank(dp.accountant)))]
     rows = [["Flower's privacy accountant (formal upper bound, client level)", acc_text, "any attack, any record"]]
     for tm in run.threat_models():
         headline, _ = run.headline(tm)
@@ -500,7 +501,7 @@ def render_report(run: RunData, plots: dict) -> str:
     if deviating:
         sections.insert(2, deviating)
         entries.append(("deviating", "Deviating adversaries"))
-    if run.dp_mode != "none" and run.dp:
+    if run.dp_mode != "none" and run.dp is not None:
         entries.append(("dp", "Differential privacy"))
     entries += [("audited", "What was audited"), ("risk-rounds", "Over rounds"), ("risk-clients", "Per client"),
                 ("risk-classes", "Per class"), ("distributions", "Distributions"), ("records", "Records at risk"),

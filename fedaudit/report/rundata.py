@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from fedaudit.errors import FedAuditError
-from fedaudit.schema import (RoundLine, RunStatus, RunSummary, ViewResult, ViewSummary, read_rounds, read_status,
-                             read_summary)
+from fedaudit.schema import (DpSummary, PrivacyEstimate, RoundLine, RunStatus, RunSummary, ViewResult, ViewSummary,
+                             read_rounds, read_status, read_summary)
 from fedaudit.threat_model import ThreatModel, ordered, threat_models as registered_threat_models
 
 log = logging.getLogger(__name__)
@@ -340,18 +340,19 @@ class RunData:
         return m.describe(self.aggregate_only) if m is not None else ""
 
     @property
-    def dp(self) -> dict | None:
-        return self.summary.dp if isinstance(self.summary.dp, dict) else None
+    def dp(self) -> DpSummary | None:
+        """summary.json's ``dp`` object (None: absent or empty)."""
+        return self.summary.dp_summary() if self.summary.dp else None
 
-    @property
-    def privacy(self) -> dict | None:
-        """summary.json's ``privacy`` object (see :mod:`fedaudit.privacy`), if present."""
-        return self.summary.privacy if isinstance(self.summary.privacy, dict) else None
+    def privacy(self, tm: str | None) -> PrivacyEstimate | None:
+        """Threat model ``tm``'s entry of summary.json's ``privacy`` object (see :mod:`fedaudit.privacy`)."""
+        return self.summary.privacy_of(tm) if tm else None
 
     @property
     def dp_mode(self) -> str:
-        if self.dp and self.dp.get("mode"):
-            return str(self.dp["mode"])
+        dp = self.dp
+        if dp is not None and dp.mode:
+            return str(dp.mode)
         return self.scenario.dp.mode if self.scenario is not None else "none"
 
 

@@ -39,7 +39,8 @@ def _metrics(summary) -> dict:
     return metrics if isinstance(metrics, dict) else {}
 
 
-def _num(v) -> float:
+def num(v) -> float:
+    """A JSON value as a float (None and junk: NaN)."""
     if v is None or isinstance(v, bool):
         return math.nan
     try:
@@ -49,7 +50,7 @@ def _num(v) -> float:
 
 
 def _low_end(ci) -> float:
-    return _num(ci[0]) if isinstance(ci, (list, tuple)) and ci else math.nan
+    return num(ci[0]) if isinstance(ci, (list, tuple)) and ci else math.nan
 
 
 def empirical_epsilon(summary) -> tuple[float, float]:
@@ -61,16 +62,16 @@ def empirical_epsilon(summary) -> tuple[float, float]:
     m = _metrics(summary)
     if not m:
         return math.nan, math.nan
-    return _low_end(m.get("epsilon_lower_ci")), _num(m.get("epsilon_lower"))
+    return _low_end(m.get("epsilon_lower_ci")), num(m.get("epsilon_lower"))
 
 
 def risk_level(summary) -> str | None:
     """The level of one threat model's headline summary (None if it has no AUC)."""
     m = _metrics(summary)
-    auc = _num(m.get("auc"))
+    auc = num(m.get("auc"))
     if not math.isfinite(auc):
         return None
-    tpr1 = _num(m.get("tpr_at_1pct"))
+    tpr1 = num(m.get("tpr_at_1pct"))
     ci_low = _low_end(m.get("tpr_at_1pct_ci"))
     if auc >= AUC_HIGH or (math.isfinite(tpr1) and tpr1 >= TPR1_HIGH):
         return "high"
@@ -87,4 +88,4 @@ def worst_level(levels) -> str | None:
 
 
 __all__ = ["AUC_HIGH", "AUC_LOW", "AUC_MODERATE", "LEVELS", "LEVEL_RULES", "LEVEL_TEXT", "TPR1_CHANCE", "TPR1_HIGH",
-           "TPR1_MODERATE", "empirical_epsilon", "risk_level", "worst_level"]
+           "TPR1_MODERATE", "empirical_epsilon", "num", "risk_level", "worst_level"]

@@ -6,15 +6,7 @@ from __future__ import annotations
 import html
 import math
 
-
-def num(v) -> float:
-    """A JSON value as a float (None and junk: NaN)."""
-    if v is None or isinstance(v, bool):
-        return math.nan
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
+from fedaudit.risk import num
 
 
 def finite(v) -> bool:

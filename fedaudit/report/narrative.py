@@ -13,7 +13,7 @@ import numpy as np
 
 from fedaudit.report.figures import class_results, client_table
 from fedaudit.report.fmt import count, eps, esc, f3, finite, num, one_in, pct, pct_ci
-from fedaudit.report.rundata import RunData, per_client_models, threat_model, tm_against, tm_noun, tm_possessive
+from fedaudit.report.rundata import RunData, threat_model, tm_against, tm_noun, tm_possessive
 from fedaudit.risk import LEVEL_TEXT, empirical_epsilon, risk_level, worst_level
 
 

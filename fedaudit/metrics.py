@@ -364,7 +364,56 @@ def summarize(member_scores, nonmember_scores, *, delta: float = 1e-5, alpha: fl
     )
 
 
+def auc_standard_error(auc: float, n_members: int, n_nonmembers: int) -> float:
+    """Hanley and McNeil's (1982) standard error of an AUC measured on ``n_members`` and ``n_nonmembers`` records
+    (NaN when either count is missing): what lets the report test whether per-round AUCs differ beyond noise."""
+    a, n1, n0 = float(auc), float(n_members), float(n_nonmembers)
+    if not (math.isfinite(a) and math.isfinite(n1) and math.isfinite(n0)) or n1 < 1 or n0 < 1:
+        return math.nan
+    q1, q2 = a / (2.0 - a), 2.0 * a * a / (1.0 + a)
+    var = (a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n1 * n0)
+    return math.sqrt(max(var, 1e-12))
+
+
+@dataclass
+class TrendTest:
+    """A weighted least-squares slope of a metric over rounds, tested against no trend (two-sided z test).
+
+    Each round's value is weighted by its inverse variance. The rounds' AUCs are measured on the same records, so
+    their errors are positively correlated; treating them as independent overstates the slope's variance, which
+    makes the test conservative (it claims a trend less often, never more)."""
+
+    slope: float               # per round
+    slope_se: float
+    p_value: float
+    alpha: float
+
+    @property
+    def significant(self) -> bool:
+        return math.isfinite(self.p_value) and self.p_value < self.alpha
+
+
+def two_sided_p(z: float) -> float:
+    """The two-sided p-value of a standard normal statistic."""
+    return math.erfc(abs(z) / math.sqrt(2.0)) if math.isfinite(z) else math.nan
+
+
+def trend_test(x, y, se, *, alpha: float = 0.05) -> TrendTest:
+    """The slope of ``y`` over ``x`` with standard errors ``se``, and whether it differs from zero at ``alpha``."""
+    x, y, se = (np.asarray(v, dtype=np.float64) for v in (x, y, se))
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(se) & (se > 0)
+    x, y, w = x[ok], y[ok], 1.0 / se[ok] ** 2
+    if x.size < 3 or np.ptp(x) == 0:
+        return TrendTest(math.nan, math.nan, math.nan, alpha)
+    xm = np.sum(w * x) / np.sum(w)
+    sxx = np.sum(w * (x - xm) ** 2)
+    slope = float(np.sum(w * (x - xm) * y) / sxx)
+    slope_se = float(1.0 / math.sqrt(sxx))
+    return TrendTest(slope, slope_se, two_sided_p(slope / slope_se), alpha)
+
+
 __all__ = [
     "Summary", "summarize", "roc_curve", "roc_counts", "RocCounts", "auc", "clopper_pearson",
-    "empirical_epsilon", "TARGET_FPRS",
+    "empirical_epsilon", "TARGET_FPRS", "TrendTest", "auc_standard_error",
+    "trend_test", "two_sided_p",
 ]

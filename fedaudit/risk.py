@@ -31,6 +31,15 @@ LEVEL_RULES = (
     ("negligible", "none of the above: the attack did not measurably beat guessing"),
 )
 
+#: why these thresholds: stated once, under the rules, in the report's "How to read" section
+LEVEL_WHY = (
+    "An AUC of 0.5 is guessing. Below 0.53 the attack's advantage is within what the audits' sample sizes measure as "
+    "noise; 0.60 and 0.70 are the AUCs at which membership attacks in the literature are usually called weak and "
+    "strong. The AUC is an average over all records, so the levels also read the share of members identified at "
+    "1% false positives (Carlini et al., 2022): a guessing attacker identifies 1%; 3 times that (3%) singles out "
+    "a measurable group of people, 10 times (10%) a large one. A level is reached by either measure, so an attack "
+    "that is weak on average but sure about a few records is not rated low.")
+
 
 def _metrics(summary) -> dict:
     if summary is None:
@@ -87,5 +96,5 @@ def worst_level(levels) -> str | None:
     return max(levels, key=LEVELS.index) if levels else None
 
 
-__all__ = ["AUC_HIGH", "AUC_LOW", "AUC_MODERATE", "LEVELS", "LEVEL_RULES", "LEVEL_TEXT", "TPR1_CHANCE", "TPR1_HIGH",
+__all__ = ["AUC_HIGH", "AUC_LOW", "AUC_MODERATE", "LEVELS", "LEVEL_RULES", "LEVEL_TEXT", "LEVEL_WHY", "TPR1_CHANCE", "TPR1_HIGH",
            "TPR1_MODERATE", "empirical_epsilon", "num", "risk_level", "worst_level"]

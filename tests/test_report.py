@@ -532,17 +532,29 @@ def test_report_code_imports_no_tensorflow(runs):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("state, ending", [
-    ("finished", ""),
-    ("failed", "; the run failed"),
-    ("running", "; the run did not finish (still running, or killed)"),
-])
-def test_rounds_row_states_how_the_run_ended(tmp_path, state, ending):
+RUN_ENDINGS = {"finished": "", "failed": "; the run failed",
+               "running": "; the run did not finish (still running, or killed)",
+               "interrupted": "; the run was interrupted by SIGINT in round 4",
+               "resumed": "; resumed 1 time"}
+
+
+@pytest.mark.parametrize("state", list(RUN_ENDINGS))
+def test_rounds_row_states_how_the_run_ended(tmp_path, state):
+    """The report states the run's end as status.json records it, and no other end anywhere."""
     from fedaudit.report import build_report
 
-    run = write_fake_run(tmp_path / state, rounds=4, records=400, state=state)
+    run = write_fake_run(tmp_path / state, rounds=4, records=400, state=state if state != "resumed" else "finished")
+    status = schema.read_status(run)
+    if state == "interrupted":
+        status.signal, status.interrupted_in_round = "SIGINT", 4
+    if state == "resumed":      # interrupted once, then resumed to the end
+        status.attempts = [{"resumed": False, "state": "interrupted"}, {"resumed": True, "state": "finished"}]
+    schema.write_status(run, status)
     html = build_report(run, tensorboard=False).read_text(encoding="utf-8")
-    assert f"<tr><th>Rounds</th><td>4 configured, 4 recorded{ending}</td></tr>" in html
+    assert f"<tr><th>Rounds</th><td>4 configured, 4 recorded{RUN_ENDINGS[state]}</td></tr>" in html
+    for other, ending in RUN_ENDINGS.items():
+        if ending and ending != RUN_ENDINGS[state]:
+            assert ending.strip("; ") not in html, other
 
 
 def test_the_report_of_a_run_is_built_after_its_final_status(tmp_path, monkeypatch):
@@ -602,3 +614,59 @@ def test_a_registered_threat_model_appears_in_every_part_of_the_report(tmp_path)
         assert_plot_not_empty(out.parent / "plots" / "compare_roc_snooper.png")
     finally:
         unregister_threat_model(Snooper.name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Trend sentences only where a test supports them; average and worst case
+# --------------------------------------------------------------------------------------------------
+
+
+def _rounds_with_aucs(path, aucs, n: int = 300):
+    """A run dir whose server AUCs per round are ``aucs``, each measured on ``n`` members and ``n`` non-members."""
+    run = write_fake_run(path, rounds=len(aucs), records=300, threat_models=("server",), state="finished")
+    lines = schema.read_rounds(run / "rounds.jsonl")
+    for line, auc in zip(lines, aucs):
+        view = line.views["server"]
+        view.auc = auc
+        view.summary = dict(view.summary, auc=auc, n_members=n, n_nonmembers=n)
+    atomic_write_text(run / "rounds.jsonl", "".join(json.dumps(line.to_dict()) + "\n" for line in lines))
+    return run
+
+
+def test_no_trend_is_claimed_for_aucs_within_noise(tmp_path):
+    """The per-round AUCs 0.604, 0.627, 0.635, 0.611, 0.640 (300 + 300 records each) overlap: no trend."""
+    from fedaudit.report.narrative import _trend
+    from fedaudit.report.rundata import load_run
+
+    text = _trend(load_run(_rounds_with_aucs(tmp_path / "flat", [0.604, 0.627, 0.635, 0.611, 0.640])), "server")
+    assert text.startswith("No trend over rounds is supported"), text
+    assert "grows" not in text and "leak more" not in text
+
+
+def test_a_trend_is_claimed_when_the_test_supports_it(tmp_path):
+    from fedaudit.report.narrative import _trend
+    from fedaudit.report.rundata import load_run
+
+    up = _trend(load_run(_rounds_with_aucs(tmp_path / "up", [0.55, 0.60, 0.66, 0.71, 0.77])), "server")
+    assert up.startswith("Risk grows as training goes on") and "p = " in up, up
+    down = _trend(load_run(_rounds_with_aucs(tmp_path / "down", [0.77, 0.71, 0.66, 0.60, 0.55])), "server")
+    assert down.startswith("Risk falls"), down
+    peak = _trend(load_run(_rounds_with_aucs(tmp_path / "peak", [0.55, 0.70, 0.80, 0.70, 0.55])), "server")
+    assert peak.startswith("Risk peaks in round 3"), peak
+
+
+def test_trend_test_rejects_at_its_level_on_noise():
+    """Under no trend the slope test claims one in about alpha of the cases (conservative: at most alpha + noise)."""
+    from fedaudit.metrics import trend_test
+
+    rng = np.random.default_rng(0)
+    hits = sum(trend_test(np.arange(1, 6), 0.6 + rng.normal(0, 0.02, 5), np.full(5, 0.02)).significant
+               for _ in range(2000))
+    assert 0.03 < hits / 2000 < 0.07
+
+
+def test_summary_states_the_average_and_the_worst_case(runs):
+    html = (runs["leaky"] / "report.html").read_text(encoding="utf-8")
+    assert "the 1% most exposed records" in html
+    assert "Over the 5 clients, the per-client AUC averages" in html
+    assert "Why these thresholds." in html

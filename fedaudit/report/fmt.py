@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import math
 
-from fedaudit.risk import num
+from fedaudit.risk import LEVEL_RULES, LEVEL_TEXT, LEVEL_WHY, num
 
 
 def finite(v) -> bool:
@@ -58,4 +58,10 @@ def one_in(fpr: float) -> str:
     return f"1 in {int(round(1 / fpr)):,}"
 
 
-__all__ = ["num", "finite", "esc", "f3", "pct", "pct_ci", "eps", "count", "one_in"]
+def level_rules_html() -> str:
+    """The risk levels, their thresholds and why those thresholds: the one place a report defines them."""
+    rules = "".join(f"<li><strong>{esc(LEVEL_TEXT[lv])}</strong>: {esc(text)}</li>" for lv, text in LEVEL_RULES)
+    return f"<ul>{rules}</ul><p><strong>Why these thresholds.</strong> {esc(LEVEL_WHY)}</p>"
+
+
+__all__ = ["level_rules_html", "num", "finite", "esc", "f3", "pct", "pct_ci", "eps", "count", "one_in"]

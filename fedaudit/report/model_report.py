@@ -18,8 +18,8 @@ from fedaudit import plots
 from fedaudit.errors import FedAuditError
 from fedaudit.metrics import auc as auc_of
 from fedaudit.metrics import roc_curve
-from fedaudit.report.fmt import count, esc, f3, finite, pct
-from fedaudit.risk import LEVEL_RULES, LEVEL_TEXT, risk_level
+from fedaudit.report.fmt import level_rules_html, count, esc, f3, finite, pct
+from fedaudit.risk import LEVEL_TEXT, risk_level
 from fedaudit.report.html import figure, kv_table, missing, page, section, table, toc
 from fedaudit.report.rundata import _as_float_array, read_csv_table
 from fedaudit.report.run_report import _eps_cell, _tpr_cell
@@ -207,12 +207,12 @@ def render(summary: dict, records: dict | None, figures: dict, run_dir: Path) ->
         ["Row in the members file", "Label", "Loss", "Membership probability"], rows, numeric={0, 2, 3},
         id_="top-records") + '<p class="note">Row: the record\'s line in the members file, so the data controller can '
         "find the person.</p>") if rows else missing("No member has a membership probability."))
-    rules = "".join(f"<li><strong>{esc(LEVEL_TEXT[lv])}</strong>: {esc(text)}</li>" for lv, text in LEVEL_RULES)
+    rules = level_rules_html()
     body += section("method", "How to read this report", (
         "<p>A membership-inference attack tries to tell whether a record was in the model's training data. Attacks "
         "that learn from the adversary's known records score every record with an attack fitted on other records "
         "only (cross-fitting). The numbers are what these attacks achieved: lower bounds on the risk.</p>"
-        f"<p><strong>Risk levels</strong> (a reading aid, not a legal threshold):</p><ul>{rules}</ul>"))
+        f"<p><strong>Risk levels</strong> (a reading aid, not a legal threshold):</p>{rules}"))
     entries = [("summary", "Summary"), ("headline-section", "Risk per attack"), ("audited", "What was audited"),
                ("distributions", "Distributions"), ("risk-classes", "Per class"), ("records", "Records at risk"),
                ("method", "How to read")]

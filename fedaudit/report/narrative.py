@@ -45,8 +45,7 @@ def _tm_sentence(tm: str, summ: dict, first: bool, who: str | None = None) -> st
         ci = pct_ci(summ.get("tpr_at_1pct_ci"))
         parts.append(f"Tuned to wrongly accuse only {one_in(0.01)} non-members, it correctly identifies "
                      f"<strong>{pct(tpr1)}</strong> of the members" + (f" (95% interval {ci})" if ci else "")
-                     + (f", {ratio:.1f} times what guessing achieves." if ratio >= 1.15 else
-                        ", no better than guessing."))
+                     + _against_guessing(ratio, summ.get("tpr_at_1pct_ci")))
     tpr01 = num(summ.get("tpr_at_0_1pct"))
     n0 = num(summ.get("n_nonmembers"))
     if math.isfinite(tpr01):
@@ -59,27 +58,64 @@ def _tm_sentence(tm: str, summ: dict, first: bool, who: str | None = None) -> st
     return " ".join(parts)
 
 
-def _trend(run: RunData, tm: str) -> str | None:
-    x, y = run.per_round(tm, "auc")
+TREND_ALPHA = 0.05   # the level at which the report calls a change over rounds a trend
+
+
+def _peak_supported(y: np.ndarray, se: np.ndarray, peak: int, alpha: float) -> bool:
+    """Whether the highest round stands above both the first and the last round beyond noise: a one-sided z test on
+    each difference, at ``alpha`` divided by the number of rounds (the peak was chosen as the largest of them)."""
+    from fedaudit.metrics import two_sided_p
+
+    if peak in (0, y.size - 1):
+        return False
+    level = alpha / y.size
+    for other in (0, y.size - 1):
+        z = (y[peak] - y[other]) / math.hypot(se[peak], se[other])
+        if not (z > 0 and two_sided_p(z) / 2 < level):
+            return False
+    return True
+
+
+def _against_guessing(ratio: float, ci) -> str:
+    """The clause after a TPR at 1% FPR: a multiple of guessing only when its interval lies above guessing's 1%."""
+    from fedaudit.risk import TPR1_CHANCE
+
+    low = num(ci[0]) if isinstance(ci, (list, tuple)) and ci else math.nan
+    if math.isfinite(low):
+        if low > TPR1_CHANCE:
+            return f", {ratio:.1f} times what guessing achieves."
+        return f", not distinguishable from guessing (which identifies {pct(TPR1_CHANCE)}: the interval includes it)."
+    return f", {ratio:.1f} times what guessing achieves." if ratio >= 1.15 else ", no better than guessing."
+
+
+def _trend(run: RunData, tm: str, alpha: float = TREND_ALPHA) -> str | None:
+    """A sentence on how the risk changed over rounds, claiming a trend or a peak only where a test supports it."""
+    from fedaudit.metrics import trend_test
+
+    x, y, se = run.per_round_auc_se(tm)
     ok = np.isfinite(y)
-    x, y = x[ok], y[ok]
+    x, y, se = x[ok], y[ok], se[ok]
     if y.size < 2:
         return None
+    who = esc(tm_possessive(tm))
+    span = (f"{who} AUC is {f3(y[0], 2)} in round {int(x[0])} and {f3(y[-1], 2)} in round {int(x[-1])} (between "
+            f"{f3(np.min(y), 2)} and {f3(np.max(y), 2)} over the {y.size} audited rounds)")
+    if y.size < 3 or not np.isfinite(se).all():
+        why = "too few audited rounds" if y.size < 3 else "the rounds do not record how many records were scored"
+        return f"Over training, {span}; {why} to test for a trend, so the report claims none."
+    test = trend_test(x, y, se, alpha=alpha)
+    how = (f"weighted least-squares slope over the rounds' AUCs and their standard errors, "
+           f"p = {test.p_value:.2g}, &alpha; = {alpha:g}")
+    if test.significant:
+        direction = "grows" if test.slope > 0 else "falls"
+        later = "more" if test.slope > 0 else "less"
+        return (f"Risk {direction} as training goes on: {span}; the trend is statistically supported ({how}), so "
+                f"later rounds leak {later} in this run.")
     peak = int(np.argmax(y))
-    first, last = y[0], y[-1]
-    if last - first >= 0.03 and peak >= y.size - 2:
-        text = (f"Risk grows as training goes on: {esc(tm_possessive(tm))} AUC rises from {f3(first, 2)} in "
-                f"round {int(x[0])} to {f3(y[peak], 2)} in round {int(x[peak])}, so every further round leaks more.")
-    elif y[peak] - max(first, last) >= 0.03:
-        text = (f"Risk peaks in round {int(x[peak])} (AUC {f3(y[peak], 2)}, from {f3(first, 2)} in round {int(x[0])} "
-                f"and {f3(last, 2)} in round {int(x[-1])}).")
-    elif first - last >= 0.03:
-        text = (f"Risk falls over training: AUC {f3(first, 2)} in round {int(x[0])}, {f3(last, 2)} in round "
-                f"{int(x[-1])}.")
-    else:
-        text = (f"Risk stays about level across rounds (AUC between {f3(np.min(y), 2)} and {f3(np.max(y), 2)}; "
-                f"highest in round {int(x[peak])}).")
-    return text
+    if _peak_supported(y, se, peak, alpha):
+        return (f"Risk peaks in round {int(x[peak])} (AUC {f3(y[peak], 2)}), above both the first and the last "
+                f"audited round beyond sampling noise; {span}; there is no supported trend over all rounds ({how}).")
+    return (f"No trend over rounds is supported: {span}; the differences are within sampling noise ({how}).")
 
 
 SECURE_AGGREGATION_TEXT = (
@@ -123,12 +159,13 @@ def _clients(run: RunData) -> str | None:
         ok = np.isfinite(records) & np.isfinite(ranked)
         if ok.sum() > 2:
             spread = np.ptp(records[ok]) / max(np.mean(records[ok]), 1.0)
-            if spread > 0.25 and np.std(auc[ok]) > 0:
-                r = float(np.corrcoef(records[ok], auc[ok])[0, 1])
-                if r <= -0.5:
-                    text += " Clients with fewer records are more exposed."
-                elif r >= 0.5:
-                    text += " Clients with more records are more exposed."
+            if spread > 0.25 and np.std(auc[ok]) > 0 and ok.sum() >= 5:
+                from scipy.stats import spearmanr
+
+                r, p = spearmanr(records[ok], auc[ok])
+                if math.isfinite(p) and p < TREND_ALPHA:
+                    text += (f" Clients with {'fewer' if r < 0 else 'more'} records are more exposed (Spearman's "
+                             f"&rho; = {r:.2f} between records and AUC, p = {p:.2g}).")
     if small.any():
         names = ", ".join(f"client {int(c)} ({_records(n)})" for c, n in zip(clients[small], records[small]))
         text += (f" Some clients hold too few records for a reliable per-client figure: {esc(names)}; "
@@ -171,6 +208,35 @@ def _top_records(run: RunData, n: int = 20) -> str | None:
     else:
         text += f", spread over {owners.size} client{'s' if owners.size != 1 else ''}."
     return text
+
+
+def _average_and_worst(run: RunData) -> str | None:
+    """The average and the worst case over records and over clients (ISO/IEC 27559 asks for both)."""
+    from fedaudit.report.rundata import _as_float_array
+
+    parts = []
+    r = run.records
+    if r is not None and "risk" in r and "member" in r:
+        risk = _as_float_array(r["risk"])
+        member = risk[(_as_float_array(r["member"]) == 1) & np.isfinite(risk)]
+        if member.size >= 100:
+            top = np.sort(member)[::-1][:max(1, member.size // 100)]
+            parts.append(f"Averaged over all {count(member.size)} members, the audit gives a record a membership "
+                         f"probability of {f3(np.mean(member), 2)}; the 1% most exposed records ({count(top.size)}) "
+                         f"are recognised with a probability of at least {f3(top[-1], 2)} (on average "
+                         f"{f3(np.mean(top), 2)}, at most {f3(top[0], 2)}).")
+    table = client_table(run)
+    if table is not None and "auc" in table:
+        auc = np.asarray(table["auc"], float)
+        ok = np.isfinite(auc)
+        if ok.sum() >= 2:
+            k = int(np.nanargmax(auc))
+            parts.append(f"Over the {int(ok.sum())} clients, the per-client AUC averages {f3(np.mean(auc[ok]), 2)} "
+                         f"and reaches {f3(auc[k], 2)} for the most exposed one (client "
+                         f"{int(np.asarray(table['client'], float)[k])}).")
+    if not parts:
+        return None
+    return "<strong>Average and worst case.</strong> " + " ".join(parts)
 
 
 def _dp(run: RunData, headlines: dict) -> list[str]:
@@ -304,6 +370,9 @@ def summarize_run(run: RunData) -> tuple[str | None, list[str]]:
                          + (f" (guessing: {pct(chance)})" if math.isfinite(chance) else "")
                          + (", which reveals where a person's data is held." if better else
                             ", little better than guessing." if math.isfinite(chance) else "."))
+        worst = _average_and_worst(run)
+        if worst:
+            paras.append(worst)
         trend = _trend(run, order[0])
         if trend:
             paras.append(trend)

@@ -10,12 +10,12 @@ import numpy as np
 
 from fedaudit.privacy import ensure_dp, ensure_privacy
 from fedaudit.report import figures as F
-from fedaudit.report.fmt import count, eps, esc, f3, finite, num, pct, pct_ci
+from fedaudit.report.fmt import level_rules_html, count, eps, esc, f3, finite, num, pct, pct_ci
 from fedaudit.report.html import figure, kv_table, missing, page, section, table, toc
 from fedaudit.report.deviation import deviation_paragraphs, deviation_section
 from fedaudit.report.narrative import summarize_run
 from fedaudit.report.rundata import RunData, _as_float_array, load_run, tm_title
-from fedaudit.risk import LEVEL_RULES, LEVEL_TEXT, empirical_epsilon, risk_level
+from fedaudit.risk import LEVEL_TEXT, empirical_epsilon, risk_level
 from fedaudit.rundir import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -447,7 +447,7 @@ def _adversaries_text(run: RunData) -> str:
 
 
 def method_section(run: RunData) -> str:
-    rules = "".join(f"<li><strong>{esc(LEVEL_TEXT[lv])}</strong>: {esc(text)}</li>" for lv, text in LEVEL_RULES)
+    rules = level_rules_html()
     body = (
         "<p><strong>What is measured.</strong> A membership-inference attack tries to tell whether a given person's "
         "record was part of the training data. Members are the records the clients trained on; non-members are "
@@ -460,7 +460,7 @@ def method_section(run: RunData) -> str:
         "<p><strong>Why low false-positive rates.</strong> An attack that is right on average can still be harmless "
         "for individuals; what matters for a person is whether the attacker can single out some records with few "
         "false alarms. Rates below 1 / (number of non-members) cannot be measured and are marked so.</p>"
-        f"<p><strong>Risk levels used in this report</strong> (a reading aid, not a legal threshold):</p><ul>{rules}</ul>"
+        f"<p><strong>Risk levels used in this report</strong> (a reading aid, not a legal threshold):</p>{rules}"
         "<p><strong>Limits.</strong> The numbers are what these attacks achieved on this data; stronger attacks can "
         "only do better, so they are lower bounds on the risk. Intervals are 95% Clopper-Pearson intervals. "
         "Per-round results are also written as TensorBoard scalars in <code>tensorboard/</code>.</p>")

@@ -222,6 +222,20 @@ class RunData:
         return (np.asarray(xs, dtype=np.float64), np.asarray(lo, dtype=np.float64),
                 np.asarray(hi, dtype=np.float64))
 
+    def per_round_auc_se(self, tm: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rounds, AUCs, their standard errors) of a threat model; the error is NaN where a round's summary does not
+        say how many members and non-members its attack scored."""
+        from fedaudit.metrics import auc_standard_error
+
+        xs, ys, ses = [], [], []
+        for r, view in self.views(tm):
+            auc = _float(view.value("auc"))
+            summ = view.summary if isinstance(view.summary, dict) else {}
+            xs.append(r)
+            ys.append(auc)
+            ses.append(auc_standard_error(auc, _float(summ.get("n_members")), _float(summ.get("n_nonmembers"))))
+        return tuple(np.asarray(v, dtype=np.float64) for v in (xs, ys, ses))
+
     def utility(self, key: str = "model_accuracy") -> tuple[np.ndarray, np.ndarray]:
         """(rounds, values) of a round line's utility field (``model_accuracy``, ``loss``, ``train_loss``)."""
         xs = [line.round for line in self.rounds]

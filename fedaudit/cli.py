@@ -1,4 +1,4 @@
-"""`fedaudit run | audit-model | report | compare | bench`. Bad input: one line on standard error, exit code 2."""
+"""`fedaudit run | frontier | audit-model | report | compare | bench`. Bad input: one line on standard error, exit code 2."""
 
 from __future__ import annotations
 
@@ -83,6 +83,19 @@ def _tell(lines: list[str]) -> None:
         print(f"fedaudit: {line}", file=sys.stderr)
 
 
+def cmd_frontier(args) -> int:
+    from fedaudit.frontier import run_frontier
+
+    overrides = {"federation.rounds": args.rounds, "federation.clients": args.clients,
+                 "federation.seed": args.seed, "ray.address": args.address}
+    overrides.update(_parse_set(args.set))
+    out = run_frontier(args.file, out=args.out, target=args.target, overrides=overrides, repeats=args.repeats,
+                       mode=args.mode, progress=not args.quiet)
+    _tell([f"frontier: {out / 'frontier.html'}"])
+    print(out)
+    return 0
+
+
 def cmd_audit_model(args) -> int:
     from fedaudit.model_audit import DEFAULT_ATTACKS, ModelAuditSettings, run_model_audit
 
@@ -146,6 +159,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any key, e.g. audit.enabled=true")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
+
+    f = sub.add_parser("frontier", help="which defence, at which strength, meets a risk target, at what accuracy")
+    f.add_argument("file", help="a scenario TOML file, or a frontier file with a [frontier] table")
+    f.add_argument("--target", help="the risk target, e.g. 'server.tpr_at_1pct <= 0.02' (default: the file's, "
+                                    "else that one)")
+    f.add_argument("--repeats", type=int, help="seeds per configuration (default: the file's, else 1)")
+    f.add_argument("--mode", choices=("sequential", "ray"), help="run one after another, or as Ray tasks")
+    f.add_argument("--rounds", type=int, help="override federation.rounds")
+    f.add_argument("--clients", type=int, help="override federation.clients")
+    f.add_argument("--seed", type=int, help="override federation.seed (the first seed)")
+    f.add_argument("--address", help="the Ray cluster to submit the runs to (with --mode ray)")
+    f.add_argument("--out", help="the frontier folder (default: runs/frontier-<scenario>-<timestamp>); run again "
+                                 "into it to resume")
+    f.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any scenario key for every run")
+    f.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(func=cmd_frontier)
 
     a = sub.add_parser("audit-model", help="audit one saved Keras model on its training records and others")
     a.add_argument("model", metavar="MODEL.keras", help="the trained model, saved with model.save('MODEL.keras')")

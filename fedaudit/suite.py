@@ -337,10 +337,19 @@ def _run_sequential(suite: Suite, out: Path, todo: list, status: dict, progress:
         _write_meta(suite, out, status)
 
 
-def _remote_case(scenario_toml: str, dirname: str, cpus: int) -> bytes:
-    """Runs inside a Ray task: the combination in a fresh process with a private local Ray; returns a tar.gz."""
+def _remote_case(scenario_toml: str, dirname: str, cpus: int) -> tuple[str, bytes]:
+    """Runs inside a Ray task: the combination in a fresh process with a private local Ray; returns the id of the
+    node it ran on and the run directory as a tar.gz.
+
+    A federation run owns its Ray session from start to end (Flower's backend shuts Ray down when it ends), so it
+    cannot run inside the task's own worker, which belongs to the cluster's session: the subprocess starts a Ray of
+    its own on this node, with ``cpus`` CPUs (what the task reserved), in its own temp dir."""
     import subprocess
     import tempfile
+
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
 
     with tempfile.TemporaryDirectory(prefix="fa-") as tmp:
         tmp = Path(tmp)
@@ -362,7 +371,7 @@ def _remote_case(scenario_toml: str, dirname: str, cpus: int) -> bytes:
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
             tar.add(run_dir, arcname=dirname)
-        return buf.getvalue()
+        return node, buf.getvalue()
 
 
 def _unpack(data: bytes, out: Path, dirname: str) -> None:
@@ -411,8 +420,9 @@ def _run_ray(suite: Suite, out: Path, todo: list, status: dict, progress: bool) 
                 case = pending.pop(ref)
                 seconds = round(time.time() - t0[case.dirname], 1)
                 try:
-                    _unpack(ray.get(ref), out, case.dirname)
-                    status[case.dirname] = {"status": "done", "seconds": seconds}
+                    node, data = ray.get(ref)
+                    _unpack(data, out, case.dirname)
+                    status[case.dirname] = {"status": "done", "seconds": seconds, "node": node}
                     _say(progress, f"[{case.index}/{len(suite.cases)}] {case.label}: done in {seconds:.0f} s")
                 except Exception as exc:  # noqa: BLE001
                     msg = str(exc).strip().splitlines()
@@ -431,13 +441,34 @@ def run_suite(path, out=None, overrides: dict | None = None, progress: bool = Tr
 
     suite = load_suite(path, overrides)
     out = _prepare_out(suite, out)
+    status = execute_cases(suite, out, progress)
+    done = [c for c in suite.cases if status.get(c.dirname, {}).get("status") in ("done", "reused")]
+    failures = [{"label": c.label, "error": status.get(c.dirname, {}).get("error", "did not finish")}
+                for c in suite.cases if c not in done]
+    if not done:
+        raise FedAuditError(f"suite {suite.name}: every combination failed; first error: "
+                            f"{failures[0]['error'] if failures else 'none recorded'} (see {out / 'suite.json'})")
+    build_comparison([out / c.dirname for c in done], out, labels=[c.label for c in done],
+                     title=suite.title or f"Suite {suite.name}: comparison", description=suite.description,
+                     failures=failures)
+    if failures:
+        log.warning("suite %s: %d of %d combinations failed (see comparison.html)", suite.name, len(failures),
+                    len(suite.cases))
+    return out
+
+
+def execute_cases(suite: Suite, out: Path, progress: bool = True) -> dict:
+    """Run the suite's combinations into ``out`` (sequentially, or as Ray tasks in ``ray`` mode), reusing finished
+    ones, resuming (sequential) or rerunning (ray) the others; return each directory's status as suite.json has it.
+    The frontier calls this once per stage of its search, with the cases of every stage so far."""
     out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_status(out)
     status: dict = {}
     todo = []
     for case in suite.cases:
         d = out / case.dirname
         if d.exists() and _complete(d, case.scenario):
-            status[case.dirname] = {"status": "reused"}
+            status[case.dirname] = {**previous.get(case.dirname, {}), "status": "reused"}
             if not (d / "report.html").is_file():
                 from fedaudit.report import build_report
 
@@ -454,19 +485,17 @@ def run_suite(path, out=None, overrides: dict | None = None, progress: bool = Tr
                    f"done), {suite.mode} mode, into {out}")
     if todo:
         (_run_ray if suite.mode == "ray" else _run_sequential)(suite, out, todo, status, progress)
-    done = [c for c in suite.cases if status.get(c.dirname, {}).get("status") in ("done", "reused")]
-    failures = [{"label": c.label, "error": status.get(c.dirname, {}).get("error", "did not finish")}
-                for c in suite.cases if c not in done]
-    if not done:
-        raise FedAuditError(f"suite {suite.name}: every combination failed; first error: "
-                            f"{failures[0]['error'] if failures else 'none recorded'} (see {out / 'suite.json'})")
-    build_comparison([out / c.dirname for c in done], out, labels=[c.label for c in done],
-                     title=suite.title or f"Suite {suite.name}: comparison", description=suite.description,
-                     failures=failures)
-    if failures:
-        log.warning("suite %s: %d of %d combinations failed (see comparison.html)", suite.name, len(failures),
-                    len(suite.cases))
-    return out
+    return status
 
 
-__all__ = ["Suite", "SuiteCase", "load_suite", "run_suite", "SHORT_KEYS"]
+def _previous_status(out: Path) -> dict:
+    """suite.json's status per directory from an earlier attempt (where a reused run ran, how long it took)."""
+    try:
+        cases = json.loads((out / "suite.json").read_text(encoding="utf-8")).get("cases", [])
+        return {c["dir"]: {k: v for k, v in c.items() if k in ("seconds", "node")} for c in cases
+                if isinstance(c, dict) and isinstance(c.get("dir"), str)}
+    except (OSError, json.JSONDecodeError, AttributeError, TypeError):
+        return {}
+
+
+__all__ = ["Suite", "SuiteCase", "execute_cases", "load_suite", "run_suite", "SHORT_KEYS"]

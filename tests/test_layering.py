@@ -4,7 +4,7 @@
   imports the modules that register themselves into it (attacks, models), and the threat-model registry loads its
   built-ins with ``importlib`` (not an import statement).
 - The report renders what the layers below computed: no module under fedaudit/ imports fedaudit.report except the
-  entry points (the CLI, a run, a suite) and the report package itself.
+  entry points (the CLI, a run, a suite, a frontier) and the report package itself.
 - TensorFlow stays in models/, signals/, attacks/ and federation/ (and the auditor's shard and runtime helpers, which
   probe models): the scenario, the metrics, the run directory's schema, the risk across rounds and the report import
   none.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fedaudit"
-REPORT_IMPORTERS = {"fedaudit.cli", "fedaudit.run", "fedaudit.suite"}
+REPORT_IMPORTERS = {"fedaudit.cli", "fedaudit.run", "fedaudit.suite", "fedaudit.frontier"}
 NO_TENSORFLOW = ("fedaudit.config", "fedaudit.metrics", "fedaudit.schema", "fedaudit.threat_model",
                  "fedaudit.rundir", "fedaudit.runstate", "fedaudit.privacy", "fedaudit.auditor.aggregate",
                  "fedaudit.auditor.views", "fedaudit.auditor.core", "fedaudit.report")

@@ -27,7 +27,7 @@ noise: the threat model's ``dp_covers``) runs only its strongest setting, to sho
 runs ``repeats`` times with consecutive seeds; its interval is the t interval over the seeds (one seed: the run's own
 95% Clopper-Pearson interval, where the metric has one).
 
-The runs are the directories of a suite (``OUT/NN-<label>/`` and ``OUT/suite.json``, run by
+The runs are the directories of a suite (``OUT/<label>-seed<N>/`` and ``OUT/suite.json``, run by
 :func:`fedaudit.suite.execute_cases`): running the same frontier into the same folder skips every finished run and
 resumes or reruns the others. ``OUT/frontier.json`` holds every configuration's figures, the Pareto front and the
 cheapest configuration that meets the target; ``OUT/frontier.html`` shows them.

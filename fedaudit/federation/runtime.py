@@ -8,6 +8,7 @@ import os
 log = logging.getLogger(__name__)
 
 LOCAL_IP = "127.0.0.1"
+STARTUP_TIMEOUT = "timed out during startup"     # Ray's message when its raylet did not register within 30 s
 
 
 def quiet_environment() -> None:
@@ -55,8 +56,18 @@ def init_ray(address: str = "", num_cpus: int = 0, num_gpus: float | None = None
         if num_gpus is not None:
             kwargs["num_gpus"] = num_gpus
         # address="local": always a new Ray of our own, never a cluster that happens to run on this machine
-        ray.init(address="local", _node_ip_address=LOCAL_IP, include_dashboard=False, runtime_env=env,
-                 logging_level=logging.WARNING, log_to_driver=to_driver, **kwargs)
+        for attempt in (1, 2):
+            try:
+                ray.init(address="local", _node_ip_address=LOCAL_IP, include_dashboard=False, runtime_env=env,
+                         logging_level=logging.WARNING, log_to_driver=to_driver, **kwargs)
+                break
+            except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this one
+                if attempt == 2 or STARTUP_TIMEOUT not in str(exc):
+                    raise
+                # Ray waits a fixed 30 s for its raylet; on a loaded machine (several runs starting at once on one
+                # node of a cluster) that can pass: start it once more
+                log.warning("the local Ray did not start in time (%s); starting it again", exc)
+                ray.shutdown()
     return ray.cluster_resources()
 
 

@@ -21,7 +21,8 @@ costs in accuracy (what a DPIA calls "the measures envisaged to address the risk
     "federation.rounds" = 3
 
 The search runs the scenario without a defence, then each defence's coarse grid, then bisects each defence between
-the strongest setting that misses the target and the weakest that meets it (``refine`` times). A defence whose DP
+the strongest setting that misses the target and the weakest that meets it (``refine`` times; where no setting meets
+it, the step goes beyond the strongest instead). A defence whose DP
 guarantee does not cover the target's adversary (central DP against the server, which sees each update before the
 noise: the threat model's ``dp_covers``) runs only its strongest setting, to show what it does. Each configuration
 runs ``repeats`` times with consecutive seeds; its interval is the t interval over the seeds (one seed: the run's own
@@ -137,7 +138,7 @@ DEFENCES = {
     "central_dp": Defence("central_dp", "central DP", "dp.noise_multiplier", {"dp.mode": "server"},
                           (0.3, 1.0, 3.0), dp_mode="server"),
     "local_dp": Defence("local_dp", "local DP", "dp.noise_multiplier", {"dp.mode": "local"},
-                        (0.003, 0.03, 0.3), dp_mode="local"),
+                        (0.03, 0.3, 3.0), dp_mode="local"),
     "secure_aggregation": Defence("secure_aggregation", "secure aggregation", None,
                                   {"federation.secure_aggregation": True, "dp.mode": "none", "audit.canaries": 0}),
     "local_epochs": Defence("local_epochs", "fewer local epochs", "federation.local_epochs", {}, (), integer=True,
@@ -272,7 +273,7 @@ class Config:
     clip: float | None
     label: str
     overrides: dict
-    stage: str                   # baseline, coarse, strongest (uncovered), refine
+    stage: str                   # baseline, coarse, strongest (uncovered), refine (bisection), extend (beyond the grid)
 
 
 def _covers(defence: Defence, target: Target) -> bool:
@@ -327,8 +328,9 @@ def _midpoint(defence: Defence, a, b):
 
 
 def refine_configs(spec: FrontierSpec, configs: list[Config], points: dict) -> list[Config]:
-    """One bisection step per defence (and clipping norm) whose settings cross the target: a setting between the
-    strongest that misses it and the weakest that meets it. ``points``: label -> figures."""
+    """One step per defence (and clipping norm): where its settings cross the target, a setting between the strongest
+    that misses it and the weakest that meets it (bisection); where none meets it, one setting beyond the strongest
+    (a decade's half step for noise). ``points``: label -> figures."""
     out = []
     for name in spec.defences:
         d = DEFENCES[name]
@@ -338,15 +340,28 @@ def refine_configs(spec: FrontierSpec, configs: list[Config], points: dict) -> l
             line = [c for c in configs if c.defence == name and c.clip == clip and c.label in points]
             order = sorted(line, key=lambda c: c.value, reverse=_descending(d))     # weakest first
             met = [points[c.label]["meets"] for c in order]
+            nxt = None
             for i in range(1, len(order)):
                 if met[i] and not met[i - 1]:
-                    mid = _midpoint(d, order[i - 1].value, order[i].value)
-                    if mid is not None and all(c.value != mid for c in line):
-                        c = _config(d, mid, clip)
-                        c.stage = "refine"
-                        out.append(c)
+                    nxt = _midpoint(d, order[i - 1].value, order[i].value)
                     break
+            else:
+                if order and not any(met) and _covers(d, spec.target):
+                    nxt = _stronger(d, order[-1].value)       # nothing meets it yet: one step beyond the grid
+            if nxt is not None and all(c.value != nxt for c in line):
+                c = _config(d, nxt, clip)
+                c.stage = "refine" if any(met) else "extend"
+                out.append(c)
     return out
+
+
+def _stronger(defence: Defence, value):
+    """The next setting beyond the strongest tried (None: there is none)."""
+    if defence.name == "clients_per_round":
+        return None if value >= 1.0 else min(1.0, 2 * value)
+    if _descending(defence):
+        return None if value <= 1 else max(1, value // 2)
+    return float(f"{value * math.sqrt(10):.3g}")
 
 
 def _descending(defence: Defence) -> bool:

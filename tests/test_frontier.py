@@ -197,3 +197,20 @@ def test_frontier_html_renders_in_chromium(frontier, artifacts_dir):
     assert_plot_not_empty(out / "plots" / "frontier.png")
     seen = render_in_chromium(out / "frontier.html", artifacts_dir / "frontier.png")
     assert seen["broken"] == 0 and seen["images"] == 1 and seen["external"] == 0
+
+
+def test_where_no_setting_meets_the_target_the_search_goes_beyond_the_strongest(tmp_path):
+    from fedaudit.frontier import coarse_configs, load_frontier, refine_configs
+
+    path = tmp_path / "f.toml"
+    path.write_text(f'[frontier]\nbase = "{QUICKSTART}"\ndefences = ["local_dp", "central_dp", "local_epochs"]\n'
+                    '[frontier.grid]\nlocal_dp = [0.01, 0.1]\nlocal_epochs = [3, 2]\n', encoding="utf-8")
+    spec = load_frontier(path)
+    configs = coarse_configs(spec)
+    missed = {c.label: {"meets": False} for c in configs}
+    more = {c.defence: (c.value, c.stage) for c in refine_configs(spec, configs, missed)}
+    # noise a half decade beyond the strongest, half the epochs; central DP does not cover the server: no step
+    assert more == {"local_dp": (0.316, "extend"), "local_epochs": (1, "extend")}
+    met = dict(missed, **{c.label: {"meets": True} for c in configs if c.value in (0.1, 2)})
+    more = {c.defence: (c.value, c.stage) for c in refine_configs(spec, configs, met)}
+    assert more == {"local_dp": (0.0316, "refine")}          # 3 and 2 epochs are adjacent: nothing between them

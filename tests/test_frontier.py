@@ -186,6 +186,11 @@ def test_no_configuration_meeting_the_target_is_said(tmp_path):
               "baseline": "no defence", "cheapest": None, "repeats": 1, "uncovered": []}
     text = " ".join(verdict(result))
     assert "No configuration tried meets the target" in text and "not met" in text
+    useless = dict(point, label="local DP", defence="local_dp", accuracy={"mean": 0.11}, target_value=0.01, meets=True,
+                   meets_every_seed=True)
+    text = " ".join(verdict(dict(result, points=[point, useless], cheapest="local DP")))
+    assert "The cheapest configuration that meets the target is local DP" in text
+    assert "less than half of its undefended accuracy" in text
 
 
 @needs_chromium

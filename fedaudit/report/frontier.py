@@ -12,6 +12,7 @@ from fedaudit.report.fmt import eps, esc, f3, num, pct
 from fedaudit.report.html import figure, page, section, table, toc
 from fedaudit.rundir import atomic_write_text
 
+USEFUL_SHARE = 0.5     # below this share of the undefended accuracy, the verdict says the model is (nearly) useless
 PERCENT_METRICS = ("tpr_at_1pct", "tpr_at_0_1pct", "accuracy")
 METRIC_TEXT = {"auc": "AUC", "tpr_at_1pct": "share of members identified at 1% FPR",
                "tpr_at_0_1pct": "share of members identified at 0.1% FPR", "attack_accuracy": "attack accuracy",
@@ -84,6 +85,11 @@ def verdict(result: dict) -> list[str]:
                    f"{pct(best['accuracy']['mean'])} test accuracy"
                    + (f", {pct(abs(cost))} {'below' if cost >= 0 else 'above'} the undefended federation"
                       if math.isfinite(cost) else "") + f". {_epsilons(best)}.")
+        if math.isfinite(cost) and best["accuracy"]["mean"] < USEFUL_SHARE * base["accuracy"]["mean"]:
+            out.append("<strong>At that strength the model keeps less than half of its undefended accuracy</strong>: "
+                       "the target is met by making the model (nearly) useless. A weaker target, another defence or "
+                       "a different training setup (more records per client, fewer local epochs) may be needed to "
+                       "keep both.")
     if result.get("uncovered"):
         out.append("Not searched in depth (only their strongest setting ran): "
                    f"{esc(', '.join(result['uncovered']))}, whose guarantee does not cover the "

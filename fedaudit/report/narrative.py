@@ -363,13 +363,17 @@ def summarize_run(run: RunData) -> tuple[str | None, list[str]]:
         si = run.source_inference()
         if si and finite(si.get("accuracy")):
             acc_si, chance = num(si.get("accuracy")), num(si.get("chance"))
-            better = math.isfinite(chance) and acc_si > 1.5 * chance
+            ci = si.get("ci")
+            low = num(ci[0]) if isinstance(ci, (list, tuple)) and ci else math.nan
+            # better than guessing only where the interval says so (without one: by a wide margin)
+            better = math.isfinite(chance) and (low > chance if math.isfinite(low) else acc_si > 1.5 * chance)
+            interval = f", 95% interval {pct_ci(ci)}" if pct_ci(ci) else ""
             who = run.per_client_threat_model() or "server"
-            paras.append(f"The {esc(who)} can also tell which client a training record came from: it names the right "
+            paras.append(f"The {esc(who)} tries to tell which client a training record came from: it names the right "
                          f"client for {pct(acc_si)} of members"
-                         + (f" (guessing: {pct(chance)})" if math.isfinite(chance) else "")
+                         + (f" (guessing: {pct(chance)}{interval})" if math.isfinite(chance) else "")
                          + (", which reveals where a person's data is held." if better else
-                            ", little better than guessing." if math.isfinite(chance) else "."))
+                            ", not distinguishable from guessing." if math.isfinite(chance) else "."))
         worst = _average_and_worst(run)
         if worst:
             paras.append(worst)

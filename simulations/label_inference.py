@@ -69,7 +69,10 @@ def run(seed: int, args) -> list[dict]:
                 line = core.observe(r, previous, clients, new, {"clients": sorted(clients)})
             res = line["inferences"]["labels"]
             fed = res.get("federation") or {}
-            rows.append({"seed": seed, "round": r, "mean_tv": res.get("mean_tv"),
+            from fedaudit.rundir import read_jsonl
+
+            seconds = read_jsonl(Path(tmp) / "audit" / "timing.jsonl")[-1].get("inferences")
+            rows.append({"seed": seed, "round": r, "seconds": seconds, "mean_tv": res.get("mean_tv"),
                          "mean_baseline_tv": res.get("mean_baseline_tv"), "federation_tv": fed.get("tv"),
                          "federation_baseline_tv": fed.get("baseline_tv")})
             print(rows[-1], flush=True)
@@ -91,7 +94,7 @@ def main(argv=None) -> list[dict]:
         vals = [r[key] for r in rows if r[key] is not None]
         return float(np.mean(vals)) if vals else float("nan")
 
-    print(f"rounds={len(rows)} per-client mean TV {mean('mean_tv'):.3f} (population-mix baseline "
+    print(f"rounds={len(rows)} inference seconds per round {mean('seconds'):.1f}; per-client mean TV {mean('mean_tv'):.3f} (population-mix baseline "
           f"{mean('mean_baseline_tv'):.3f}); federation mix TV {mean('federation_tv'):.3f} (baseline "
           f"{mean('federation_baseline_tv'):.3f})")
     return rows

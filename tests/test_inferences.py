@@ -24,7 +24,7 @@ def scenario(**audit):
 def test_registry_and_validation_name_the_allowed_inferences():
     assert "labels" in inference_names()
     assert scenario().audit.inferences == ["labels"]               # the default
-    with pytest.raises(ConfigError, match=r"audit.inferences: unknown inference 'colours'; allowed: labels"):
+    with pytest.raises(ConfigError, match=r"audit.inferences: unknown inference .colours.; allowed: labels, attributes"):
         scenario(inferences=["colours"])
     assert {get_inference(n).family for n in inference_names()} <= {k for k, _, _ in FAMILIES}
 
@@ -93,3 +93,61 @@ def test_labels_find_a_one_class_client_and_nothing_in_an_update_without_signal(
 def test_histogram_and_tv():
     assert tv_distance(histogram([0, 0, 1, 1], 2), [0.5, 0.5]) == 0
     assert tv_distance([1, 0], [0, 1]) == 1
+
+
+@pytest.fixture(scope="module")
+def attribute_data():
+    """Binary records whose column 0 is independent of everything else (imputation can only guess) and random
+    labels (the model can only memorise its members)."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((600, 20)) < 0.5).astype(np.float32)
+    y = rng.integers(0, 4, 600)
+    member, fit = np.zeros(600, bool), np.zeros(600, bool)
+    member[:200], fit[200:400] = True, True
+    return x, y, member, fit
+
+
+def memorising_model(x, y, member):
+    import tensorflow as tf
+
+    from fedaudit.models import build_model
+    from fedaudit.models.training import train_model
+
+    model = build_model("mlp", (20,), 4, seed=0, hidden=[128])
+    train_model(model, x[member], y[member], epochs=120, batch_size=32, learning_rate=0.003)
+    return lambda z: tf.nn.softmax(model(z, training=False)).numpy()
+
+
+def test_attributes_found_when_memorised_and_no_advantage_without_the_attribute(attribute_data):
+    from fedaudit.inferences.attributes import AttributeInference, infer_attribute
+
+    x, y, member, fit = attribute_data
+    out = infer_attribute(memorising_model(x, y, member), x, y, 0, member, fit, 4, seed=0)
+    m, n = out["members"], out["nonmembers"]
+    assert out["binary"] and m["records"] == 200 and n["records"] == 200
+    assert 0.35 < m["imputation"]["accuracy"] < 0.65                     # the other columns say nothing
+    assert m["white-box"]["advantage_ci"][0] > 0.1                        # found, on members
+    assert m["white-box"]["auc"] > 0.8
+    assert n["white-box"]["advantage_ci"][0] < 0 < n["white-box"]["advantage_ci"][1]    # not on non-members
+    assert out["member_gap"]["white-box"] > 0.1
+    assert "advantage" in AttributeInference().finding({"last": out, "last_round": None})
+    # a model trained without the attribute (the column constant): no advantage over imputation
+    blind = x.copy()
+    blind[:, 0] = 0
+    out = infer_attribute(memorising_model(blind, y, member), x, y, 0, member, fit, 4, seed=0)
+    for group in ("members", "nonmembers"):
+        for attack in ("white-box", "trained"):
+            low, high = out[group][attack]["advantage_ci"]
+            assert low < 0.05 and high > -0.05 and abs(out[group][attack]["advantage"]) < 0.1
+
+
+def test_sensitive_attribute_is_validated():
+    with pytest.raises(ConfigError, match="attributes.*needs audit.sensitive_attribute"):
+        scenario(inferences=["labels", "attributes"])
+    s = scenario(inferences=["attributes"], sensitive_attribute=3)
+    assert s.audit.sensitive_attribute == "3"
+    from fedaudit.inferences.attributes import resolve_column
+
+    assert resolve_column(s.audit.sensitive_attribute, s) == 3
+    with pytest.raises(ConfigError, match="column name, which needs a csv dataset"):
+        resolve_column("age", s)

@@ -15,7 +15,7 @@ import importlib
 from typing import ClassVar
 
 #: modules whose import registers the built-in inferences
-BUILTIN_MODULES = ("fedaudit.inferences.labels",)
+BUILTIN_MODULES = ("fedaudit.inferences.labels", "fedaudit.inferences.attributes")
 
 #: the privacy-attack families of the EDPB Opinion 28/2024 and NIST AI 100-2 (2025), in the report's order:
 #: (key, name, where it applies)

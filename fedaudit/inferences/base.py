@@ -15,7 +15,8 @@ import importlib
 from typing import ClassVar
 
 #: modules whose import registers the built-in inferences
-BUILTIN_MODULES = ("fedaudit.inferences.labels", "fedaudit.inferences.attributes")
+BUILTIN_MODULES = ("fedaudit.inferences.labels", "fedaudit.inferences.attributes",
+                   "fedaudit.inferences.reconstruction")
 
 #: the privacy-attack families of the EDPB Opinion 28/2024 and NIST AI 100-2 (2025), in the report's order:
 #: (key, name, where it applies)

@@ -104,13 +104,14 @@ class UpdateReader:
         return np.r_[step, self.sim.probs(weights, self.probe_x).mean(0) - self.prior]
 
     def shadows(self, x_pop, y_pop, sizes, count: int, rng) -> tuple[list, np.ndarray, np.ndarray]:
-        """``count`` shadow clients: (weights, record counts, class proportions), each of a size drawn from
-        ``sizes`` and a class mix drawn from a Dirichlet of a random concentration, trained on population records."""
+        """``count`` shadow clients: (weights, record counts, class proportions), of the sizes in ``sizes`` in turn
+        (the round's clients' record counts) and class mixes drawn from a Dirichlet of a random concentration,
+        trained on population records."""
         by_class = [np.flatnonzero(y_pop == c) for c in range(self.num_classes)]
         present = np.array([b.size > 0 for b in by_class])
         weights, ns, props = [], [], []
         for i in range(count):
-            n = int(rng.choice(sizes))
+            n = int(sizes[i % len(sizes)])
             alpha = float(np.exp(rng.uniform(np.log(0.05), np.log(10.0))))
             mix = rng.dirichlet(np.full(int(present.sum()), alpha))
             full = np.zeros(self.num_classes)
@@ -131,10 +132,12 @@ def mean_weights(weights: list, n: np.ndarray) -> list:
 
 
 def federation_regressor(reader: UpdateReader, weights, ns, props, members: int, count: int, rng) -> LabelRegressor:
-    """The regression for a global update: fitted on FedAvg means of ``members`` shadow clients."""
+    """The regression for a global update: fitted on FedAvg means of shadow federations, each of one shadow
+    client per client of the round, of that client's size (shadow ``i`` has the size of client ``i % members``)."""
     feats, targets = [], []
+    slots = [np.arange(j, len(weights), members) for j in range(min(members, len(weights)))]
     for _ in range(count):
-        pick = rng.choice(len(weights), size=min(members, len(weights)), replace=False)
+        pick = np.array([rng.choice(slot) for slot in slots])
         n = ns[pick]
         feats.append(reader.features(mean_weights([weights[i] for i in pick], n), n.mean()))
         targets.append((props[pick] * n[:, None]).sum(0) / n.sum())

@@ -151,3 +151,66 @@ def test_sensitive_attribute_is_validated():
     assert resolve_column(s.audit.sensitive_attribute, s) == 3
     with pytest.raises(ConfigError, match="column name, which needs a csv dataset"):
         resolve_column("age", s)
+
+
+def fedsgd_case(noise: bool, inverted: int):
+    """Three clients of one record each, one local SGD step (FedSGD, batch 1) on a small MLP over 8x8 digit
+    images; ``noise``: their updates replaced by noise of the same scale (nothing of the record in them)."""
+    from sklearn.datasets import load_digits
+
+    from fedaudit.inferences.simulate import LocalSimulator
+
+    s = scenario_from_dict({"name": "rec", "data": {"dataset": "digits", "options": {"image": True}},
+                            "model": {"name": "mlp", "hidden": [32]},
+                            "federation": {"clients": 3, "rounds": 1, "local_epochs": 1, "batch_size": 1,
+                                           "learning_rate": 0.1, "optimizer": "sgd", "seed": 0},
+                            "audit": {"enabled": True, "inferences": ["reconstruction"], "reconstruction_clients": inverted,
+                                      "reconstruction_iterations": 150}})
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
+    owner = np.full(y.size, -2)
+    owner[:3], owner[100:400] = [0, 1, 2], -1
+    records = audit_records(owner, y, 3, folds=3, attack_fraction=0.5, seed=0)
+    xa, ya = x[records.index], y[records.index]
+    sim = LocalSimulator(s, (8, 8, 1), 10)
+    previous = sim.trainer.get_weights()
+    rng = np.random.default_rng(0)
+    clients = {}
+    for k in range(3):
+        new = sim.train(previous, xa[records.owner == k], ya[records.owner == k], seed=k)
+        if noise:
+            new = [p + rng.standard_normal(p.shape).astype(np.float32) * (np.std(n - p) + 1e-6)
+                   for p, n in zip(previous, new)]
+        clients[k] = new
+    core = SimpleNamespace(records=records, num_classes=10, seed=0, scenario=s, inference_data=lambda: (xa, ya),
+                           inference_simulator=lambda: sim)
+    return core, context(previous, clients)
+
+
+def test_reconstruction_recovers_fedsgd_records_and_nothing_from_noise():
+    from fedaudit.inferences.reconstruction import ReconstructionInference
+
+    rec = ReconstructionInference()
+    out = rec.run(*fedsgd_case(noise=False, inverted=2))
+    assert out["image"] and len(out["clients"]) == 2
+    assert out["reconstructed"] == 1.0 and out["psnr"] > 30 and out["baseline_reconstructed"] == 0.0
+    assert all(c["attack"]["ssim"] > 0.9 for c in out["clients"])
+    blind = rec.run(*fedsgd_case(noise=True, inverted=1))              # no better than the population's class means
+    assert blind["reconstructed"] == 0.0 and blind["psnr"] <= blind["baseline_psnr"] + 1.0
+    summary = rec.summarize([{"round": 1, **blind}])
+    assert summary["fails"] and "fails" in rec.finding(summary)
+    assert not rec.summarize([{"round": 1, **out}])["fails"]
+    secagg = rec.run(SimpleNamespace(scenario=scenario()), SimpleNamespace(clients={}, secure_aggregation=True))
+    assert "secure aggregation" in secagg["not_applicable"]
+
+
+def test_reconstruction_scores_by_best_matching():
+    from fedaudit.inferences.reconstruction import match, ssim
+
+    rng = np.random.default_rng(0)
+    real = rng.random((4, 8, 8, 1))
+    assert match(real[::-1].copy(), real, True, 1.0)["reconstructed"] == 1.0      # order does not matter
+    assert match(rng.random((4, 8, 8, 1)), real, True, 1.0)["reconstructed"] == 0.0
+    assert ssim(real[0], real[0], 1.0) == pytest.approx(1.0)
+    flat = (rng.random((3, 20)) < 0.5).astype(float)
+    assert match(flat, flat, False, 1.0)["agreement"] == 1.0

@@ -25,7 +25,7 @@ from fedaudit.inferences.base import Inference, register_inference
 
 PSNR_THRESHOLD = 20.0        # dB: an image counts as reconstructed above it
 AGREEMENT_THRESHOLD = 0.9    # share of a tabular record's features within 10% of the data range
-MAX_RECORDS = 64             # a client with more records is not inverted (the cost grows with them)
+MAX_RECORDS = 256            # a client with more records is not inverted (the cost grows with them)
 TV_WEIGHT = 1e-3
 _STREAM = 29
 
@@ -135,34 +135,58 @@ def total_variation(x):
     return tf.reduce_mean(tf.abs(x[:, 1:, :, :] - x[:, :-1, :, :])) + tf.reduce_mean(tf.abs(x[:, :, 1:, :] - x[:, :, :-1, :]))
 
 
+_COMPILED: dict = {}
+
+
+def _inversion(model, optimizer: str, learning_rate: float, batch_size: int, epochs: int, image: bool):
+    """The compiled inversion loop (Adam on the dummy records, clipped to the data's range), one per model and
+    training setting (traced again only for a new number of records)."""
+    import tensorflow as tf
+
+    key = (id(model), optimizer, float(learning_rate), int(batch_size), int(epochs), bool(image))
+    if key in _COMPILED:
+        return _COMPILED[key]
+
+    def objective(x, y, w0, target):
+        update = simulated_update(model, w0, x, y, optimizer, learning_rate, batch_size, epochs)
+        flat = tf.concat([tf.reshape(u, [-1]) for u in update], 0)
+        loss = 1 - tf.reduce_sum(flat * target) / (tf.norm(flat) * tf.norm(target) + 1e-12)
+        return loss + TV_WEIGHT * total_variation(x) if image else loss
+
+    @tf.function(reduce_retracing=True)
+    def run(x, y, w0, target, iterations, low, high, lr):
+        m, v = tf.zeros_like(x), tf.zeros_like(x)
+        for t in tf.range(1, iterations + 1):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = objective(x, y, w0, target)
+            g = tape.gradient(loss, x)
+            step = tf.cast(t, tf.float32)
+            m = 0.9 * m + 0.1 * g
+            v = 0.999 * v + 0.001 * g * g
+            x = tf.clip_by_value(x - lr * (m / (1 - 0.9 ** step)) / (tf.sqrt(v / (1 - 0.999 ** step)) + 1e-8),
+                                 low, high)
+        return x
+
+    _COMPILED.clear()            # one model at a time
+    _COMPILED[key] = run
+    return run
+
+
 def invert(model, previous, observed, labels, input_shape, *, optimizer: str, learning_rate: float, batch_size: int,
            epochs: int, iterations: int, low: float, high: float, seed: int, image: bool) -> np.ndarray:
     """Dummy records (len(labels), *input_shape) whose simulated update matches ``observed`` in cosine distance."""
     import tensorflow as tf
 
     rng = np.random.default_rng(seed)
+    run = _inversion(model, optimizer, learning_rate, batch_size, epochs, image)
     w0 = [tf.constant(np.asarray(w, np.float32)) for w in previous]
-    target = tf.concat([tf.reshape(tf.constant(np.asarray(o, np.float32) - np.asarray(p, np.float32)), [-1])
-                        for o, p in zip(observed, previous)], 0)
-    x = tf.Variable(rng.uniform(low, high, size=(len(labels), *input_shape)).astype(np.float32))
-    y = tf.constant(np.asarray(labels, np.int64))
-    opt = tf.keras.optimizers.Adam(learning_rate=0.1 * (high - low))
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            update = simulated_update(model, w0, x, y, optimizer, learning_rate, batch_size, epochs)
-            flat = tf.concat([tf.reshape(u, [-1]) for u in update], 0)
-            loss = 1 - tf.reduce_sum(flat * target) / (tf.norm(flat) * tf.norm(target) + 1e-12)
-            if image:
-                loss += TV_WEIGHT * total_variation(x)
-        opt.apply_gradients([(tape.gradient(loss, x), x)])
-        x.assign(tf.clip_by_value(x, low, high))
-        return loss
-
-    for _ in range(int(iterations)):
-        step()
-    return x.numpy()
+    target = tf.constant(np.concatenate([(np.asarray(o, np.float32) - np.asarray(p, np.float32)).ravel()
+                                         for o, p in zip(observed, previous)]))
+    x = tf.constant(rng.uniform(low, high, size=(len(labels), *input_shape)).astype(np.float32))
+    out = run(x, tf.constant(np.asarray(labels, np.int64)), w0, target, tf.constant(int(iterations)),
+              tf.constant(low, tf.float32), tf.constant(high, tf.float32), tf.constant(0.1 * (high - low), tf.float32))
+    return out.numpy()
 
 
 @register_inference

@@ -214,3 +214,29 @@ def test_reconstruction_scores_by_best_matching():
     assert ssim(real[0], real[0], 1.0) == pytest.approx(1.0)
     flat = (rng.random((3, 20)) < 0.5).astype(float)
     assert match(flat, flat, False, 1.0)["agreement"] == 1.0
+
+
+@pytest.mark.ray
+def test_a_run_writes_its_inferences_and_the_report_lists_every_family(tmp_path):
+    import json
+
+    from fedaudit.config import load_scenario
+    from fedaudit.run import run_scenario
+    from fedaudit.schema import RunSummary
+
+    from conftest import SCENARIOS
+
+    s = load_scenario(SCENARIOS / "quickstart.toml", {
+        "federation.clients": 3, "federation.rounds": 1, "federation.local_epochs": 1, "audit.folds": 3,
+        "audit.threat_models": ["server"], "audit.attacks": ["loss"],
+        "audit.inferences": ["labels", "reconstruction"], "audit.reconstruction_iterations": 5})
+    run_dir = run_scenario(s, out=tmp_path / "run", progress=False)
+    line = json.loads((run_dir / "rounds.jsonl").read_text().splitlines()[0])
+    assert {c["client"] for c in line["inferences"]["labels"]["clients"]} == {0, 1, 2}
+    summary = RunSummary.from_dict(json.loads((run_dir / "summary.json").read_text()))
+    labels, rec = summary.inferences["labels"], summary.inferences["reconstruction"]
+    assert labels.family == "property" and labels.metrics["client_rounds"] == 3
+    assert rec.rounds == 1 and rec.metrics["client_rounds"] == 1 and rec.metrics["iterations"] == 5
+    html = (run_dir / "report.html").read_text()
+    assert "Beyond membership" in html and "Data extraction" in html and "not measured" in html
+    assert "Attribute inference" in html

@@ -21,6 +21,10 @@ its line of ``rounds.jsonl`` (:class:`fedaudit.schema.RoundLine`); a round whose
 model is never audited again, so a restarted auditor neither loses nor double-counts a round. A client whose
 weights (or outputs) are not finite is flagged in ``non_finite_clients`` and left out of the attack; a failed
 client simply is not among the replies.
+
+After the membership attacks, the inferences beyond membership named in ``[audit] inferences``
+(:mod:`fedaudit.inferences`: labels, reconstruction, attributes) run on the same round in this process, and their
+results go into the round's line under ``inferences`` (an inference that fails records its error there).
 """
 
 from __future__ import annotations

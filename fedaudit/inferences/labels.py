@@ -26,7 +26,7 @@ import numpy as np
 
 from fedaudit.inferences.base import Inference, register_inference
 
-SHADOWS = 48          # shadow clients simulated per round
+SHADOWS = 32          # shadow clients simulated per round
 PROBE = 256           # population records whose mean prediction is a feature
 RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 FEDERATIONS = 200     # averaged shadow clients that calibrate the reading of a global update

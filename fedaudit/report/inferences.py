@@ -74,4 +74,32 @@ def beyond_membership_section(run) -> str | None:
     return section("beyond-membership", "Beyond membership", body)
 
 
-__all__ = ["NOT_MEASURED", "beyond_membership_rows", "beyond_membership_section"]
+def attribute_section(summary: dict) -> str | None:
+    """A single-model audit's attribute inference (``audit-model --sensitive-attribute``), or None."""
+    entry = (summary.get("inferences") or {}).get("attributes")
+    if not isinstance(entry, dict) or not isinstance(entry.get("last"), dict):
+        return None
+    from fedaudit.inferences.attributes import AttributeInference
+
+    last, rows = entry["last"], []
+    for group in ("members", "nonmembers"):
+        g = last.get(group) or {}
+        for attack in ("white-box", "trained", "imputation"):
+            a = g.get(attack) or {}
+            ci = a.get("accuracy_ci") or [None, None]
+            adv = a.get("advantage_ci") or [None, None]
+            rows.append([esc(group), esc(attack), _num(a.get("accuracy")) + (f" [{_num(ci[0])}, {_num(ci[1])}]"
+                                                                             if ci[0] is not None else ""),
+                         _num(a.get("auc")), "-" if a.get("advantage") is None else
+                         f"{a['advantage']:+.3f} [{adv[0]:+.3f}, {adv[1]:+.3f}]"])
+    body = (f"<p>{esc(AttributeInference().finding(entry))}</p>"
+            + table(["records", "inference", "accuracy [95% CI]", "AUC", "advantage over imputation [95% CI]"],
+                    rows))
+    return section("beyond-membership", "Attribute inference", body)
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{float(v):.3f}"
+
+
+__all__ = ["NOT_MEASURED", "attribute_section", "beyond_membership_rows", "beyond_membership_section"]

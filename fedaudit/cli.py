@@ -107,7 +107,8 @@ def cmd_audit_model(args) -> int:
                                   optimizer=args.optimizer, seed=args.seed, parallel=args.parallel)
     file_options = {} if args.format == "auto" else {"format": args.format}
     run_dir = run_model_audit(args.model, args.members, args.nonmembers, args.population, args.out,
-                              settings=settings, file_options=file_options)
+                              settings=settings, file_options=file_options,
+                              sensitive_attribute=args.sensitive_attribute)
     import json
 
     from fedaudit.report.console import model_lines
@@ -196,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--optimizer", default="adam", help="reference models' optimizer")
     a.add_argument("--parallel", action="store_true", help="train reference models as tasks on a local Ray")
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--sensitive-attribute", type=int, metavar="COLUMN",
+                   help="also infer this feature column through the model, against imputation from the others")
     a.add_argument("--out", help="the run directory (default: runs/<model>-audit-<timestamp>)")
     a.set_defaults(func=cmd_audit_model)
 

@@ -103,6 +103,10 @@ class AuditConfig:
     layers: list = field(default_factory=list)      # layers whose outputs give activation features (1-based)
     canaries: int = 0               # canary clients added to every aggregation (0: none), see fedaudit.canaries
     active: ActiveConfig = field(default_factory=ActiveConfig)   # [audit.active]: the deviating adversaries
+    inferences: list = field(default_factory=lambda: ["labels"])  # beyond membership (fedaudit.inferences)
+    sensitive_attribute: str = ""         # the attribute inference's column (index or name; "": none), tabular data
+    reconstruction_clients: int = 1       # clients whose update the reconstruction inverts per audited round
+    reconstruction_iterations: int = 300  # optimisation steps per reconstruction (its cost bound)
 
 
 @dataclass
@@ -206,6 +210,10 @@ def _coerce(path: str, value, default):
     return copy.deepcopy(value)
 
 
+#: keys that take a column index or a column name (an index is kept as its digits)
+INDEX_OR_NAME = {"audit.sensitive_attribute"}
+
+
 def _section(name: str, raw, cls):
     if not isinstance(raw, dict):
         raise ConfigError(f"{name}: expected a table, got {raw!r}")
@@ -225,6 +233,8 @@ def _section(name: str, raw, cls):
                 if opt in options:
                     raise ConfigError(f"{opt_path}: given twice (also as {name}.{_key_text(opt)})")
                 options[opt] = copy.deepcopy(v)
+        elif key in known and path in INDEX_OR_NAME and isinstance(value, int) and not isinstance(value, bool):
+            values[key] = str(value)                  # a column index, kept as text beside column names
         elif key in known and is_dataclass(getattr(defaults, key)):    # a sub-table ([audit.active])
             values[key] = _section(path, value, type(getattr(defaults, key)))
         elif key in known:
@@ -286,6 +296,7 @@ def validate(s: Scenario) -> Scenario:
     for at in a.attacks:
         _check(isinstance(at, str) and at in allowed, "audit.attacks",
                f"unknown attack {at!r}; allowed: {', '.join(allowed)}")
+    _validate_inferences(a)
     _check(0 < a.attack_fraction < 1, "audit.attack_fraction", f"must be in (0, 1), got {a.attack_fraction}")
     _check(a.reference_models >= 0, "audit.reference_models", f"must be >= 0, got {a.reference_models}")
     _check(a.folds >= 2, "audit.folds", f"must be at least 2, got {a.folds}")
@@ -313,6 +324,23 @@ def validate(s: Scenario) -> Scenario:
     _check(bool(re.match(r"^[A-Za-z0-9_.-]+$", s.name)), "name",
            f"got {s.name!r}; allowed: letters, digits, '.', '_' and '-'")
     return s
+
+
+def _validate_inferences(a: AuditConfig) -> None:
+    """``[audit] inferences`` against the registry (:mod:`fedaudit.inferences`) and their settings."""
+    from fedaudit.inferences.base import inference_names
+
+    allowed = inference_names()
+    _check(isinstance(a.inferences, list), "audit.inferences", f"must be a list of names; allowed: {', '.join(allowed)}")
+    for name in a.inferences:
+        _check(isinstance(name, str) and name in allowed, "audit.inferences",
+               f"unknown inference {name!r}; allowed: {', '.join(allowed)}")
+    _check(len(set(a.inferences)) == len(a.inferences), "audit.inferences", f"names an inference twice: {a.inferences}")
+    for key in ("reconstruction_clients", "reconstruction_iterations"):
+        v = getattr(a, key)
+        _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"audit.{key}", f"must be at least 1, got {v!r}")
+    _check("attributes" not in a.inferences or a.sensitive_attribute != "", "audit.inferences",
+           "\"attributes\" needs audit.sensitive_attribute (a column index or name)")
 
 
 def _validate_secagg(s: Scenario) -> None:

@@ -201,6 +201,7 @@ class RoundLine:
     wall_seconds: float | None = None
     audit_seconds: float | None = None
     views: dict = field(default_factory=dict)  # {threat model: ViewResult}
+    inferences: dict = field(default_factory=dict)  # {inference: its round's object} (fedaudit.inferences)
     schema_version: int = SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
 
@@ -232,6 +233,8 @@ class RoundLine:
     def to_dict(self) -> dict:
         out = _out(self)
         views = out.pop("views")
+        if not out.get("inferences"):
+            out.pop("inferences", None)
         out.update(views)
         return out
 
@@ -369,6 +372,31 @@ class PrivacyEstimate:
 
 
 @dataclass
+class InferenceSummary:
+    """One entry of ``summary.json``'s ``inferences`` (an inference beyond membership, :mod:`fedaudit.inferences`):
+    its attack family, the rounds it measured and its figures (each inference's own keys, in ``metrics``)."""
+
+    family: str | None = None                 # a key of fedaudit.inferences.base.FAMILIES
+    title: str | None = None
+    description: str | None = None
+    rounds: int = 0
+    not_measured: str | None = None           # why no round measured it
+    errors: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "InferenceSummary":
+        known, metrics = _split(cls, data)
+        known.pop("metrics", None)
+        known["rounds"] = int(known.get("rounds") or 0)
+        return cls(**known, metrics={**(data.get("metrics") or {}), **metrics})
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in _out(self).items() if k != "metrics" and (v is not None and v != [] or k == "rounds")}
+        return {**self.metrics, **out}
+
+
+@dataclass
 class RunSummary:
     """``summary.json`` of a federated run."""
 
@@ -383,6 +411,7 @@ class RunSummary:
     classes: Any = None
     dp: dict | None = None
     privacy: dict | None = None
+    inferences: dict = field(default_factory=dict)      # {inference: InferenceSummary}, beyond membership
     schema_version: int = SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
 
@@ -392,11 +421,16 @@ class RunSummary:
         known["threat_models"] = {k: ViewSummary.from_dict(v) for k, v in (known.get("threat_models") or {}).items()
                                   if isinstance(v, dict)}
         known["risk"] = metrics_summary(known.get("risk")) or {}
+        known["inferences"] = {k: InferenceSummary.from_dict(v) for k, v in (known.get("inferences") or {}).items()
+                               if isinstance(v, dict)}
         known.setdefault("schema_version", 1)
         return cls(**known, extra=extra)
 
     def to_dict(self) -> dict:
-        return _out(self, drop_none=("secure_aggregation", "dp", "privacy"))
+        out = _out(self, drop_none=("secure_aggregation", "dp", "privacy"))
+        if not out.get("inferences"):
+            out.pop("inferences", None)           # runs that measured none read as before
+        return out
 
     def view(self, name: str) -> ViewSummary | None:
         return self.threat_models.get(name)
@@ -574,7 +608,7 @@ def write_status(path, status: RunStatus) -> Path:
     return _write_object(_file(path, STATUS_FILE), status.to_dict())
 
 
-__all__ = ["ClientResult", "DpSummary", "HEADLINE_KEYS", "PrivacyEstimate", "ROUNDS_FILE", "RUN_STATES", "RoundLine", "RunStatus", "RunSummary",
+__all__ = ["ClientResult", "DpSummary", "HEADLINE_KEYS", "InferenceSummary", "PrivacyEstimate", "ROUNDS_FILE", "RUN_STATES", "RoundLine", "RunStatus", "RunSummary",
            "SCHEMA_VERSION", "SEP", "STATUS_FILE", "SUMMARY_FILE", "read_rounds", "read_status", "read_summary",
            "round_number", "update_summary", "write_status", "write_summary", "ViewResult", "ViewSummary", "headline_of",
            "metrics_summary", "normalise_line", "parse_round_key", "round_key"]

@@ -41,7 +41,7 @@ from fedaudit.auditor.sources import CALIBRATED, LOWEST_LOSS, attribute_sources,
 from fedaudit.auditor.state import AUDIT_DIR, load_round, round_path, saved_rounds, stack_rounds
 from fedaudit.config import load_scenario
 from fedaudit.metrics import auc as auc_of
-from fedaudit.rundir import atomic_save_npy, atomic_save_npz, atomic_write_text, json_safe
+from fedaudit.rundir import atomic_save_npy, atomic_save_npz, atomic_write_text, json_safe, read_jsonl
 from fedaudit.schema import RunSummary, round_key
 from fedaudit.threat_model import get_threat_model, ordered, strongest, threat_model_names
 from fedaudit.twins import audited_here
@@ -388,6 +388,10 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
         summary["dp"] = {"mode": scenario.dp.mode, "noise_multiplier": scenario.dp.noise_multiplier,
                          "clipping_norm": scenario.dp.clipping_norm, "delta": scenario.dp.delta,
                          "accountant_epsilon": None}
+    if scenario.audit.inferences:
+        from fedaudit.inferences.base import summarize_rounds
+
+        summary["inferences"] = summarize_rounds(scenario.audit.inferences, read_jsonl(run_dir / "rounds.jsonl"))
     client_view = views.get(client_tm) if client_tm else next(iter(views.values()), None)
     summary = RunSummary.from_dict(json_safe(summary)).to_dict()
     if write:
@@ -398,8 +402,6 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
 def _round_clients(run_dir: Path, data: dict, records: AuditRecords) -> dict:
     """{round: the clients that replied}: rounds.jsonl's ``clients``, else the server's audited clients, else
     (neither recorded) every client."""
-    from fedaudit.rundir import read_jsonl
-
     lines = {row.get("round"): row for row in read_jsonl(run_dir / "rounds.jsonl")}
     out = {}
     for t, d in data.items():

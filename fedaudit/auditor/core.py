@@ -21,6 +21,10 @@ its line of ``rounds.jsonl`` (:class:`fedaudit.schema.RoundLine`); a round whose
 model is never audited again, so a restarted auditor neither loses nor double-counts a round. A client whose
 weights (or outputs) are not finite is flagged in ``non_finite_clients`` and left out of the attack; a failed
 client simply is not among the replies.
+
+After the membership attacks, the inferences beyond membership named in ``[audit] inferences``
+(:mod:`fedaudit.inferences`: labels, reconstruction, attributes) run on the same round in this process, and their
+results go into the round's line under ``inferences`` (an inference that fails records its error there).
 """
 
 from __future__ import annotations
@@ -124,6 +128,11 @@ class AuditCore:
         self.executor = executor or InlineExecutor()
         self.data = data if data is not None else (x, y)
         self.feature_names: list | None = None
+        # the inferences beyond membership (fedaudit.inferences): the audited records and, built on first use, the
+        # adversary's copy of a client's local training
+        self.inferences = list(a.inferences) if a.enabled else []
+        self._inference_xy = (x, y) if self.inferences else None
+        self._simulator = None
         path = self.run_dir / AUDIT_DIR / "records.npz"
         if not path.exists():
             records.save(path)
@@ -201,6 +210,11 @@ class AuditCore:
         for tm in self.threat_models:
             out[tm] = ViewResult.from_dict(self.views[tm].audit(self, ctx)).to_dict()
         out["non_finite_clients"] = ctx.non_finite
+        if self.inferences:
+            from fedaudit.inferences.base import run_round
+
+            with timing.phase("inferences"):
+                out["inferences"] = run_round(self, ctx, self.inferences)
         if self.skipped_attacks:
             out["skipped_attacks"] = self.skipped_attacks
         with timing.phase("io"):
@@ -222,6 +236,19 @@ class AuditCore:
         from fedaudit.auditor.shard import Job
 
         return Job(key, np.arange(len(self.records))), weights
+
+    def inference_data(self) -> tuple:
+        """The audited records (x, y), aligned with :attr:`records`, for the inferences beyond membership."""
+        return self._inference_xy
+
+    def inference_simulator(self):
+        """The adversary's copy of a client's local training (:class:`fedaudit.inferences.simulate.LocalSimulator`),
+        built once (it loads TensorFlow)."""
+        if self._simulator is None:
+            from fedaudit.inferences.simulate import LocalSimulator
+
+            self._simulator = LocalSimulator(self.scenario, self.spec.input_shape, self.num_classes)
+        return self._simulator
 
     def finish(self) -> dict:
         from fedaudit.auditor.aggregate import aggregate_run

@@ -100,11 +100,47 @@ def _records_csv(records, logits, scores: dict, risk: np.ndarray) -> str:
     return buffer.getvalue()
 
 
+def _attribute_inference(model, records, population, column: int, classes: int, seed: int) -> dict:
+    """The attribute inference on the audited model: fitted on the population records (without any, on half the
+    non-members), scored on the members and the other non-members."""
+    import tensorflow as tf
+
+    from fedaudit.inferences.attributes import AttributeInference, infer_attribute
+    from fedaudit.models.keras_file import ends_in_softmax
+
+    softmax = ends_in_softmax(model)
+
+    def probs(z):
+        out = model(np.asarray(z, dtype=np.float32), training=False)
+        return np.asarray(out if softmax else tf.nn.softmax(out), dtype=np.float64)
+
+    m = records.member
+    x, y = [records.x[m], records.x[~m]], [records.y[m], records.y[~m]]
+    member = [np.ones(int(m.sum()), bool), np.zeros(int((~m).sum()), bool)]
+    fit = [np.zeros(int(m.sum()), bool), np.zeros(int((~m).sum()), bool)]
+    if population is not None:
+        x.append(population[0]), y.append(np.asarray(population[1])), member.append(np.zeros(len(population[1]), bool))
+        fit.append(np.ones(len(population[1]), bool))
+    else:
+        fit[1][np.random.default_rng(seed).permutation(fit[1].size)[: fit[1].size // 2]] = True
+    width = int(np.prod(records.x.shape[1:]))
+    if not 0 <= column < width:
+        raise ConfigError(f"--sensitive-attribute: column {column} is outside the records' {width} feature columns "
+                          f"(allowed: 0..{width - 1})")
+    result = infer_attribute(probs, np.concatenate(x), np.concatenate(y).astype(np.int64), column,
+                             np.concatenate(member), np.concatenate(fit), classes, seed=seed)
+    inf = AttributeInference()
+    return {"family": inf.family, "title": inf.title, "description": inf.description, "rounds": 1,
+            "last_round": None, "last": result, "fitted_on": "population" if population is not None else
+            "half of the non-members"}
+
+
 def run_model_audit(model_path, members, nonmembers, population=None, out=None, *,
                     settings: ModelAuditSettings | None = None, file_options: dict | None = None,
-                    report: bool = True) -> Path:
+                    report: bool = True, sensitive_attribute: int | None = None) -> Path:
     """Audit the model saved at ``model_path`` on the member and non-member files with :func:`audit`; return
-    the run directory."""
+    the run directory. ``sensitive_attribute`` (a feature column): also infer it through the model, against
+    imputation (:mod:`fedaudit.inferences.attributes`), into ``summary.json``'s ``inferences``."""
     from fedaudit.metrics import summarize
     from fedaudit.models.keras_file import check_model_file
     from fedaudit.rundir import atomic_save_npy, atomic_write_text, json_safe
@@ -114,6 +150,9 @@ def run_model_audit(model_path, members, nonmembers, population=None, out=None, 
     check_model_file(model_path, "MODEL")
     run_dir = resolve_out(out, model_path)
     records, population = load_inputs(members, nonmembers, population, file_options)
+    width = int(np.prod(records.x.shape[1:]))
+    if sensitive_attribute is not None and not (isinstance(sensitive_attribute, int) and 0 <= sensitive_attribute < width):
+        raise ConfigError(f"--sensitive-attribute: got {sensitive_attribute!r}; allowed: a feature column 0..{width - 1}")
 
     # TensorFlow from here on
     from fedaudit.models.keras_file import check_shapes, ends_in_softmax, load_keras_model
@@ -152,6 +191,9 @@ def run_model_audit(model_path, members, nonmembers, population=None, out=None, 
         "risk": summarize(risk[m & np.isfinite(risk)], risk[~m & np.isfinite(risk)]).to_dict(),
         "seconds": round(time.time() - started, 3),
     }
+    if sensitive_attribute is not None:
+        summary["inferences"] = {"attributes": _attribute_inference(saved, records, pop, int(sensitive_attribute),
+                                                                    classes, settings.seed)}
     atomic_write_text(run_dir / "records.csv", _records_csv(records, logits, scores, risk))
     atomic_save_npy(run_dir / "member_probs.npy", risk[m].astype(np.float32))
     atomic_save_npy(run_dir / "nonmember_probs.npy", risk[~m].astype(np.float32))

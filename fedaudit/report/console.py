@@ -60,6 +60,11 @@ def model_lines(summary: dict, report: Path | None = None) -> list[str]:
     acc = summary.get("model", {}).get("member_accuracy"), summary.get("model", {}).get("nonmember_accuracy")
     if all(finite(a) for a in acc):
         lines.append(f"model accuracy {acc[0]:.3f} on members, {acc[1]:.3f} on non-members")
+    attributes = (summary.get("inferences") or {}).get("attributes")
+    if attributes:
+        from fedaudit.inferences.attributes import AttributeInference
+
+        lines.append("attribute inference: " + AttributeInference().finding(attributes))
     if report is not None:
         lines.append(f"report: {report}")
     return lines

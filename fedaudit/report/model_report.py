@@ -18,6 +18,7 @@ from fedaudit import plots
 from fedaudit.errors import FedAuditError
 from fedaudit.metrics import auc as auc_of
 from fedaudit.metrics import roc_curve
+from fedaudit.report.inferences import attribute_section
 from fedaudit.report.fmt import level_rules_html, count, esc, f3, finite, pct
 from fedaudit.risk import LEVEL_TEXT, risk_level
 from fedaudit.report.html import figure, kv_table, missing, page, section, table, toc
@@ -207,6 +208,9 @@ def render(summary: dict, records: dict | None, figures: dict, run_dir: Path) ->
         ["Row in the members file", "Label", "Loss", "Membership probability"], rows, numeric={0, 2, 3},
         id_="top-records") + '<p class="note">Row: the record\'s line in the members file, so the data controller can '
         "find the person.</p>") if rows else missing("No member has a membership probability."))
+    beyond = attribute_section(summary)
+    if beyond:
+        body += beyond
     rules = level_rules_html()
     body += section("method", "How to read this report", (
         "<p>A membership-inference attack tries to tell whether a record was in the model's training data. Attacks "
@@ -216,6 +220,8 @@ def render(summary: dict, records: dict | None, figures: dict, run_dir: Path) ->
     entries = [("summary", "Summary"), ("headline-section", "Risk per attack"), ("audited", "What was audited"),
                ("distributions", "Distributions"), ("risk-classes", "Per class"), ("records", "Records at risk"),
                ("method", "How to read")]
+    if beyond:
+        entries.insert(len(entries) - 1, ("beyond-membership", "Attribute inference"))
     name = Path(summary.get("model", {}).get("path") or run_dir.name).name
     subtitle = (f"Model <strong>{esc(name)}</strong> &middot; one trained model, "
                 f"{len(summary.get('attacks') or {})} attack(s)")

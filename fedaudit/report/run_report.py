@@ -13,6 +13,7 @@ from fedaudit.report import figures as F
 from fedaudit.report.fmt import level_rules_html, count, eps, esc, f3, finite, num, pct, pct_ci
 from fedaudit.report.html import figure, kv_table, missing, page, section, table, toc
 from fedaudit.report.deviation import deviation_paragraphs, deviation_section
+from fedaudit.report.inferences import beyond_membership_section
 from fedaudit.report.narrative import summarize_run
 from fedaudit.report.rundata import RunData, _as_float_array, load_run, tm_title
 from fedaudit.risk import LEVEL_TEXT, empirical_epsilon, risk_level
@@ -506,6 +507,10 @@ def render_report(run: RunData, plots: dict) -> str:
     entries += [("audited", "What was audited"), ("risk-rounds", "Over rounds"), ("risk-clients", "Per client"),
                 ("risk-classes", "Per class"), ("distributions", "Distributions"), ("records", "Records at risk"),
                 ("method", "How to read")]
+    beyond = beyond_membership_section(run)       # before "How to read"
+    if beyond:
+        sections.insert(len(sections) - 1, beyond)
+        entries.insert(len(entries) - 1, ("beyond-membership", "Beyond membership"))
     subtitle = (f"Scenario <strong>{esc(run.name)}</strong> &middot; federated learning, "
                 f"{esc(run.scenario.federation.clients) if run.scenario else '?'} clients, "
                 f"{run.rounds_done} round{'s' if run.rounds_done != 1 else ''} &middot; "

@@ -282,15 +282,26 @@ def saturated_inputs(seed=0, n=1000, m=1000, R=4, C=10, boost=3.0, centre=8.0, s
 def test_rmia_temperature_undoes_saturation_and_keeps_chance_without_signal():
     """At T = 1 a confident target's true-class probabilities sit near 1 and the ratio follows the reference
     models; the temperature the reference-model game picks restores the ranking (and finds nothing in noise)."""
+    from fedaudit.metrics import summarize
+
     def roc_auc(name, inputs, member, **kw):
         s = run_score_attack(name, inputs, **kw)
         return auc(s[member], s[~member])
 
+    def low_fpr(name, inputs, member, **kw):
+        s = run_score_attack(name, inputs, **kw)
+        return summarize(s[member], s[~member])
+
     online, offline, member = saturated_inputs()
     loss = roc_auc("loss", online, member)
+    loss_1pct = low_fpr("loss", online, member)
     for name, inputs in (("rmia-online", online), ("rmia-offline", offline)):
         plain, tuned = roc_auc(name, inputs, member, temperature=1.0), roc_auc(name, inputs, member)
         assert tuned > plain + 0.05 and tuned > loss, (name, plain, tuned, loss)
+        # at 1% FPR: the tuned attack names more than twice the loss threshold's members; at T = 1 it names fewer
+        weak, strong = low_fpr(name, inputs, member, temperature=1.0), low_fpr(name, inputs, member)
+        assert strong.tpr_at_1pct_ci[0] > 2 * loss_1pct.tpr_at_1pct, (name, strong.tpr_at_1pct, loss_1pct.tpr_at_1pct)
+        assert weak.tpr_at_1pct_ci[1] < loss_1pct.tpr_at_1pct_ci[0], (name, weak.tpr_at_1pct, loss_1pct.tpr_at_1pct)
     t, a, table = tune_rmia(online.reference_logits, online.labels, online.in_mask(), offline=False)
     assert t > 1 and table[(t, a)] == max(table.values())
     online, offline, member = saturated_inputs(seed=1, signal=False)

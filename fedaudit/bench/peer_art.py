@@ -14,6 +14,13 @@ Peer: ART's ``MembershipInferenceBlackBox`` (``attack_model_type`` "rf" and "gb"
 gradient boosting with ART's default settings, seeded here), fed the target's softmax outputs (``pred=``) so that no
 ART estimator wrapper of the Keras model is needed. Install it with ``pip install "fedaudit[bench]"``.
 Seconds per target are wall-clock on this machine: compare them as ratios within one run.
+
+``--targets N --seed S --family F``: instead of the fixed targets (seeds 0-3, which the attacks were developed on),
+N targets drawn with seed S from a family of configurations (:func:`draw_targets`); long-tailed ones also run
+LiRA and RMIA, offline and online. Besides the pooled table, each attack's TPR at 1% FPR is compared per target
+with the loss threshold's and the best ART attack's. Pooling concatenates the targets' scores, so an attack whose
+scores mean different things on different targets loses there what it wins on each: the per-target counts (and
+``per_target`` in the JSON) show both.
 """
 
 from __future__ import annotations

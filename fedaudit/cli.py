@@ -139,7 +139,11 @@ def cmd_bench(args) -> int:
     module = importlib.import_module(f"fedaudit.bench.{args.what}")
     if args.peer is not None and args.what != "attacks":
         raise ConfigError(f"--peer: only `fedaudit bench attacks` compares against a peer library, not {args.what}")
-    module.run(json_path=args.json, quick=args.quick, **({"peer": args.peer} if args.peer is not None else {}))
+    if args.targets is not None and args.peer is None:
+        raise ConfigError("--targets: draws targets for the peer comparison; use it with --peer art")
+    extra = {} if args.peer is None else {"peer": args.peer, "targets": args.targets, "seed": args.seed,
+                                          "family": args.family}
+    module.run(json_path=args.json, quick=args.quick, **extra)
     return 0
 
 
@@ -217,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="a smaller workload (for smoke tests)")
     b.add_argument("--peer", choices=("art",), help="attacks: fedaudit's attacks beside a peer library's "
                                                   "(art: IBM ART, the bench extra)")
+    b.add_argument("--targets", type=int, help="attacks --peer: draw this many targets of random seeds from "
+                                               "--family and pool them")
+    b.add_argument("--seed", type=int, default=0, help="attacks --peer --targets: the seed the targets are drawn with")
+    b.add_argument("--family", default="mixed", choices=("tutorial", "purchase", "longtail", "mixed"),
+                   help="attacks --peer --targets: tutorial (the tutorial's shape, fresh seeds), purchase (feature and "
+                        "class counts, noise, widths, epochs around it), longtail (Zipf subgroups, label noise) "
+                        "or mixed (half purchase, half longtail)")
     b.set_defaults(func=cmd_bench)
     return p
 

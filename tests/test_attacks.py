@@ -10,7 +10,7 @@ from fedaudit.attacks import ALIASES, SCORE_ATTACKS, AttackInputs, run_score_att
 from fedaudit.attacks.reference_models import (
     cache_key, prepare_reference_logits, reference_design, train_reference_models,
 )
-from fedaudit.attacks.rmia import rmia_scores, tune_offline_a
+from fedaudit.attacks.rmia import rmia_scores, tune_offline_a, tune_rmia
 from fedaudit.attacks.scores import logit_confidence, loss, true_class_prob
 from fedaudit.errors import AttackError, ConfigError
 from fedaudit.metrics import auc
@@ -167,8 +167,8 @@ def test_rmia_offline_tunes_a_on_reference_models():
     assert len(table) == 11 and a in table and table[a] == max(table.values())
     assert table[a] > 0.6
     assert tune_offline_a(p_ref, None) == (0.3, {})
-    fixed = run_score_attack("rmia-offline", offline, a=a)
-    tuned = run_score_attack("rmia-offline", offline)
+    fixed = run_score_attack("rmia-offline", offline, a=a, temperature=1.0)
+    tuned = run_score_attack("rmia-offline", offline, temperature=1.0)
     assert np.allclose(fixed, tuned)
 
 
@@ -252,3 +252,58 @@ def test_one_per_record_gaussian_fit_serves_lira_reference_and_fedmia():
     np.testing.assert_allclose(record_gaussians(values, variance="mle")[1], [np.sqrt(8 / 3), MIN_STD, MIN_STD, MIN_STD])
     mean, sd = record_gaussians(np.array([[np.nan, 1.0]]), variance="pooled", pooled_fallback=1.0)
     assert np.isnan(mean[0]) and mean[1] == 1.0 and sd[1] == 1.0     # no record with two values: the fallback
+
+
+def saturated_inputs(seed=0, n=1000, m=1000, R=4, C=10, boost=3.0, centre=8.0, signal=True):
+    """A confident target: true-class margins around ``centre`` (p above 0.99 for most records at T = 1), each
+    record with its own difficulty; members (and a reference model's IN records) gain ``boost``."""
+    rng = np.random.default_rng(seed)
+
+    def logits(margin, labels):
+        z = rng.normal(0, 0.3, margin.shape + (C,))
+        np.put_along_axis(z, np.broadcast_to(labels[:, None], z.shape[:-1] + (1,)), margin[..., None], axis=-1)
+        return z
+
+    yx, yz = rng.integers(0, C, n), rng.integers(0, C, m)
+    bx, bz = rng.normal(centre, 2.0, n), rng.normal(centre, 2.0, m)
+    member = rng.random(n) < 0.5
+    xin, zin = rng.random((R, n)).argsort(axis=0) < R // 2, rng.random((R, m)) < 0.5
+    b = boost if signal else 0.0
+    common = dict(target_logits=logits(bx + b * member + rng.normal(0, 1, n), yx), labels=yx,
+                  population_logits=logits(bz + rng.normal(0, 1, m), yz), population_labels=yz,
+                  reference_population_logits=logits(bz + b * zin + rng.normal(0, 1, (R, m)), yz),
+                  reference_population_in=zin)
+    online = AttackInputs(**common, reference_logits=logits(bx + b * xin + rng.normal(0, 1, (R, n)), yx),
+                          reference_in=xin)
+    offline = AttackInputs(**common, reference_logits=logits(bx + rng.normal(0, 1, (R, n)), yx))
+    return online, offline, member
+
+
+def test_rmia_temperature_undoes_saturation_and_keeps_chance_without_signal():
+    """At T = 1 a confident target's true-class probabilities sit near 1 and the ratio follows the reference
+    models; the temperature the reference-model game picks restores the ranking (and finds nothing in noise)."""
+    from fedaudit.metrics import summarize
+
+    def roc_auc(name, inputs, member, **kw):
+        s = run_score_attack(name, inputs, **kw)
+        return auc(s[member], s[~member])
+
+    def low_fpr(name, inputs, member, **kw):
+        s = run_score_attack(name, inputs, **kw)
+        return summarize(s[member], s[~member])
+
+    online, offline, member = saturated_inputs()
+    loss = roc_auc("loss", online, member)
+    loss_1pct = low_fpr("loss", online, member)
+    for name, inputs in (("rmia-online", online), ("rmia-offline", offline)):
+        plain, tuned = roc_auc(name, inputs, member, temperature=1.0), roc_auc(name, inputs, member)
+        assert tuned > plain + 0.05 and tuned > loss, (name, plain, tuned, loss)
+        # at 1% FPR: the tuned attack names more than twice the loss threshold's members; at T = 1 it names fewer
+        weak, strong = low_fpr(name, inputs, member, temperature=1.0), low_fpr(name, inputs, member)
+        assert strong.tpr_at_1pct_ci[0] > 2 * loss_1pct.tpr_at_1pct, (name, strong.tpr_at_1pct, loss_1pct.tpr_at_1pct)
+        assert weak.tpr_at_1pct_ci[1] < loss_1pct.tpr_at_1pct_ci[0], (name, weak.tpr_at_1pct, loss_1pct.tpr_at_1pct)
+    t, a, table = tune_rmia(online.reference_logits, online.labels, online.in_mask(), offline=False)
+    assert t > 1 and table[(t, a)] == max(table.values())
+    online, offline, member = saturated_inputs(seed=1, signal=False)
+    for name, inputs in (("rmia-online", online), ("rmia-offline", offline)):
+        assert abs(roc_auc(name, inputs, member) - 0.5) < 0.06, name

@@ -60,3 +60,26 @@ def test_quick_peer_bench_side_by_side(tmp_path, capsys):
     # the overfit quick target leaks: every attack that reads it does better than chance
     assert figures["attacks"]["ART rf"]["auc"] > 0.6 and figures["attacks"]["meminf whitebox (stacked)"]["auc"] > 0.6
     assert "not measurable" in printed           # 100 non-members cannot measure 1% FPR
+
+
+def test_target_draws_are_seeded_varied_and_checked():
+    from fedaudit.bench.peer_art import draw_targets
+
+    a, b = draw_targets(8, 2027, "mixed"), draw_targets(8, 2027, "mixed")
+    assert a == b and a != draw_targets(8, 2028, "mixed")
+    assert len({t["seed"] for t in a}) == 8 and {t["kind"] for t in a} == {"purchase", "longtail"}
+    assert all(t["reference_models"] == 4 and t["options"]["subgroups"] > 1 for t in a if t["kind"] == "longtail")
+    tutorial = draw_targets(4, 1, "tutorial")
+    assert all((t["features"], t["classes"], t["members"], t["epochs"], t["widths"]) == (600, 20, 600, 40, None)
+               for t in tutorial)
+    with pytest.raises(ConfigError, match="--family"):
+        draw_targets(2, 0, "cifar")
+    with pytest.raises(ConfigError, match="--targets"):
+        draw_targets(0, 0, "mixed")
+
+
+def test_targets_without_peer_is_one_line_error(capsys):
+    from fedaudit.cli import main
+
+    assert main(["bench", "attacks", "--targets", "2"]) == 2
+    assert "--targets" in capsys.readouterr().err

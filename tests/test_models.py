@@ -24,6 +24,13 @@ def test_bad_model_requests():
         build_model("mlp", (64,), 10, depth=3)
     with pytest.raises(ModelError, match="image inputs"):
         build_model("cnn", (64,), 10)
+    with pytest.raises(ModelError, match="model.widths"):
+        build_model("purchase-fcn", (20,), 10, widths=[64, 32, 16])
+
+
+def test_purchase_fcn_takes_other_widths():
+    model = build_model("purchase-fcn", (20,), 5, seed=0, widths=[16, 12, 8, 4])
+    assert [w.shape for w in model.get_weights()[::2]] == [(20, 16), (16, 12), (12, 8), (8, 4), (4, 5)]
 
 
 def test_trainer_learns_and_resets_optimizer_but_not_learning_rate():

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from fedaudit.bench.common import report
+from fedaudit.errors import ConfigError
 
 ATTACKS = ("loss", "population", "reference", "lira-offline", "lira-online", "rmia-offline", "rmia-online")
 
@@ -106,13 +107,17 @@ def bench_scoring(n: int, repeats: int = 3) -> dict:
     return {"records": n, "reference_models": 4, "classes": 20, "attacks": out}
 
 
-def run(json_path: str | None = None, quick: bool = False, peer: str | None = None) -> dict:
+def run(json_path: str | None = None, quick: bool = False, peer: str | None = None, targets: int | None = None,
+        seed: int = 0, family: str = "mixed") -> dict:
     """Run both measurements, print a table, optionally write the figures as JSON; returns them.
-    With ``peer`` ("art"): fedaudit's attacks beside that library's instead (:mod:`fedaudit.bench.peer_art`)."""
+    With ``peer`` ("art"): fedaudit's attacks beside that library's instead (:mod:`fedaudit.bench.peer_art`), on
+    ``targets`` targets drawn from ``family`` with ``seed`` when given."""
     if peer is not None:
         from fedaudit.bench import peer_art
 
-        return peer_art.run(json_path=json_path, quick=quick, peer=peer)
+        return peer_art.run(json_path=json_path, quick=quick, peer=peer, targets=targets, seed=seed, family=family)
+    if targets is not None:
+        raise ConfigError("--targets: only with --peer (the peer comparison draws targets; this bench times)")
     w = workload(quick)
     training = bench_training(w)
     scoring = bench_scoring(w["score_records"])

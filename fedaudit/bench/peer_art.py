@@ -14,6 +14,13 @@ Peer: ART's ``MembershipInferenceBlackBox`` (``attack_model_type`` "rf" and "gb"
 gradient boosting with ART's default settings, seeded here), fed the target's softmax outputs (``pred=``) so that no
 ART estimator wrapper of the Keras model is needed. Install it with ``pip install "fedaudit[bench]"``.
 Seconds per target are wall-clock on this machine: compare them as ratios within one run.
+
+``--targets N --seed S --family F``: instead of the fixed targets (seeds 0-3, which the attacks were developed on),
+N targets drawn with seed S from a family of configurations (:func:`draw_targets`); long-tailed ones also run
+LiRA and RMIA, offline and online. Besides the pooled table, each attack's TPR at 1% FPR is compared per target
+with the loss threshold's and the best ART attack's. Pooling concatenates the targets' scores, so an attack whose
+scores mean different things on different targets loses there what it wins on each: the per-target counts (and
+``per_target`` in the JSON) show both.
 """
 
 from __future__ import annotations
@@ -37,6 +44,50 @@ def workload(quick: bool) -> dict:
                 "reference_models": 0, "attack_epochs": 5, "attack_min_steps": 100}
     return {"records": 2400, "features": 600, "classes": 20, "flip": 0.3, "members": 600, "epochs": 40, "targets": 4,
             "reference_models": 4, "attack_epochs": 30, "attack_min_steps": 2000}
+
+
+#: ``--family``: which targets ``--targets N`` draws (each with its own data, model and split seeds)
+FAMILIES = ("tutorial", "purchase", "longtail", "mixed")
+
+#: the long tail of the RMIA/LiRA comparisons: 8 Zipf subgroups per class, 5% of labels flipped
+LONGTAIL = {"subgroups": 8, "label_noise": 0.05}
+
+
+def draw_targets(n: int, seed: int, family: str = "mixed") -> list[dict]:
+    """``n`` target configurations drawn from ``family`` with ``seed``: the tutorial's shape (600 features,
+    20 classes, 600 members, purchase-fcn, 40 epochs) with fresh seeds only; ``purchase``: other feature and class
+    counts, bit-flip noise, hidden widths and training lengths around it; ``longtail``: synthetic-purchase with
+    Zipf subgroups and label noise (:data:`LONGTAIL`), 1,000 members; ``mixed``: half purchase, half long tail.
+    Every target gets its own seed, so no two draws share data, model or split. Only long-tail targets train
+    reference models (LiRA and RMIA, offline and online, 4 models each)."""
+    if family not in FAMILIES:
+        raise ConfigError(f"--family: unknown target family {family!r}; allowed: {', '.join(FAMILIES)}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"--targets: must be a positive integer; got {n!r}")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x7A6]))
+    out = []
+    for i in range(n):
+        kind = family if family != "mixed" else ("purchase", "longtail")[i % 2]
+        # reference models (LiRA, RMIA) only on the long tail, where they are compared with the loss threshold
+        base = dict(workload(False), targets=1, seed=int(rng.integers(0, 2 ** 31 - 1)), kind=kind, options={},
+                    widths=None, reference_models=4 if kind == "longtail" else 0)
+        if kind == "purchase":
+            scale = float(rng.choice([0.5, 1.0]))
+            base.update(features=int(rng.choice([300, 600, 1000])), classes=int(rng.choice([10, 20, 50])),
+                        flip=float(rng.choice([0.2, 0.3, 0.4])), epochs=int(rng.choice([20, 40, 60])),
+                        widths=None if scale == 1.0 else [int(w * scale) for w in (1024, 512, 256, 128)])
+        elif kind == "longtail":
+            base.update(features=int(rng.choice([300, 600])), classes=int(rng.choice([10, 20])), members=1000,
+                        records=4000, options=dict(LONGTAIL), epochs=int(rng.choice([30, 40])))
+        out.append(base)
+    return out
+
+
+def describe(cfg: dict) -> str:
+    widths = "" if not cfg.get("widths") else f" widths {'-'.join(map(str, cfg['widths']))},"
+    tail = "" if not cfg.get("options") else " " + ", ".join(f"{k} {v}" for k, v in cfg["options"].items()) + ","
+    return (f"{cfg.get('kind', 'tutorial')} seed {cfg.get('seed', 0)}: {cfg['features']} features, {cfg['classes']} "
+            f"classes, flip {cfg['flip']},{tail}{widths} {cfg['members']} members, {cfg['epochs']} epochs")
 
 
 def import_art():
@@ -84,10 +135,11 @@ def one_target(w: dict, t: int, timings: dict, logs) -> dict:
     from fedaudit.models import build_model, train_model
 
     d = load_dataset("synthetic-purchase", seed=t, records=w["records"], features=w["features"], classes=w["classes"],
-                     flip=w["flip"])
+                     flip=w["flip"], **w.get("options", {}))
     nm = w["members"]
+    model_options = {"widths": w["widths"]} if w.get("widths") else {}
     t0 = time.perf_counter()
-    model = build_model("purchase-fcn", d.input_shape, d.num_classes, seed=t)
+    model = build_model("purchase-fcn", d.input_shape, d.num_classes, seed=t, **model_options)
     train_model(model, d.x[:nm], d.y[:nm], epochs=w["epochs"], batch_size=64, seed=t)
     timings.setdefault("target training", []).append(time.perf_counter() - t0)
     handler = attack_data.from_arrays(d.x[:nm], d.y[:nm], d.x[nm:], d.y[nm:], batch_size=64, attack_percentage=50,
@@ -122,16 +174,17 @@ def one_target(w: dict, t: int, timings: dict, logs) -> dict:
     out["loss threshold"] = timed("loss threshold", lambda: loss_scores(zh, held.y))
     if w["reference_models"]:
         spare = handler.population_x[2 * handler.attack_size:], handler.population_y[2 * handler.attack_size:]
-        names = ("lira-offline", "rmia-offline")
+        names = ("lira-offline", "rmia-offline", "lira-online", "rmia-online")
 
         def reference():
             data = prepare_audit(model, held.members_x, held.members_y, held.nonmembers_x, held.nonmembers_y,
                                  x_population=spare[0], y_population=spare[1], attacks=names,
-                                 reference_models=w["reference_models"], model_name="purchase-fcn", model_options={},
+                                 reference_models=w["reference_models"], model_name="purchase-fcn",
+                                 model_options=model_options,
                                  epochs=w["epochs"], batch_size=64, seed=t, parallel=False, train_size=nm)
             return score_all(data, names)
 
-        ref = timed(f"lira/rmia-offline ({w['reference_models']} reference models)", reference)
+        ref = timed(f"lira/rmia ({w['reference_models']} + {w['reference_models']} reference models)", reference)
         out.update({f"{k} ({w['reference_models']} refs)": v for k, v in ref.items()})
     for kind in ("rf", "gb"):
         out[f"ART {kind}"] = timed(f"ART {kind}", lambda kind=kind: art_scores(
@@ -146,39 +199,95 @@ def rate(value: float, ci) -> str:
     return f"{100 * value:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
-def run(json_path: str | None = None, quick: bool = False, peer: str = "art") -> dict:
-    """Every attack and ART's beside each other, pooled over the workload's targets; prints the table."""
+def _pooled_rows(pooled: dict, label: str = "") -> tuple[list, dict]:
+    """One row per attack: AUC with its interval, TPR at 1% and 0.1% FPR with Clopper-Pearson intervals, over
+    the concatenated scores of the targets in ``pooled`` ({attack: ([member scores], [non-member scores])})."""
     from fedaudit.metrics import auc_interval, summarize
 
-    if peer not in PEERS:
-        raise ConfigError(f"--peer: unknown peer {peer!r}; allowed: {', '.join(PEERS)}")
-    import_art()   # before any training: a missing extra fails at once
-    w = workload(quick)
-    pooled, timings, accuracy = {}, {}, []
-    for t in range(w["targets"]):
-        with tempfile.TemporaryDirectory() as logs:   # the attack's TensorBoard curves: not kept
-            target = one_target(w, t, timings, Path(logs))
-        accuracy.append(target["accuracy"])
-        for name, (m, n) in target["scores"].items():
-            pooled.setdefault(name, ([], []))
-            pooled[name][0].append(m)
-            pooled[name][1].append(n)
-    rows = [("target", f"purchase-fcn on synthetic-purchase ({w['features']} features, {w['classes']} classes), "
-                       f"{w['members']} members, {w['epochs']} epochs, {w['targets']} target(s); train/test accuracy "
-                       f"{np.mean([a for a, _ in accuracy]):.2f}/{np.mean([b for _, b in accuracy]):.2f}")]
-    attacks = {}
+    rows, attacks = [], {}
     for name, (m, n) in pooled.items():
         s = summarize(np.concatenate(m), np.concatenate(n))
         lo, hi = auc_interval(s.auc, s.n_members, s.n_nonmembers)
         attacks[name] = {**s.to_dict(), "auc_ci": [lo, hi]}
-        rows.append((name, f"AUC {s.auc:.3f} [{lo:.3f}, {hi:.3f}]  TPR@1% {rate(s.tpr_at_1pct, s.tpr_at_1pct_ci)}  "
-                           f"TPR@0.1% {rate(s.tpr_at_0_1pct, s.tpr_at_0_1pct_ci)}"))
+        rows.append((f"{label}{name}", f"AUC {s.auc:.3f} [{lo:.3f}, {hi:.3f}]  TPR@1% "
+                                       f"{rate(s.tpr_at_1pct, s.tpr_at_1pct_ci)}  TPR@0.1% "
+                                       f"{rate(s.tpr_at_0_1pct, s.tpr_at_0_1pct_ci)}"))
+    return rows, attacks
+
+
+def _wins(per_target: list[dict]) -> dict:
+    """Per attack, on how many targets its TPR at 1% FPR is at least the loss threshold's and at least the best
+    ART attack's (each target's own held-out records)."""
+    out = {}
+    for t in per_target:
+        tpr = t["tpr_at_1pct"]
+        art = max(v for k, v in tpr.items() if k.startswith("ART"))
+        for name, v in tpr.items():
+            w = out.setdefault(name, {"targets": 0, "ge_loss": 0, "ge_art": 0})
+            w["targets"] += 1
+            w["ge_loss"] += int(v >= tpr["loss threshold"])
+            w["ge_art"] += int(v >= art)
+    return out
+
+
+def run(json_path: str | None = None, quick: bool = False, peer: str = "art", targets: int | None = None,
+        seed: int = 0, family: str = "mixed") -> dict:
+    """Every attack and ART's beside each other, pooled over the targets; prints the table.
+
+    Without ``targets``: the workload's fixed targets (seeds 0, 1, ...). With ``targets`` N: N targets drawn from
+    ``family`` with ``seed`` (:func:`draw_targets`), so that the figures come from targets nobody tuned on."""
+    from fedaudit.metrics import summarize
+
+    if peer not in PEERS:
+        raise ConfigError(f"--peer: unknown peer {peer!r}; allowed: {', '.join(PEERS)}")
+    if targets is not None:
+        configs = draw_targets(targets, seed, family)
+        if quick:
+            configs = [dict(c, **{k: v for k, v in workload(True).items() if k not in ("targets",)},
+                            options={}, widths=None) for c in configs]
+    else:
+        w = workload(quick)
+        configs = [dict(w, seed=t, kind="tutorial", options={}, widths=None) for t in range(w["targets"])]
+    import_art()   # before any training: a missing extra fails at once
+    pooled, by_kind, timings, accuracy, per_target = {}, {}, {}, [], []
+    for cfg in configs:
+        with tempfile.TemporaryDirectory() as logs:   # the attack's TensorBoard curves: not kept
+            target = one_target(cfg, cfg["seed"], timings, Path(logs))
+        accuracy.append(target["accuracy"])
+        tpr = {}
+        for name, (m, n) in target["scores"].items():
+            for bucket in (pooled, by_kind.setdefault(cfg["kind"], {})):
+                bucket.setdefault(name, ([], []))
+                bucket[name][0].append(m)
+                bucket[name][1].append(n)
+            tpr[name] = float(np.nan_to_num(summarize(m, n).tpr_at_1pct, nan=0.0))
+        per_target.append({"target": describe(cfg), "accuracy": target["accuracy"], "tpr_at_1pct": tpr})
+        print(f"  target {len(per_target)}/{len(configs)} {describe(cfg)}; train/test accuracy "
+              f"{target['accuracy'][0]:.2f}/{target['accuracy'][1]:.2f}", flush=True)
+    rows = [("targets", f"{len(configs)} x purchase-fcn on synthetic-purchase"
+                        + (f", drawn from family {family!r} with seed {seed}" if targets is not None else "")
+                        + f"; train/test accuracy {np.mean([a for a, _ in accuracy]):.2f}/"
+                          f"{np.mean([b for _, b in accuracy]):.2f}")]
+    pooled_rows, attacks = _pooled_rows(pooled)
+    rows += pooled_rows
+    kinds = {}
+    if len(by_kind) > 1:
+        for kind, bucket in by_kind.items():
+            kind_rows, kinds[kind] = _pooled_rows(bucket, f"[{kind}] ")
+            rows += kind_rows
+    wins = _wins(per_target)
+    for name, w in wins.items():
+        rows.append((f"TPR@1% per target: {name}", f">= loss threshold on {w['ge_loss']}/{w['targets']}, "
+                                                  f">= best ART on {w['ge_art']}/{w['targets']}"))
     first = next(iter(pooled.values()))
     rows.append(("scored", f"{sum(map(len, first[0]))} held-out members, {sum(map(len, first[1]))} non-members"))
     seconds = {k: float(np.mean(v)) for k, v in timings.items()}
     base = seconds["target training"]
     for name, value in seconds.items():
         rows.append((f"seconds: {name}", f"{value:.1f} s per target ({value / base:.2f}x the target's training)"))
-    figures = {"workload": w, "peer": peer, "attacks": attacks, "seconds_per_target": seconds,
-               "accuracy": accuracy}
-    return report(f"fedaudit bench attacks --peer {peer}", rows, figures, json_path)
+    figures = {"configs": configs, "family": family if targets is not None else None, "seed": seed, "peer": peer,
+               "attacks": attacks, "by_kind": kinds, "per_target": per_target, "wins_at_1pct": wins,
+               "seconds_per_target": seconds, "accuracy": accuracy}
+    title = f"fedaudit bench attacks --peer {peer}" + (f" --targets {targets} --seed {seed} --family {family}"
+                                                       if targets is not None else "")
+    return report(title, rows, figures, json_path)

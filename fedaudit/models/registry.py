@@ -94,11 +94,15 @@ def mlp(input_shape, num_classes, seed, hidden=(128, 64), activation="relu"):
 
 
 @register_model("purchase-fcn")
-def purchase_fcn(input_shape, num_classes, seed):
-    """Nasr et al.'s Purchase100 network: 1024-512-256-128-classes, tanh, N(0, 0.01) initialisation."""
+def purchase_fcn(input_shape, num_classes, seed, widths=(1024, 512, 256, 128)):
+    """Nasr et al.'s Purchase100 network: 1024-512-256-128-classes, tanh, N(0, 0.01) initialisation.
+    ``widths``: other hidden widths (four of them, so that the tutorial's layer indices still apply)."""
     import keras
 
-    widths = (1024, 512, 256, 128)
+    widths = [int(w) for w in widths]
+    if len(widths) != 4 or min(widths) < 1:
+        raise ModelError(f"model.widths: must be four positive widths (purchase-fcn has four hidden layers), "
+                         f"got {widths}")
     layers = _flat_input(input_shape, "purchase")
     for i, width in enumerate(widths):
         layers.append(keras.layers.Dense(width, activation="tanh", kernel_initializer=_init("normal", seed, i),

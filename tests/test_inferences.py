@@ -244,3 +244,11 @@ def test_a_run_writes_its_inferences_and_the_report_lists_every_family(tmp_path)
     html = (run_dir / "report.html").read_text()
     assert "Beyond membership" in html and "Data extraction" in html and "not measured" in html
     assert "Attribute inference" in html
+
+
+def test_the_federation_mix_is_called_revealed_only_when_closer_than_the_population_mix():
+    labels = get_inference("labels")
+    worse = {"federation": {"mean_tv": 0.26, "mean_baseline_tv": 0.08, "last": {"from": "the aggregate"}}}
+    better = {"federation": {"mean_tv": 0.02, "mean_baseline_tv": 0.08, "last": {"from": "the aggregate"}}}
+    assert "no better than guessing" in labels.finding(worse)
+    assert "closer than guessing" in labels.finding(better) and "no better" not in labels.finding(better)

@@ -233,8 +233,11 @@ class LabelInference(Inference):
                          f"mix: {verdict}.")
         fed = m.get("federation")
         if fed:
+            tv, base = fed["mean_tv"], fed["mean_baseline_tv"]
+            verdict = ("closer than guessing the population's mix" if tv is not None and base is not None and tv < base
+                       else "no better than guessing the population's mix: this reading does not reveal it")
             parts.append(f"The federation's mix read from {fed['last'].get('from', 'the global model')}: total "
-                         f"variation {_f(fed['mean_tv'])} (population mix: {_f(fed['mean_baseline_tv'])}).")
+                         f"variation {_f(tv)} (population mix: {_f(base)}), {verdict}.")
         return " ".join(parts)
 
 

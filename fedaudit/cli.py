@@ -125,7 +125,12 @@ def cmd_bench(args) -> int:
     module = importlib.import_module(f"fedaudit.bench.{args.what}")
     if args.peer is not None and args.what != "attacks":
         raise ConfigError(f"--peer: only `fedaudit bench attacks` compares against a peer library, not {args.what}")
-    module.run(json_path=args.json, quick=args.quick, **({"peer": args.peer} if args.peer is not None else {}))
+    if args.model is not None and args.what != "scale":
+        raise ConfigError(f"--model: only `fedaudit bench scale` takes a model, not {args.what}")
+    extra = {"peer": args.peer} if args.peer is not None else {}
+    if args.model is not None:
+        extra["model"] = args.model
+    module.run(json_path=args.json, quick=args.quick, **extra)
     return 0
 
 
@@ -185,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="a smaller workload (for smoke tests)")
     b.add_argument("--peer", choices=("art",), help="attacks: fedaudit's attacks beside a peer library's "
                                                   "(art: IBM ART, the bench extra)")
+    b.add_argument("--model", choices=("mlp", "cnn"), help="scale: the workload's model (mlp on synthetic purchase "
+                                                           "data, the default; cnn on digits as 8x8 images)")
     b.set_defaults(func=cmd_bench)
     return p
 

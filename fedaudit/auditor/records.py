@@ -71,6 +71,11 @@ class AuditRecords:
     def member(self) -> np.ndarray:
         return self.owner >= 0
 
+    def client_sizes(self) -> np.ndarray:
+        """(num_clients,) audited records each client holds (one count, not a scan per client)."""
+        own = self.owner[self.owner >= 0]
+        return np.bincount(own, minlength=max(int(self.num_clients), int(own.max(initial=-1)) + 1))
+
     def round_source(self, clients, round_: int) -> np.ndarray:
         """The client whose model scores each record under ``server`` in a round where ``clients`` replied.
 

@@ -89,8 +89,9 @@ def global_model_result(core, ctx: RoundContext, tm: str, model, res) -> dict:
             scores[name] = rec
         h = scores[head_name]
         P = r.population_sample if mask is None else r.population_sample[mask[r.population_sample]]
-        per_client = [(k, (h[eligible & (r.owner == k)], h[P])) for k in sorted(trained)
-                      if np.any(eligible & (r.owner == k))]
+        rows_of = rows_by_source(r.owner, sorted(trained))
+        mine = {k: rows[eligible[rows]] for k, rows in rows_of.items()}
+        per_client = [(k, (h[mine[k]], h[P])) for k in sorted(trained) if mine[k].size]
         result = core.view_result(tm, scores, eligible, per_client)
     arrays = ctx.arrays
     arrays[round_key(tm, "loss")] = res.loss.astype(np.float32)

@@ -299,8 +299,8 @@ def clients_section(run: RunData, plots: dict) -> str:
         quantiles = ", ".join(f"{name} {f3(np.percentile(finite_auc, q))}" for name, q in
                               (("median", 50), ("90th percentile", 90), ("99th percentile", 99))) \
             if finite_auc.size else "none measured"
-        body += (f'<p>The {shown.size} most exposed of {order.size:,} clients (every client is in '
-                 f"<code>clients.csv</code>). Per-client AUC over all clients: {quantiles}.</p>")
+        body += (f"<p>The {shown.size} most exposed of the {finite_auc.size:,} clients with a measured AUC (all "
+                 f"{order.size:,} clients are in <code>clients.csv</code>). Per-client AUC over them: {quantiles}.</p>")
     body += '<div class="scroll">' + table(header, rows, numeric=set(range(1, len(header))),
                                            id_="clients-table") + "</div>"
     if not show_tpr:

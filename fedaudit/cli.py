@@ -141,8 +141,12 @@ def cmd_bench(args) -> int:
         raise ConfigError(f"--peer: only `fedaudit bench attacks` compares against a peer library, not {args.what}")
     if args.targets is not None and args.peer is None:
         raise ConfigError("--targets: draws targets for the peer comparison; use it with --peer art")
+    if args.model is not None and args.what != "scale":
+        raise ConfigError(f"--model: only `fedaudit bench scale` takes a model, not {args.what}")
     extra = {} if args.peer is None else {"peer": args.peer, "targets": args.targets, "seed": args.seed,
                                           "family": args.family}
+    if args.model is not None:
+        extra["model"] = args.model
     module.run(json_path=args.json, quick=args.quick, **extra)
     return 0
 
@@ -228,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attacks --peer --targets: tutorial (the tutorial's shape, fresh seeds), purchase (feature and "
                         "class counts, noise, widths, epochs around it), longtail (Zipf subgroups, label noise) "
                         "or mixed (half purchase, half longtail)")
+    b.add_argument("--model", choices=("mlp", "cnn"), help="scale: the workload's model (mlp on synthetic purchase "
+                                                           "data, the default; cnn on digits as 8x8 images)")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -670,3 +670,27 @@ def test_summary_states_the_average_and_the_worst_case(runs):
     assert "the 1% most exposed records" in html
     assert "Over the 5 clients, the per-client AUC averages" in html
     assert "Why these thresholds." in html
+
+
+def test_many_clients_read_as_a_distribution_and_the_most_exposed(tmp_path):
+    """With thousands of clients the report shows the AUC's distribution and the most exposed clients, not a bar
+    and a table row per client; the narrative names a few small clients, not all of them."""
+    from fedaudit.report import figures
+    from fedaudit.report.narrative import _clients
+    from fedaudit.report.rundata import RunData
+    from fedaudit.report.run_report import clients_section
+
+    n = 5000
+    rng = np.random.default_rng(0)
+    auc = np.clip(0.55 + 0.05 * rng.standard_normal(n), 0.3, 1.0)
+    auc[1234] = 0.97
+    cols = {"client": np.arange(n, dtype=float), "records": np.full(n, 8.0), "auc": auc,
+            "tpr_at_0_1pct": np.full(n, np.nan), "mean_risk": auc, "max_risk": auc, "peak_round": np.ones(n)}
+    run = RunData(path=tmp_path, clients=cols)
+    path = figures.plot_clients(run, tmp_path / "clients.png")
+    assert path is not None and path.stat().st_size > 0
+    html = clients_section(run, {"clients": path})
+    assert html.count("<tr") <= figures.MOST_EXPOSED + 2                 # the header and the most exposed
+    assert "5,000 clients" in html and "median" in html and ">1234<" in html
+    text = _clients(run)
+    assert "client 1234" in text and "and 4,990 more" in text and text.count("client ") < 20

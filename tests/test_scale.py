@@ -191,6 +191,39 @@ def test_dense_signals_match_tensorflow():
             ModelProbe("mlp", {"hidden": [8]}, (20,), 5, layers=[bad])
 
 
+def test_batched_tensorflow_signals_equal_one_model_at_a_time():
+    """The TensorFlow probe evaluates many client models per call (stacked weights under tf.vectorized_map):
+    for a small CNN and an MLP, every model's signals and features equal those of one model at a time."""
+    from fedaudit.auditor.features import ModelProbe, ProbeViews
+
+    rng = np.random.default_rng(3)
+    for name, options, shape, layers in (("cnn", {"filters": [4], "dense": 8}, (8, 8, 1), (2,)),
+                                         ("mlp", {"hidden": [12]}, (20,), ())):
+        probe = ModelProbe(name, options, shape, 4, seed=0, layers=layers)
+        x, y = rng.random((60, *shape)).astype(np.float32), rng.integers(0, 4, 60)
+        w0 = probe.model.get_weights()
+        ws = [[a + 0.05 * rng.standard_normal(a.shape).astype(np.float32) for a in w0] for _ in range(3)]
+        for w, s in zip(ws, probe._extract_many(ws, x, y)):          # the probe's own layers: one trace each
+            ref = probe._extract(w, x, y)
+            np.testing.assert_allclose(s.logits, ref.logits, rtol=1e-4, atol=1e-5)
+            for layer in probe.layers:
+                np.testing.assert_allclose(s.gradient_norms[layer], ref.gradient_norms[layer], rtol=1e-3, atol=1e-5)
+            for layer in probe.dense:
+                np.testing.assert_allclose(s.factors[layer].output_grads, ref.factors[layer].output_grads,
+                                           rtol=1e-3, atol=1e-6)
+            for layer in probe.outputs:
+                np.testing.assert_allclose(s.layer_outputs[layer], ref.layer_outputs[layer], rtol=1e-4, atol=1e-5)
+        base = probe.base(w0, x, y)
+        items = [(w, x[:k], y[:k], base.take(np.arange(k)), True) for w, k in zip(ws, (5, 17, 0))]
+        pop = (x[40:], y[40:], base.take(np.arange(40, 60)))
+        src = (x[20:35], y[20:35], base.take(np.arange(20, 35)))
+        batched, alone = probe.views(items, w0, pop, src), ProbeViews.views(probe, items, w0, pop, src)
+        for (v, sv), (ref, sref) in zip(batched, alone):
+            np.testing.assert_allclose(v.features, ref.features, rtol=2e-3, atol=2e-4)
+            np.testing.assert_allclose(sv.features, sref.features, rtol=2e-3, atol=2e-4)
+            np.testing.assert_allclose(v.loss, ref.loss, rtol=1e-4, atol=1e-5)
+
+
 def test_activation_features_of_a_conv_model_and_of_the_input():
     """The TensorFlow probe's activation features of any layer (a convolution's output is flattened); a Flatten
     before the Dense stack passes the input through, as the NumPy probe takes it."""

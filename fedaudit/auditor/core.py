@@ -308,9 +308,10 @@ class AuditCore:
                   "records": {"members": int(np.sum(m & ~np.isnan(h))), "nonmembers": int(np.sum(n & ~np.isnan(h))),
                               "population_sample": int(self.records.population_sample.size)},
                   "clients": []}
-        owner = self.records.owner
+        held = self.records.client_sizes()
         for k, (ms, ns) in per_client:
-            result["clients"].append({"client": int(k), "records": int(np.sum(owner == k)), **light_metrics(ms, ns)})
+            result["clients"].append({"client": int(k), "records": int(held[k]) if 0 <= k < held.size else 0,
+                                      **light_metrics(ms, ns)})
         return result
 
     def trained_clients(self, round_: int, ids, record) -> set:

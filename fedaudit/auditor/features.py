@@ -211,7 +211,36 @@ class ModelProbe(ProbeViews):
     def view(self, weights, base: BaseSignals | None, previous, x, y) -> ViewSignals:
         """Features of ``weights`` on (x, y); update features need ``base`` (signals of ``previous`` on the
         same rows) and ``previous``."""
-        s = self._extract(weights, x, y)
+        return self._view_of(self._extract(weights, x, y), weights, base, previous, y)
+
+    def views(self, items: list, previous, pop: tuple, src: tuple) -> list:
+        """:meth:`ProbeViews.views` with the models' signals batched (:func:`fedaudit.signals.extract_many`: a
+        few TensorFlow calls per pass over the items, not one per model): the shared samples as they are, each
+        model's own rows padded to the longest."""
+        px, py, pbase = pop
+        sx, sy, sbase = src
+        weights = [it[0] for it in items]
+        own = self._extract_many(weights, [it[1] for it in items], [it[2] for it in items])
+        pops = self._extract_many(weights, px, py)
+        wanted = [i for i, it in enumerate(items) if it[4]]
+        srcs = dict(zip(wanted, self._extract_many([weights[i] for i in wanted], sx, sy))) if wanted else {}
+        out = []
+        for i, (w, _, oy, obase, _) in enumerate(items):
+            parts = [self._view_of(own[i], w, obase, previous, oy)] if len(oy) else []
+            v = ViewSignals.concat(parts + [self._view_of(pops[i], w, pbase, previous, py)])
+            out.append((v, self._view_of(srcs[i], w, sbase, previous, sy) if i in srcs else None))
+        return out
+
+    def _extract_many(self, weights_list, x, y) -> list:
+        from fedaudit.signals.extract import extract_many
+
+        if not weights_list:
+            return []
+        return extract_many(self.model, weights_list, x, y, layers=self.outputs, gradients=self.dense,
+                            gradient_norms=self.layers, from_logits=True, layers_option="audit.layers")
+
+    def _view_of(self, s, weights, base: BaseSignals | None, previous, y) -> ViewSignals:
+        """A model's :class:`ViewSignals` from its :class:`~fedaudit.signals.extract.Signals` on the rows."""
         norms = {name: s.gradient_norms[name].astype(np.float64) for name in self.layers}
         cosines = self._cosines(weights, previous, base, len(y)) if self.dense else None
         return assemble_features(s.logits.astype(np.float64), y, base, norms, cosines, len(self.dense),

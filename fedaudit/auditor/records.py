@@ -71,6 +71,11 @@ class AuditRecords:
     def member(self) -> np.ndarray:
         return self.owner >= 0
 
+    def client_sizes(self) -> np.ndarray:
+        """(num_clients,) audited records each client holds (one count, not a scan per client)."""
+        own = self.owner[self.owner >= 0]
+        return np.bincount(own, minlength=max(int(self.num_clients), int(own.max(initial=-1)) + 1))
+
     def round_source(self, clients, round_: int) -> np.ndarray:
         """The client whose model scores each record under ``server`` in a round where ``clients`` replied.
 
@@ -142,9 +147,11 @@ def audit_records(owner: np.ndarray, labels: np.ndarray, num_clients: int, *, fo
     rng = _rng(seed, _FOLDS)
     offset = 0
     for is_member in (True, False):
-        for k in range(num_clients):
-            group = np.flatnonzero(((own >= 0) == is_member) & (source == k))
-            order = rng.permutation(group)
+        rows = np.flatnonzero((own >= 0) == is_member)
+        rows = rows[np.argsort(source[rows], kind="stable")]     # grouped by source, ascending within a group
+        bounds = np.searchsorted(source[rows], np.arange(num_clients + 1))
+        for k in range(num_clients):        # one sort, not a scan of every record per client
+            order = rng.permutation(rows[bounds[k]:bounds[k + 1]])
             fold[order] = (offset + np.arange(order.size)) % folds
             offset += order.size   # keeps fold sizes even across groups
     n_known = int(round(attack_fraction * min(members.size, population.size)))

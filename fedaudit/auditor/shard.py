@@ -91,6 +91,7 @@ class ShardResult:
 
 
 _PROBES: dict = {}
+MODELS_PER_PASS = 64    # models whose full views a shard holds at once (the rest of a round: condensed results)
 
 
 def probe_for(spec: ProbeSpec):
@@ -159,37 +160,43 @@ def run_shard(spec: ProbeSpec, plan: ShardPlan, data, previous, jobs: list, weig
     finite = [i for i, w in enumerate(weights) if all_finite(w)]
     pbase = base.take(np.searchsorted(union, pop)) if base is not None else None
     sbase = base.take(np.searchsorted(union, src)) if base is not None and sources else None
-    items = [(weights[i], x[jobs[i].rows], y[jobs[i].rows],
-              base.take(np.searchsorted(union, jobs[i].rows)) if base is not None else None, jobs[i].source)
-             for i in finite]
-    views = dict(zip(finite, probe.views(items, previous, (x[pop], y[pop], pbase), (x[src], y[src], sbase))))
-    out = []
-    for i, job in enumerate(jobs):
-        if i not in views:
-            out.append(JobResult(job.key, finite=False, reason="weights"))
-            continue
-        v, sv = views[i]
-        if not np.isfinite(v.logits).all():
-            out.append(JobResult(job.key, finite=False, reason="outputs"))   # finite weights, outputs overflow
-            continue
-        rows = np.concatenate([job.rows, pop])
-        m = job.rows.size
-        scores = job_scores(plan, rows, v.logits, y[rows], v.loss, references, x=x)
-        null_phi = None
-        if job.null_rows is not None and job.null_rows.size:
-            from fedaudit.auditor.null import phi_from_loss
-
-            null_phi = phi_from_loss(probe.losses(weights[i], x[job.null_rows], y[job.null_rows])).astype(np.float32)
-        out.append(JobResult(job.key, finite=True, features=v.features[:m], loss=v.loss[:m].astype(np.float32),
-                             correct=v.correct[:m], scores={a: s[:m] for a, s in scores.items()},
-                             pop_features=v.features[m:],
-                             pop_scores={a: s[m:].astype(np.float32) for a, s in scores.items()},
-                             source_loss=sv.loss.astype(np.float32) if sv is not None else None,
-                             source_features=sv.features if sv is not None else None,
-                             null_phi=null_phi))
+    done: dict = {}
+    for start in range(0, len(finite), MODELS_PER_PASS):     # a pass's views are dropped once condensed
+        part = finite[start:start + MODELS_PER_PASS]
+        items = [(weights[i], x[jobs[i].rows], y[jobs[i].rows],
+                  base.take(np.searchsorted(union, jobs[i].rows)) if base is not None else None, jobs[i].source)
+                 for i in part]
+        views = probe.views(items, previous, (x[pop], y[pop], pbase), (x[src], y[src], sbase))
+        for i, (v, sv) in zip(part, views):
+            done[i] = _job_result(plan, probe, jobs[i], weights[i], v, sv, x, y, references)
+        del items, views
+    out = [done.get(i) or JobResult(job.key, finite=False, reason="weights") for i, job in enumerate(jobs)]
     return ShardResult(jobs=out, node=_node_id(), pid=os.getpid(), seconds=time.perf_counter() - started,
                        rows=int(sum(j.rows.size + pop.size for j in jobs)), feature_names=list(probe.feature_names), max_rss_mb=max_rss_mb(),
                        cpu_seconds=time.process_time() - cpu)
+
+
+def _job_result(plan: ShardPlan, probe, job: Job, weights, v, sv, x, y, references) -> JobResult:
+    """One job's condensed result from its model's views (own rows then the population sample; the source
+    sample): what the auditor keeps of a model, float32."""
+    pop = plan.population_sample
+    if not np.isfinite(v.logits).all():
+        return JobResult(job.key, finite=False, reason="outputs")   # finite weights, outputs overflow
+    rows = np.concatenate([job.rows, pop])
+    m = job.rows.size
+    scores = job_scores(plan, rows, v.logits, y[rows], v.loss, references, x=x)
+    null_phi = None
+    if job.null_rows is not None and job.null_rows.size:
+        from fedaudit.auditor.null import phi_from_loss
+
+        null_phi = phi_from_loss(probe.losses(weights, x[job.null_rows], y[job.null_rows])).astype(np.float32)
+    return JobResult(job.key, finite=True, features=v.features[:m].copy(), loss=v.loss[:m].astype(np.float32),
+                     correct=v.correct[:m].copy(), scores={a: s[:m].copy() for a, s in scores.items()},
+                     pop_features=v.features[m:].copy(),
+                     pop_scores={a: s[m:].astype(np.float32) for a, s in scores.items()},
+                     source_loss=sv.loss.astype(np.float32) if sv is not None else None,
+                     source_features=sv.features if sv is not None else None,
+                     null_phi=null_phi)
 
 
 def job_scores(plan: ShardPlan, rows: np.ndarray, logits: np.ndarray, labels: np.ndarray, loss: np.ndarray,

@@ -21,7 +21,8 @@ CALIBRATED = ("calibrated: the client under whose model a cross-fitted logistic 
 
 
 def calibrated_source_scores(records: AuditRecords, owner_col: np.ndarray, pop_features: np.ndarray,
-                             source_features: np.ndarray, seed: int = 0, negatives: int = 8) -> np.ndarray:
+                             source_features: np.ndarray, seed: int = 0, negatives: int = 8,
+                             overwrite: bool = False) -> np.ndarray:
     """(S, K) source scores of the source sample under each of K client models (higher: more likely the source).
 
     Every feature of a record under client k's model (loss, loss drop from theta_prev, gradient norms, the
@@ -32,39 +33,65 @@ def calibrated_source_scores(records: AuditRecords, owner_col: np.ndarray, pop_f
     membership attacks (a record of fold f is scored by the regression fitted outside fold f), so no record is
     scored with its own owner known. ``owner_col`` (S,): the column of each record's owner (-1: its owner is not
     among the K). A fold without known members to fit on falls back to the standardised log loss. Work: linear in
-    (S + P) x K."""
+    (S + P) x K; memory: ``source_features`` (K, S, F) once more (none with ``overwrite``: the caller's float32
+    array is standardised in place)."""
     from fedaudit.auditor.attack import Logistic
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)      # all-NaN columns (no theta_prev): left NaN
-        mu, sd = np.nanmean(pop_features, axis=1), np.nanstd(pop_features, axis=1)         # (K, F)
-    sd = np.where(sd > 1e-12, sd, np.nan)
-    z = (np.swapaxes(source_features, 0, 1).astype(np.float64) - mu[None]) / sd[None]     # (S, K, F)
-    z = np.clip(np.where(np.isfinite(z), z, np.nan), -1e3, 1e3)
-    usable = ~np.isnan(z).all(axis=(0, 1))
-    z = z[:, :, usable]
-    S, K = z.shape[:2]
-    names = np.arange(usable.size)[usable]
-    fallback = -z[:, :, list(names).index(1)] if 1 in names else np.zeros((S, K))      # column 1: log_loss
+    z = standardise_source_features(pop_features, source_features, overwrite=overwrite)     # (K, S, F)
+    K, S = z.shape[:2]
+    usable = np.zeros(z.shape[2], dtype=bool)
+    for start in range(0, K, _CHUNK):
+        usable |= ~np.isnan(z[start:start + _CHUNK]).all(axis=(0, 1))
+    cols = np.flatnonzero(usable)
+    fallback = -z[:, :, 1].T if usable.size > 1 and usable[1] else np.zeros((S, K))      # column 1: log_loss
     fold = records.fold[records.source_sample]
     known = records.known[records.source_sample] & (owner_col >= 0)
     rng = np.random.default_rng([int(seed), 0x50])
     out = np.full((S, K), np.nan)
     for f in np.unique(fold):
-        target = fold == f
-        train = np.flatnonzero(known & ~target)
-        if not train.size or K < 2 or not z.shape[2]:
+        target = np.flatnonzero(fold == f)
+        train = np.flatnonzero(known & (fold != f))
+        if not train.size or K < 2 or not cols.size:
             out[target] = fallback[target]
             continue
         rows, labels = [], []
         for i in train:
             others = np.delete(np.arange(K), owner_col[i])
             pick = rng.choice(others, size=min(negatives, others.size), replace=False)
-            rows += [z[i, owner_col[i]], *z[i, pick]]
+            rows += [z[owner_col[i], i, cols], *z[pick, i][:, cols]]
             labels += [1.0] + [0.0] * pick.size
         clf = Logistic().fit(np.asarray(rows), np.asarray(labels))
-        out[target] = clf.decision_function(z[target].reshape(-1, z.shape[2])).reshape(-1, K)
+        for start in range(0, K, _CHUNK):          # a chunk of clients at a time: float64 copies stay small
+            block = z[start:start + _CHUNK][:, target][:, :, cols]
+            out[target, start:start + _CHUNK] = clf.decision_function(
+                block.reshape(-1, cols.size)).reshape(block.shape[:2]).T
     return out
+
+
+_CHUNK = 64     # clients per block of the source calibration's float64 work
+
+
+def standardise_source_features(pop_features: np.ndarray, source_features: np.ndarray, *,
+                                overwrite: bool = False) -> np.ndarray:
+    """(K, S, F) float32: the source sample's features under each client's model (``source_features`` (K, S, F)),
+    standardised by the population sample's under the same model (``pop_features`` (K, P, F)); NaN where a
+    column has no spread or no value, clipped to +-1e3. A chunk of clients at a time in float64, written into
+    ``source_features`` itself with ``overwrite`` (a float32 array): a round with a thousand clients holds one
+    chunk beside its arrays, not several float64 copies of them."""
+    K = source_features.shape[0]
+    z = source_features if overwrite and source_features.dtype == np.float32 else \
+        np.empty(source_features.shape, dtype=np.float32)
+    for start in range(0, K, _CHUNK):
+        part = slice(start, min(K, start + _CHUNK))
+        pop = pop_features[part].astype(np.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)      # all-NaN columns (no theta_prev): left NaN
+            mu, sd = np.nanmean(pop, axis=1), np.nanstd(pop, axis=1)         # (chunk, F)
+        sd = np.where(sd > 1e-12, sd, np.nan)
+        block = (source_features[part].astype(np.float64) - mu[:, None]) / sd[:, None]
+        block[~np.isfinite(block)] = np.nan
+        z[part] = np.clip(block, -1e3, 1e3)
+    return z
 
 
 def attribution_accuracy(correct: np.ndarray) -> dict:
@@ -111,4 +138,4 @@ def source_inference(loss: np.ndarray, owner: np.ndarray, clients, score: np.nda
 
 
 __all__ = ["CALIBRATED", "LOWEST_LOSS", "attribute_sources", "attribution_accuracy", "calibrated_source_scores",
-           "source_inference"]
+           "source_inference", "standardise_source_features"]

@@ -89,8 +89,9 @@ def global_model_result(core, ctx: RoundContext, tm: str, model, res) -> dict:
             scores[name] = rec
         h = scores[head_name]
         P = r.population_sample if mask is None else r.population_sample[mask[r.population_sample]]
-        per_client = [(k, (h[eligible & (r.owner == k)], h[P])) for k in sorted(trained)
-                      if np.any(eligible & (r.owner == k))]
+        rows_of = rows_by_source(r.owner, sorted(trained))
+        mine = {k: rows[eligible[rows]] for k, rows in rows_of.items()}
+        per_client = [(k, (h[mine[k]], h[P])) for k in sorted(trained) if mine[k].size]
         result = core.view_result(tm, scores, eligible, per_client)
     arrays = ctx.arrays
     arrays[round_key(tm, "loss")] = res.loss.astype(np.float32)
@@ -210,6 +211,7 @@ class Server(ThreatModel):
                 for a in attacks:
                     scores[a][rows] = res.scores[a]
                     pop_scores[a][j] = res.pop_scores[a]
+                res.pop_features = res.source_features = None     # held once, in the round's arrays
             mask = self.scored_records(core)
             for name, (rec, blocks) in core.fitted(self.name, feats, None, _client_blocks(P, pop_feats)).items():
                 scores[name] = rec
@@ -228,7 +230,8 @@ class Server(ThreatModel):
             result["clients_audited"] = audited
             col = {k: j for j, k in enumerate(audited)}
             owner_col = np.array([col.get(int(k), -1) for k in r.owner[S]], dtype=np.int64)
-            source_score = calibrated_source_scores(r, owner_col, pop_feats, source_feats, core.seed + ctx.round).T
+            source_score = calibrated_source_scores(r, owner_col, pop_feats, source_feats, core.seed + ctx.round,
+                                                    overwrite=True).T
             result["source_inference"] = attribute_sources(source_loss.T, r.owner[S], audited, source_score.T)
         tm, arrays, keep = self.name, ctx.arrays, core.keep(ctx.round)
         if mask is not None:

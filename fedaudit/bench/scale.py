@@ -3,7 +3,10 @@
 For clients = 100, 300, 1,000 (``--quick``: 10, 30) with 30 records each (plus 20% population and 5% test
 records; synthetic purchase data, 100 features, 10 classes; mlp [64], 1 local epoch, batch 32, 3 rounds, every
 client every round; attacks whitebox, blackbox, loss; threat models server and participant), one unaudited and
-one audited run, each in a fresh process that starts and stops its own Ray (so each pays its own imports).
+one audited run. ``--model cnn``: the registry's ``cnn`` on scikit-learn's digits as 8x8 images (every record:
+about 4.5 per client at 300 clients), for clients = 100, 300 (``--quick``: 10, 30); its signals take the
+TensorFlow probe, many client models per call (:func:`fedaudit.signals.extract.extract_many`). Each run is in
+a fresh process that starts and stops its own Ray (so each pays its own imports).
 Per size it prints: training seconds per round (the unaudited run's round wall time), audit seconds per round
 (the auditor's own wall and CPU time per round, rounds after the first, which also pays start-up; CPU time
 counts the audit tasks' processes too), the audited / unaudited
@@ -34,12 +37,19 @@ POPULATION, TEST = 0.2, 0.05
 TARGETS = {"exponent": 1.1, "ratio_at_largest": 1.3, "round_arrays_mb": 50.0, "driver_rss_mb": 2048.0}
 
 
-def workload(clients: int, rounds: int = 3) -> dict:
-    records = int(math.ceil(RECORDS_PER_CLIENT * clients / (1.0 - POPULATION - TEST)))
-    return {"name": f"bench-scale-{clients}",
-            "data": {"dataset": "synthetic-purchase", "records": records, "features": 100, "classes": 10,
-                     "population_fraction": POPULATION, "test_fraction": TEST},
-            "model": {"name": "mlp", "hidden": [64]},
+MODELS = ("mlp", "cnn")
+
+
+def workload(clients: int, rounds: int = 3, model: str = "mlp") -> dict:
+    if model == "cnn":
+        data = {"dataset": "digits", "image": True, "population_fraction": POPULATION, "test_fraction": TEST}
+        net = {"name": "cnn"}
+    else:
+        records = int(math.ceil(RECORDS_PER_CLIENT * clients / (1.0 - POPULATION - TEST)))
+        data = {"dataset": "synthetic-purchase", "records": records, "features": 100, "classes": 10,
+                "population_fraction": POPULATION, "test_fraction": TEST}
+        net = {"name": "mlp", "hidden": [64]}
+    return {"name": f"bench-scale-{model}-{clients}", "data": data, "model": net,
             "federation": {"clients": clients, "rounds": rounds, "local_epochs": 1, "batch_size": 32,
                            "learning_rate": 0.001, "optimizer": "adam", "seed": 0},
             "audit": {"enabled": False, "threat_models": ["server", "participant"],
@@ -51,8 +61,8 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def measure(clients: int, rounds: int, tmp: Path) -> dict:
-    scenario = scenario_from_dict(workload(clients, rounds))
+def measure(clients: int, rounds: int, tmp: Path, model: str = "mlp") -> dict:
+    scenario = scenario_from_dict(workload(clients, rounds, model))
     path = tmp / f"{scenario.name}.toml"
     path.write_text(scenario.to_toml(), encoding="utf-8")
     plain_dir, audited_dir = tmp / f"{clients}-plain", tmp / f"{clients}-audited"
@@ -67,7 +77,7 @@ def measure(clients: int, rounds: int, tmp: Path) -> dict:
     task_rss = max((t.get("max_rss_mb", 0.0) for row in timing for t in row.get("tasks", [])), default=0.0)
     summary = read_summary(audited_dir) or RunSummary()
     return {
-        "clients": clients, "records": scenario.data.options["records"], "rounds": rounds,
+        "clients": clients, "records": scenario.data.options.get("records"), "rounds": rounds,
         "train_seconds_per_round": train, "train_seconds_after_first": _mean(train[1:]),
         "audit_seconds_per_round": audit, "audit_seconds_after_first": _mean(audit[1:]),
         "audit_cpu_per_round": audit_cpu, "audit_cpu_after_first": _mean(audit_cpu[1:]),
@@ -91,13 +101,17 @@ def exponent(clients, seconds) -> float:
     return float(np.polyfit(x, y, 1)[0]) if len(x) >= 2 and np.all(np.isfinite(y)) else math.nan
 
 
-def run(json_path: str | None = None, quick: bool = False) -> dict:
+def run(json_path: str | None = None, quick: bool = False, model: str = "mlp") -> dict:
+    if model not in MODELS:
+        from fedaudit.errors import ConfigError
+
+        raise ConfigError(f"--model: {model!r} is not a scale workload; allowed: {', '.join(MODELS)}")
     quiet_environment()
-    sizes, rounds = ((10, 30), 2) if quick else ((100, 300, 1000), 3)
+    sizes, rounds = ((10, 30), 2) if quick else ((100, 300) if model == "cnn" else (100, 300, 1000), 3)
     with tempfile.TemporaryDirectory(prefix="fedaudit-bench-scale-") as tmp:
         results = []
         for k in sizes:
-            results.append(measure(k, rounds, Path(tmp)))
+            results.append(measure(k, rounds, Path(tmp), model))
             r = results[-1]
             print(f"  measured {k} clients: audited/unaudited {r['ratio']:.2f}x, audit "
                   f"{r['audit_seconds_after_first']:.2f} s/round", file=sys.stderr, flush=True)
@@ -105,15 +119,17 @@ def run(json_path: str | None = None, quick: bool = False) -> dict:
     b = exponent([r["clients"] for r in results], [r["audit_cpu_after_first"] for r in results])
     b_wall = exponent([r["clients"] for r in results], [r["audit_seconds_after_first"] for r in results])
     largest = results[-1]
-    figures = {"workload": workload(sizes[-1], rounds), "sizes": results, "exponent": b, "exponent_wall": b_wall,
+    figures = {"model": model, "workload": workload(sizes[-1], rounds, model), "sizes": results, "exponent": b, "exponent_wall": b_wall,
                "targets": TARGETS,
                "within_targets": {
                    "exponent": b <= TARGETS["exponent"],
                    "ratio_at_largest": largest["ratio"] <= TARGETS["ratio_at_largest"],
                    "round_arrays_mb": max(r["round_array_mb"] for r in results) <= TARGETS["round_arrays_mb"],
                    "driver_rss_mb": max(r["driver_rss_mb"] for r in results) <= TARGETS["driver_rss_mb"]}}
-    rows = [("workload", f"synthetic purchase, {RECORDS_PER_CLIENT} records per client (+{POPULATION:.0%} population, "
-                         f"{TEST:.0%} test), mlp [64], {rounds} rounds of 1 local epoch, every client every round; "
+    data = (f"digits as 8x8 images (all 1,797 records, of which {POPULATION:.0%} population, {TEST:.0%} test), cnn"
+            if model == "cnn" else f"synthetic purchase, {RECORDS_PER_CLIENT} records per client (+{POPULATION:.0%} "
+                                   f"population, {TEST:.0%} test), mlp [64]")
+    rows = [("workload", f"{data}, {rounds} rounds of 1 local epoch, every client every round; "
                          "audit: server + participant, whitebox/blackbox/loss")]
     for r in results:
         rows.append((f"{r['clients']} clients", (
@@ -126,7 +142,7 @@ def run(json_path: str | None = None, quick: bool = False) -> dict:
     rows.append(("audit CPU seconds ~ clients^b", f"b = {b:.2f} (target <= {TARGETS['exponent']}; from wall seconds: "
                                                   f"{b_wall:.2f})"))
     rows.append(("targets met", ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in figures["within_targets"].items())))
-    return report("fedaudit bench scale", rows, figures, json_path)
+    return report(f"fedaudit bench scale --model {model}", rows, figures, json_path)
 
 
 def _fmt(v) -> str:

@@ -175,6 +175,8 @@ def plot_clients(run: RunData, path) -> Path | None:
     auc = np.asarray(table["auc"], float)
     records = np.asarray(table.get("records", np.full(clients.size, np.nan)), float)
     n = clients.size
+    if n > MANY_CLIENTS:
+        return _plot_client_distribution(auc, path)
     if n > 40:      # many clients: ranked from the most to the least exposed, so the spread reads at a glance
         order = np.argsort(-np.nan_to_num(auc, nan=-1.0), kind="mergesort")
         clients, auc, records = clients[order], auc[order], records[order]
@@ -202,12 +204,41 @@ def plot_clients(run: RunData, path) -> Path | None:
     return _save(fig, path)
 
 
+#: more clients than this: the per-client figure is a distribution, the table and the heat map the most exposed
+MANY_CLIENTS = 200
+MOST_EXPOSED = 40
+
+
+def _plot_client_distribution(auc: np.ndarray, path) -> Path | None:
+    """Many clients: a histogram of the per-client AUC with its median and 95th percentile (no bar per client)."""
+    values = auc[np.isfinite(auc)]
+    fig = _figure((7.0, 3.6))
+    ax = fig.add_subplot()
+    low, high = min(0.4, float(values.min())), max(1.0, float(values.max()))
+    ax.hist(values, bins=np.linspace(low, high, 41), color="#b03a2e", alpha=0.75, edgecolor="white", lw=0.3)
+    ax.axvline(0.5, **CHANCE_STYLE, label="chance (0.5)")
+    for q, style in ((50, "-"), (95, "--")):
+        v = float(np.percentile(values, q))
+        ax.axvline(v, color="0.2", ls=style, lw=1.0, label=f"{'median' if q == 50 else '95th percentile'} {v:.2f}")
+    ax.set_xlabel("Attack AUC on a client's records")
+    ax.set_ylabel("Clients")
+    ax.set_title(f"Risk per client: the distribution over {values.size:,} clients")
+    ax.legend(loc="upper right", fontsize=8)
+    return _save(fig, path)
+
+
 def plot_client_rounds(run: RunData, path) -> Path | None:
     """Heat map of the attack's AUC per client (rows) and round (columns), of the threat model that observes each
-    client's own model."""
+    client's own model; with more than :data:`MOST_EXPOSED` clients, the most exposed of them (highest AUC in any
+    round)."""
     rounds, clients, matrix = run.client_rounds(None, "auc")
     if not clients or not np.isfinite(matrix).any() or len(rounds) < 2:
         return None
+    total = len(clients)
+    if total > MOST_EXPOSED:
+        peak = np.nanmax(np.where(np.isfinite(matrix), matrix, -np.inf), axis=1)
+        keep = np.sort(np.argsort(-peak, kind="mergesort")[:MOST_EXPOSED])
+        clients, matrix = [clients[i] for i in keep], matrix[keep]
     fig = _figure((max(5.0, min(12.0, 0.5 * len(rounds) + 3)), max(2.6, min(12.0, 0.28 * len(clients) + 1.5))))
     ax = fig.add_subplot()
     im = ax.imshow(matrix, aspect="auto", cmap="RdYlGn_r", vmin=0.5, vmax=max(0.85, float(np.nanmax(matrix))),
@@ -220,7 +251,8 @@ def plot_client_rounds(run: RunData, path) -> Path | None:
     ax.set_xlabel("Round")
     ax.set_ylabel("Client")
     fig.colorbar(im, ax=ax, label="AUC")
-    ax.set_title(f"Risk per client and round ({run.per_client_threat_model()} view)")
+    ax.set_title(f"Risk per client and round ({run.per_client_threat_model()} view)" if total <= MOST_EXPOSED else
+                 f"The {len(clients)} most exposed of {total:,} clients, per round ({run.per_client_threat_model()} view)")
     return _save(fig, path)
 
 

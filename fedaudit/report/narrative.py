@@ -167,7 +167,9 @@ def _clients(run: RunData) -> str | None:
                     text += (f" Clients with {'fewer' if r < 0 else 'more'} records are more exposed (Spearman's "
                              f"&rho; = {r:.2f} between records and AUC, p = {p:.2g}).")
     if small.any():
-        names = ", ".join(f"client {int(c)} ({_records(n)})" for c, n in zip(clients[small], records[small]))
+        named = list(zip(clients[small], records[small]))
+        names = ", ".join(f"client {int(c)} ({_records(n)})" for c, n in named[:10]) + \
+            (f" and {len(named) - 10:,} more" if len(named) > 10 else "")
         text += (f" Some clients hold too few records for a reliable per-client figure: {esc(names)}; "
                  "a client with a handful of records is easy to attack, so treat them as highly exposed.")
     return text

@@ -285,7 +285,8 @@ def clients_section(run: RunData, plots: dict) -> str:
     header = ["Client", "Records", "AUC"] + (["Members identified at 0.1% FPR"] if show_tpr else []) + \
              ["Mean risk", "Max risk", "Peak round"] + (["Rounds trained"] if show_rounds else [])
     rows = []
-    for i in order:
+    shown = order if order.size <= F.MANY_CLIENTS else order[:F.MOST_EXPOSED]
+    for i in shown:
         def col(name, fmt=f3):
             values = table_cols.get(name)
             return fmt(values[i]) if values is not None and i < len(values) else '<span class="na">n/a</span>'
@@ -294,6 +295,13 @@ def clients_section(run: RunData, plots: dict) -> str:
                     + ([col("tpr_at_0_1pct", pct)] if show_tpr else [])
                     + [col("mean_risk"), col("max_risk"), col("peak_round", as_int)]
                     + ([esc(_rounds_count(rounds_col[i]))] if show_rounds else []))
+    if shown.size < order.size:
+        finite_auc = auc[np.isfinite(auc)]
+        quantiles = ", ".join(f"{name} {f3(np.percentile(finite_auc, q))}" for name, q in
+                              (("median", 50), ("90th percentile", 90), ("99th percentile", 99))) \
+            if finite_auc.size else "none measured"
+        body += (f"<p>The {shown.size} most exposed of the {finite_auc.size:,} clients with a measured AUC (all "
+                 f"{order.size:,} clients are in <code>clients.csv</code>). Per-client AUC over them: {quantiles}.</p>")
     body += '<div class="scroll">' + table(header, rows, numeric=set(range(1, len(header))),
                                            id_="clients-table") + "</div>"
     if not show_tpr:

@@ -308,10 +308,14 @@ class RunData:
         return m, n
 
     def risk_probs(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(members', non-members' membership probability): the .npy files, else records.csv's risk."""
-        if self.member_probs is not None and self.nonmember_probs is not None \
-                and self.member_probs.size and self.nonmember_probs.size:
-            return self.member_probs, self.nonmember_probs
+        """(members', non-members' membership probability), finite values only: the .npy files, else records.csv's
+        risk. A member whose client was never sampled has no probability (NaN: no model saw it), as in the
+        metrics; with client sampling over thousands of clients that is most members."""
+        if self.member_probs is not None and self.nonmember_probs is not None:
+            m, n = (np.asarray(v, float) for v in (self.member_probs, self.nonmember_probs))
+            m, n = m[np.isfinite(m)], n[np.isfinite(n)]
+            if m.size and n.size:
+                return m, n
         return self.scores("risk")
 
     def source_inference(self) -> dict | None:

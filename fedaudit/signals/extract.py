@@ -213,7 +213,38 @@ class _Plan:
 
 
 def _build_step(model, plan: _Plan):
-    """A tf.function (x, y) -> dict of per-example tensors for ``plan``.
+    """A tf.function (x, y) -> dict of per-example tensors for ``plan`` (see :func:`_step_fn`)."""
+    spec_x = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+    spec_y = tf.TensorSpec((None,), tf.int64)
+    return tf.function(_step_fn(model, plan), input_signature=[spec_x, spec_y], autograph=False)
+
+
+def _build_batched_step(model, plan: _Plan):
+    """A tf.function (stacked weights, x, y) -> dict of per-model, per-example tensors (B, n, ...).
+
+    ``stacked``: one tensor per entry of ``model.weights``, its B models' values stacked on a first axis; ``x``
+    (B, n, ...) and ``y`` (B, n): each model's records. The model runs statelessly (its variables read from a
+    ``keras.StatelessScope`` that maps them to one model's values) under ``tf.vectorized_map``, so B models cost
+    one call and their matmuls and convolutions run batched."""
+    step = _step_fn(model, plan)
+    variables = list(model.weights)
+
+    def batched(stacked, x, y):
+        def one(args):
+            weights, xb, yb = args
+            with keras.StatelessScope(state_mapping=list(zip(variables, weights))):
+                return step(xb, yb, weights)
+
+        return tf.vectorized_map(one, (list(stacked), x, y))
+
+    specs = [tf.TensorSpec((None, *v.shape), tf.as_dtype(v.dtype)) for v in variables]
+    spec_x = tf.TensorSpec((None, None, *model.input_shape[1:]), tf.float32)
+    spec_y = tf.TensorSpec((None, None), tf.int64)
+    return tf.function(batched, input_signature=[specs, spec_x, spec_y], autograph=False)
+
+
+def _step_fn(model, plan: _Plan):
+    """The Python function (x, y[, weights]) -> dict of per-example tensors for ``plan``.
 
     Each gradient layer's rule (:func:`fedaudit.signals.rules.rule_for`) either replaces the layer's call to
     record its input and the tensor whose gradient it needs (one backward pass serves them all), or, for the
@@ -228,9 +259,12 @@ def _build_step(model, plan: _Plan):
     probabilities = plan.probabilities
     logger.debug("signal step: %s", ", ".join(f"{name}: {rule.name}" for name, rule in rules.items()) or "no rules")
 
-    def step(x, y):
+    def step(x, y, weights=()):
         record_in, record_z, outputs = {}, {}, {}
         with tf.GradientTape(persistent=needs_jacobian) as tape:
+            # the values a StatelessScope maps the variables to, watched as variables are: the tape then records
+            # the ops a pre-activation output feeds before the hook watches it
+            tape.watch(list(weights))
             def make_hook(ref):
                 layer, name = ref.layer, ref.name
 
@@ -287,21 +321,20 @@ def _build_step(model, plan: _Plan):
             del tape
         return result
 
-    spec_x = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-    spec_y = tf.TensorSpec((None,), tf.int64)
-    return tf.function(step, input_signature=[spec_x, spec_y], autograph=False)
+    return step
 
 
 _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _step_for(model, plan: _Plan):
-    """The compiled step for (model, plan), cached while the model lives (tracing costs ~1 s)."""
+def _step_for(model, plan: _Plan, batched: bool = False):
+    """The compiled step for (model, plan), cached while the model lives (tracing costs ~1 s; the batched
+    step's, several)."""
     key = (tuple(r.name for r in plan.outputs), tuple(r.name for r in plan.gradients),
-           tuple(r.name for r in plan.norms), plan.factorize, plan.probabilities)
+           tuple(r.name for r in plan.norms), plan.factorize, plan.probabilities, batched)
     per_model = _STEPS.setdefault(model, {})
     if key not in per_model:
-        per_model[key] = _build_step(model, plan)
+        per_model[key] = _build_batched_step(model, plan) if batched else _build_step(model, plan)
     return per_model[key]
 
 
@@ -320,6 +353,100 @@ def auto_batch_size(model, plan: _Plan, num_classes: int) -> int:
     """Examples per chunk so that a chunk stays within :data:`CHUNK_BUDGET` floats."""
     per_example = max(_per_example_floats(model, plan, num_classes), 1)
     return int(min(MAX_CHUNK, max(1, CHUNK_BUDGET // per_example)))
+
+
+def _resolve_plan(model, layers, gradients, gradient_norms, factorize, from_logits, layers_option,
+                  gradients_option) -> _Plan:
+    """The layers :func:`extract` (or :func:`extract_many`) computes, checked against the model."""
+    outputs = resolve_output_layers(model, layers, layers_option)
+    grads = resolve_gradient_layers(model, gradients, gradients_option, other_weights=weight_of)
+    if gradient_norms is True:
+        norms = grads if grads else resolve_gradient_layers(
+            model, list(range(1, len([r for r in model.layers if kernel_of(r) is not None]) + 1)))
+    elif gradient_norms is False or gradient_norms is None:
+        norms = []
+    else:
+        norms = resolve_gradient_layers(model, gradient_norms, "gradient_norms", other_weights=weight_of)
+    probabilities = outputs_probabilities(model) if from_logits is None else not from_logits
+    return _Plan(tuple(outputs), tuple(grads), tuple(norms), bool(factorize), bool(probabilities))
+
+
+def _signals(plan: _Plan, model, y, arrays: dict, logits: bool = True, loss: bool = True) -> Signals:
+    """One model's :class:`Signals` from its arrays (the step's keys, first axis the examples)."""
+    signals = Signals(
+        labels=y,
+        logits=arrays["logits"] if logits else None,
+        loss=arrays["loss"] if loss else None,
+        output_layers=[(r.index, r.name) for r in plan.outputs],
+        gradient_layers=[(r.index, r.name) for r in plan.gradients],
+        kernel_shapes={r.name: tuple(int(d) for d in weight_of(r.layer).shape)
+                       for r in (*plan.gradients, *plan.norms)},
+    )
+    for ref in plan.outputs:
+        signals.layer_outputs[ref.name] = arrays[f"out/{ref.name}"]
+    for ref in plan.gradients:
+        if f"a/{ref.name}" in arrays:
+            signals.factors[ref.name] = DenseFactors(arrays[f"a/{ref.name}"], arrays[f"d/{ref.name}"])
+        else:
+            signals.gradients[ref.name] = arrays[f"g/{ref.name}"]
+    for ref in plan.norms:
+        signals.gradient_norms[ref.name] = arrays[f"norm/{ref.name}"]
+    return signals
+
+
+#: most models one batched call evaluates (their rows share a chunk's float budget)
+MAX_MODELS_PER_CALL = 32
+
+
+def extract_many(model, weights_list, x, y, *, layers=(), gradients=(), gradient_norms=True,
+                 from_logits: bool | None = None, layers_option: str = "layers",
+                 gradients_option: str = "gradients") -> list[Signals]:
+    """:func:`extract` (with ``factorize=True``) for each of B weight lists (``model.get_weights()`` order) of
+    ``model``'s architecture, several models per call: the weights are stacked and the model runs under
+    ``tf.vectorized_map`` (:func:`_build_batched_step`), so a round of client models costs a few calls rather
+    than one per model. ``x`` (n, ...) and ``y`` (n,): records every model scores; or lists of B arrays, each
+    model its own records (padded to the longest in a call). The model's own variables are neither read nor
+    changed. Same arguments and errors as :func:`extract`; the result equals B calls of it to float tolerance."""
+    num_classes = check_model(model)
+    if isinstance(x, (list, tuple)):
+        pairs = [check_records(model, xi, yi, num_classes) for xi, yi in zip(x, y)]
+        xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+    else:
+        x, y = check_records(model, x, y, num_classes)
+        xs, ys = [x] * len(weights_list), [y] * len(weights_list)
+    if len(xs) != len(weights_list):
+        raise AttackError(f"x: {len(xs)} record sets for {len(weights_list)} models; allowed: one per model, or "
+                          "one array every model scores")
+    plan = _resolve_plan(model, layers, gradients, gradient_norms, True, from_logits, layers_option,
+                         gradients_option)
+    rows = max([len(v) for v in ys] + [1])
+    per_example = max(_per_example_floats(model, plan, num_classes), 1)
+    chunk = int(min(MAX_CHUNK, rows, max(1, CHUNK_BUDGET // per_example)))
+    per_call = int(max(1, min(MAX_MODELS_PER_CALL, CHUNK_BUDGET // (per_example * chunk))))
+    step = _step_for(model, plan, batched=True)
+    out = []
+    for first in range(0, len(weights_list), per_call):
+        group = list(range(first, min(len(weights_list), first + per_call)))
+        stacked = [tf.constant(np.stack([np.asarray(weights_list[b][i], dtype=v.dtype) for b in group]))
+                   for i, v in enumerate(model.weights)]
+        n = max([len(ys[b]) for b in group] + [1])      # one padding row when no model has records
+        arrays: dict = {}
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            xb = np.zeros((len(group), stop - start, *xs[group[0]].shape[1:]), dtype=np.float32)
+            yb = np.zeros((len(group), stop - start), dtype=np.int64)
+            for j, b in enumerate(group):         # padding rows (label 0) are dropped below
+                m = max(0, min(len(ys[b]), stop) - start)
+                xb[j, :m], yb[j, :m] = xs[b][start:start + m], ys[b][start:start + m]
+            for key, value in step(stacked, tf.constant(xb), tf.constant(yb)).items():
+                value = value.numpy()
+                if key not in arrays:
+                    arrays[key] = np.empty((len(group), n, *value.shape[2:]), dtype=value.dtype)
+                arrays[key][:, start:stop] = value
+        for j, b in enumerate(group):
+            m = len(ys[b])
+            out.append(_signals(plan, model, ys[b], {k: v[j, :m] for k, v in arrays.items()}))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,17 +480,9 @@ def extract(model, x, y, *, layers=(), gradients=(), loss: bool = True, logits: 
     """
     num_classes = check_model(model)
     x, y = check_records(model, x, y, num_classes)
-    outputs = resolve_output_layers(model, layers, layers_option)
-    grads = resolve_gradient_layers(model, gradients, gradients_option, other_weights=weight_of)
-    if gradient_norms is True:
-        norms = grads if grads else resolve_gradient_layers(
-            model, list(range(1, len([r for r in model.layers if kernel_of(r) is not None]) + 1)))
-    elif gradient_norms is False or gradient_norms is None:
-        norms = []
-    else:
-        norms = resolve_gradient_layers(model, gradient_norms, "gradient_norms", other_weights=weight_of)
-    probabilities = outputs_probabilities(model) if from_logits is None else not from_logits
-    plan = _Plan(tuple(outputs), tuple(grads), tuple(norms), bool(factorize), bool(probabilities))
+    plan = _resolve_plan(model, layers, gradients, gradient_norms, factorize, from_logits, layers_option,
+                         gradients_option)
+    grads = plan.gradients
     if batch_size is None:
         batch_size = auto_batch_size(model, plan, num_classes)
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
@@ -387,25 +506,8 @@ def extract(model, x, y, *, layers=(), gradients=(), loss: bool = True, logits: 
             if key not in arrays:  # filled chunk by chunk: no second copy of large arrays
                 arrays[key] = np.empty((len(x), *value.shape[1:]), dtype=value.dtype)
             arrays[key][start:start + len(value)] = value
-    signals = Signals(
-        labels=y,
-        logits=arrays["logits"] if logits else None,
-        loss=arrays["loss"] if loss else None,
-        output_layers=[(r.index, r.name) for r in outputs],
-        gradient_layers=[(r.index, r.name) for r in grads],
-        kernel_shapes={r.name: tuple(int(d) for d in weight_of(r.layer).shape) for r in (*grads, *norms)},
-    )
-    for ref in outputs:
-        signals.layer_outputs[ref.name] = arrays[f"out/{ref.name}"]
-    for ref in grads:
-        if f"a/{ref.name}" in arrays:
-            signals.factors[ref.name] = DenseFactors(arrays[f"a/{ref.name}"], arrays[f"d/{ref.name}"])
-        else:
-            signals.gradients[ref.name] = arrays[f"g/{ref.name}"]
-    for ref in norms:
-        signals.gradient_norms[ref.name] = arrays[f"norm/{ref.name}"]
-    return signals
+    return _signals(plan, model, y, arrays, logits=logits, loss=loss)
 
 
-__all__ = ["Signals", "DenseFactors", "extract", "check_model", "check_records", "outputs_probabilities",
+__all__ = ["Signals", "DenseFactors", "extract", "extract_many", "check_model", "check_records", "outputs_probabilities",
            "auto_batch_size", "CHUNK_BUDGET"]

@@ -105,6 +105,7 @@ class AuditConfig:
     active: ActiveConfig = field(default_factory=ActiveConfig)   # [audit.active]: the deviating adversaries
     inferences: list = field(default_factory=lambda: ["labels"])  # beyond membership (fedaudit.inferences)
     sensitive_attribute: str = ""         # the attribute inference's column (index or name; "": none), tabular data
+    label_clients: int = 50               # clients whose label mix the label inference reads per round (its cost bound)
     reconstruction_clients: int = 1       # clients whose update the reconstruction inverts per audited round
     reconstruction_iterations: int = 300  # optimisation steps per reconstruction (its cost bound)
 
@@ -336,7 +337,7 @@ def _validate_inferences(a: AuditConfig) -> None:
         _check(isinstance(name, str) and name in allowed, "audit.inferences",
                f"unknown inference {name!r}; allowed: {', '.join(allowed)}")
     _check(len(set(a.inferences)) == len(a.inferences), "audit.inferences", f"names an inference twice: {a.inferences}")
-    for key in ("reconstruction_clients", "reconstruction_iterations"):
+    for key in ("label_clients", "reconstruction_clients", "reconstruction_iterations"):
         v = getattr(a, key)
         _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"audit.{key}", f"must be at least 1, got {v!r}")
     _check("attributes" not in a.inferences or a.sensitive_attribute != "", "audit.inferences",

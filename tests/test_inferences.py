@@ -252,3 +252,16 @@ def test_the_federation_mix_is_called_revealed_only_when_closer_than_the_populat
     better = {"federation": {"mean_tv": 0.02, "mean_baseline_tv": 0.08, "last": {"from": "the aggregate"}}}
     assert "no better than guessing" in labels.finding(worse)
     assert "closer than guessing" in labels.finding(better) and "no better" not in labels.finding(better)
+
+
+def test_label_inference_reads_a_seeded_sample_of_clients_beyond_its_bound():
+    from types import SimpleNamespace
+
+    from fedaudit.inferences.labels import read_clients
+
+    ctx = SimpleNamespace(clients={k: None for k in range(300)}, non_finite={7})
+    few = read_clients(SimpleNamespace(clients={1: None, 2: None}, non_finite=set()), 50, np.random.default_rng(0))
+    assert few == [1, 2]
+    some = read_clients(ctx, 50, np.random.default_rng(0))
+    assert len(some) == 50 == len(set(some)) and 7 not in some and some == sorted(some)
+    assert some == read_clients(ctx, 50, np.random.default_rng(0))

@@ -124,6 +124,15 @@ class UpdateReader:
         return weights, np.asarray(ns, float), np.asarray(props)
 
 
+def read_clients(ctx, limit: int, rng) -> list:
+    """The clients whose label mix is read this round: all of them up to ``limit``, else a seeded sample of
+    ``limit`` (the per-round cost stays bounded at thousands of clients; the figures are means over clients)."""
+    ids = [k for k in sorted(ctx.clients) if int(k) not in ctx.non_finite]
+    if len(ids) <= limit:
+        return ids
+    return sorted(rng.choice(np.asarray(ids, dtype=object), size=limit, replace=False).tolist())
+
+
 def mean_weights(weights: list, n: np.ndarray) -> list:
     """FedAvg's mean of weight lists, weighted by record counts."""
     w = np.asarray(n, float) / float(np.sum(n))
@@ -174,9 +183,7 @@ class LabelInference(Inference):
         clients = []
         if ctx.clients:
             reg = LabelRegressor.fit(np.asarray([reader.features(w, n) for w, n in zip(weights, ns)]), props)
-            for k in sorted(ctx.clients):
-                if int(k) in ctx.non_finite:
-                    continue
+            for k in read_clients(ctx, int(core.scenario.audit.label_clients), rng):
                 theta = materialize(ctx.clients[k])
                 n = int(np.sum(r.owner == int(k)))
                 truth = histogram(r.label[r.owner == int(k)], C)

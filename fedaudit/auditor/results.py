@@ -1,7 +1,8 @@
 """Metrics of one threat model's scores, shared by the per-round audit and the aggregation across rounds.
 
 NumPy only: summaries on the finite scores (:func:`summary_or_none`), the four headline numbers without
-intervals (:func:`light_metrics`, per client and round), and the empty headline of a skipped view.
+intervals (:func:`light_metrics`, per client and round), the attack reported at 1% FPR (:func:`low_fpr_choice`,
+chosen out of fold) and the empty headline of a skipped view.
 """
 
 from __future__ import annotations
@@ -47,6 +48,58 @@ def light_metrics(member_scores, nonmember_scores) -> dict:
     return out
 
 
+#: known non-members outside a fold needed to choose the low-FPR attack for it: at 1% FPR each one is a 1% step
+MIN_KNOWN_NONMEMBERS = 100
+
+
+def _tpr_at_1pct(scores: np.ndarray, member: np.ndarray, pool: np.ndarray) -> float:
+    t = light_metrics(scores[member & pool], scores[~member & pool])["tpr_at_1pct"]
+    return -np.inf if t is None or not np.isfinite(t) else float(t)
+
+
+def low_fpr_choice(scores: dict, member, known, fold, scored=None, *,
+                   min_nonmembers: int = MIN_KNOWN_NONMEMBERS) -> tuple[str, dict, np.ndarray]:
+    """The attack that names the most members at 1% FPR, chosen per fold on the *other* folds' known records.
+
+    ``scores``: {attack: per-record scores}, in headline-rank order (the first is the fallback and wins ties).
+    The records of fold f get the scores of the attack with the highest TPR at 1% FPR on the known (``scored``)
+    records outside f, whose scores are out of fold too; so no record's membership, known or not, chooses the
+    attack that scores it, and the metrics on every record stay honest. A fold whose outside has fewer than
+    ``min_nonmembers`` known non-members keeps the first attack (1% FPR is not measurable on fewer than 100).
+
+    Returns (name, {fold: attack}, per-record scores). When the folds agree, the name is the attack's and the
+    scores are its own; else each fold's scores are standardised by the known non-members outside it (the
+    attacks' scales differ) and the name lists the attacks chosen.
+    """
+    names = list(scores)
+    member = np.asarray(member, dtype=bool)
+    known = np.asarray(known, dtype=bool)
+    fold = np.asarray(fold)
+    pool = known & (np.ones(member.size, dtype=bool) if scored is None else np.asarray(scored, dtype=bool))
+    arrays = {a: np.asarray(scores[a], dtype=np.float64) for a in names}
+    chosen = {}
+    for f in np.unique(fold):
+        outside = pool & (fold != f)
+        best, best_tpr = names[0], -np.inf
+        if np.sum(outside & ~member) >= min_nonmembers:
+            for a in names:                      # strictly better only: ties go to the better-ranked
+                t = _tpr_at_1pct(arrays[a], member, outside)
+                if t > best_tpr:
+                    best, best_tpr = a, t
+        chosen[int(f)] = best
+    picked = list(dict.fromkeys(a for a in names if a in chosen.values()))
+    if len(picked) == 1:
+        return picked[0], chosen, arrays[picked[0]].copy()
+    out = np.full(member.size, np.nan)
+    for f, a in chosen.items():
+        here = fold == f
+        ref = arrays[a][pool & ~member & (fold != f)]
+        ref = ref[np.isfinite(ref)]
+        mu, sd = (ref.mean(), ref.std()) if ref.size else (0.0, 1.0)
+        out[here] = (arrays[a][here] - mu) / (sd if sd > 1e-12 else 1.0)
+    return " / ".join(picked) + " (chosen per fold)", chosen, out
+
+
 def headline_fields(summary) -> dict:
     """The four headline numbers of a :class:`fedaudit.metrics.Summary` (None: all None), named as the run
     directory's schema names them (:data:`fedaudit.schema.HEADLINE_KEYS`)."""
@@ -61,4 +114,4 @@ def skipped_result(attack: str, reason: str) -> dict:
     return {"attack": attack, **headline_fields(None), "skipped": reason, "clients": []}
 
 
-__all__ = ["headline_fields", "light_metrics", "skipped_result", "summary_or_none"]
+__all__ = ["headline_fields", "light_metrics", "low_fpr_choice", "skipped_result", "summary_or_none"]

@@ -48,13 +48,23 @@ def light_metrics(member_scores, nonmember_scores) -> dict:
     return out
 
 
-#: known non-members outside a fold needed to choose the low-FPR attack for it: at 1% FPR each one is a 1% step
-MIN_KNOWN_NONMEMBERS = 100
+#: known non-members outside a fold needed to choose the low-FPR attack for it (fewer: the first attack)
+MIN_KNOWN_NONMEMBERS = 50
 
 
-def _tpr_at_1pct(scores: np.ndarray, member: np.ndarray, pool: np.ndarray) -> float:
-    t = light_metrics(scores[member & pool], scores[~member & pool])["tpr_at_1pct"]
-    return -np.inf if t is None or not np.isfinite(t) else float(t)
+def _tpr_at_low_fpr(scores: np.ndarray, member: np.ndarray, pool: np.ndarray) -> float:
+    """TPR at 1% FPR, or with fewer than 100 non-members at one false positive (the lowest rate they measure)."""
+    import math
+
+    from fedaudit.metrics import roc_counts
+
+    m, n = scores[member & pool], scores[~member & pool]
+    m, n = m[np.isfinite(m)], n[np.isfinite(n)]
+    if m.size == 0 or n.size == 0:
+        return -np.inf
+    c = roc_counts(m, n)
+    allowed = max(1, math.floor(0.01 * c.n_nonmembers + 1e-9))
+    return float(c.tpr[int(np.searchsorted(c.fp, allowed, side="right")) - 1])
 
 
 def low_fpr_choice(scores: dict, member, known, fold, scored=None, *,
@@ -64,8 +74,9 @@ def low_fpr_choice(scores: dict, member, known, fold, scored=None, *,
     ``scores``: {attack: per-record scores}, in headline-rank order (the first is the fallback and wins ties).
     The records of fold f get the scores of the attack with the highest TPR at 1% FPR on the known (``scored``)
     records outside f, whose scores are out of fold too; so no record's membership, known or not, chooses the
-    attack that scores it, and the metrics on every record stay honest. A fold whose outside has fewer than
-    ``min_nonmembers`` known non-members keeps the first attack (1% FPR is not measurable on fewer than 100).
+    attack that scores it, and the metrics on every record stay honest. Fewer than 100 known non-members outside
+    f cannot measure 1%: the rate there is that of one false positive. A fold whose outside has fewer than
+    ``min_nonmembers`` known non-members keeps the first attack.
 
     Returns (name, {fold: attack}, per-record scores). When the folds agree, the name is the attack's and the
     scores are its own; else each fold's scores are standardised by the known non-members outside it (the
@@ -83,7 +94,7 @@ def low_fpr_choice(scores: dict, member, known, fold, scored=None, *,
         best, best_tpr = names[0], -np.inf
         if np.sum(outside & ~member) >= min_nonmembers:
             for a in names:                      # strictly better only: ties go to the better-ranked
-                t = _tpr_at_1pct(arrays[a], member, outside)
+                t = _tpr_at_low_fpr(arrays[a], member, outside)
                 if t > best_tpr:
                     best, best_tpr = a, t
         chosen[int(f)] = best
@@ -92,12 +103,22 @@ def low_fpr_choice(scores: dict, member, known, fold, scored=None, *,
         return picked[0], chosen, arrays[picked[0]].copy()
     out = np.full(member.size, np.nan)
     for f, a in chosen.items():
-        here = fold == f
-        ref = arrays[a][pool & ~member & (fold != f)]
-        ref = ref[np.isfinite(ref)]
-        mu, sd = (ref.mean(), ref.std()) if ref.size else (0.0, 1.0)
-        out[here] = (arrays[a][here] - mu) / (sd if sd > 1e-12 else 1.0)
+        here = np.flatnonzero(fold == f)
+        out[here] = _quantiles(arrays[a][here])
     return " / ".join(picked) + " (chosen per fold)", chosen, out
+
+
+def _quantiles(x: np.ndarray) -> np.ndarray:
+    """Each finite score's quantile among the finite scores of its fold (ties: their mean; NaN stays NaN): one scale
+    for attacks of different scales, from the fold's scores alone (folds are stratified by membership, so the
+    same quantile means the same share of the fold in every fold)."""
+    out = np.full(x.size, np.nan)
+    ok = np.isfinite(x)
+    if ok.any():
+        from scipy.stats import rankdata
+
+        out[ok] = rankdata(x[ok]) / ok.sum()
+    return out
 
 
 def headline_fields(summary) -> dict:

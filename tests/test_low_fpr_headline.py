@@ -75,3 +75,12 @@ def test_old_run_directories_read_without_the_low_fpr_fields():
     assert "low_fpr" not in ViewResult.from_dict({"attack": "loss", "auc": 0.6}).to_dict()
     line = ViewResult.from_dict({"attack": "loss", "low_fpr_attack": "blackbox", "low_fpr": {"auc": 0.6}})
     assert line.low_fpr_attack == "blackbox" and line.to_dict()["low_fpr"] == {"auc": 0.6}
+
+
+def test_the_report_sentence_takes_the_rate_from_the_chosen_attack_and_names_it():
+    from fedaudit.report.narrative import _tm_sentence
+
+    headline = {"auc": 0.8, "tpr_at_1pct": 0.02, "n_nonmembers": 400}
+    text = _tm_sentence("server", headline, True, low=({"tpr_at_1pct": 0.15}, "loss"))
+    assert "15.0%" in text and "loss" in text and "2.0%" not in text
+    assert "2.0%" in _tm_sentence("server", headline, True)          # older runs: the headline's

@@ -21,7 +21,7 @@ def _tpr(score, member):
 def test_attack_planted_strong_at_low_fpr_is_chosen_over_the_first_ranked():
     rng, member, fold, known = _records(0)
     # "ranked": the better AUC, no tail; "tail": weaker AUC, but 20% of the members far above every non-member
-    ranked = rng.normal(size=member.size) + 1.0 * member
+    ranked = rng.normal(size=member.size) + 0.7 * member
     tail = rng.normal(size=member.size) + np.where(member & (rng.random(member.size) < 0.2), 8.0, 0.0)
     assert light_metrics(ranked[member], ranked[~member])["auc"] > light_metrics(tail[member], tail[~member])["auc"]
     name, per_fold, score = low_fpr_choice({"ranked": ranked, "tail": tail}, member, known, fold)
@@ -55,6 +55,14 @@ def test_folds_that_disagree_get_their_quantiles_and_both_names():
     for f in per_fold:                          # one scale across folds: each fold's quantiles
         here = np.sort(score[fold == f])
         np.testing.assert_allclose(here, np.arange(1, here.size + 1) / here.size)
+
+
+def test_a_challenger_within_noise_of_the_first_attack_does_not_replace_it():
+    rng, member, fold, known = _records(3)
+    first = rng.normal(size=member.size) + 0.7 * member
+    twin = rng.normal(size=member.size) + 0.75 * member          # as strong, up to noise
+    name, per_fold, score = low_fpr_choice({"first": first, "twin": twin}, member, known, fold)
+    assert name == "first" and set(per_fold.values()) == {"first"}
 
 
 def test_too_few_known_nonmembers_keep_the_first_attack():

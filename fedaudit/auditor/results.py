@@ -67,13 +67,26 @@ def _tpr_at_low_fpr(scores: np.ndarray, member: np.ndarray, pool: np.ndarray) ->
     return float(c.tpr[int(np.searchsorted(c.fp, allowed, side="right")) - 1])
 
 
+def _clearly_above(t: float, first: float, members: int) -> bool:
+    """Whether TPR ``t`` beats the first attack's ``first`` by more than twice the standard error of their
+    difference on ``members`` known members: with a few hundred known records, TPRs at one false positive differ
+    by noise as much as by strength, and folds that switch on noise mix scales for nothing."""
+    if not np.isfinite(t):
+        return False
+    if not np.isfinite(first):
+        return True
+    se = np.sqrt((t * (1 - t) + first * (1 - first)) / max(members, 1))
+    return t - first > 2.0 * se
+
+
 def low_fpr_choice(scores: dict, member, known, fold, scored=None, *,
                    min_nonmembers: int = MIN_KNOWN_NONMEMBERS) -> tuple[str, dict, np.ndarray]:
     """The attack that names the most members at 1% FPR, chosen per fold on the *other* folds' known records.
 
     ``scores``: {attack: per-record scores}, in headline-rank order (the first is the fallback and wins ties).
     The records of fold f get the scores of the attack with the highest TPR at 1% FPR on the known (``scored``)
-    records outside f, whose scores are out of fold too; so no record's membership, known or not, chooses the
+    records outside f, whose scores are out of fold too, where it clearly beats the first attack there (by two
+    standard errors; else the first); so no record's membership, known or not, chooses the
     attack that scores it, and the metrics on every record stay honest. Fewer than 100 known non-members outside
     f cannot measure 1%: the rate there is that of one false positive. A fold whose outside has fewer than
     ``min_nonmembers`` known non-members keeps the first attack.
@@ -91,12 +104,12 @@ def low_fpr_choice(scores: dict, member, known, fold, scored=None, *,
     chosen = {}
     for f in np.unique(fold):
         outside = pool & (fold != f)
-        best, best_tpr = names[0], -np.inf
+        best = names[0]
         if np.sum(outside & ~member) >= min_nonmembers:
-            for a in names:                      # strictly better only: ties go to the better-ranked
-                t = _tpr_at_low_fpr(arrays[a], member, outside)
-                if t > best_tpr:
-                    best, best_tpr = a, t
+            tpr = {a: _tpr_at_low_fpr(arrays[a], member, outside) for a in names}
+            top = max(names, key=lambda a: tpr[a])       # the first of the best: ties go to the better-ranked
+            if _clearly_above(tpr[top], tpr[names[0]], int(np.sum(outside & member))):
+                best = top
         chosen[int(f)] = best
     picked = list(dict.fromkeys(a for a in names if a in chosen.values()))
     if len(picked) == 1:

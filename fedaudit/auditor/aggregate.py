@@ -173,11 +173,11 @@ def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: di
         if all(round_key(view.tm, "score", a) in view.data[t] for t in view.rounds) and view.rounds:
             means[a] = _nan_reduce(np.nanmean, np.stack([view.scores(t, a) for t in view.rounds], axis=1))
             across[a] = summary_or_none(means[a][m], means[a][n])
-    # the attack reported at 1% FPR: the stack or one attack across rounds, chosen out of fold
-    low_name, _, low = low_fpr_choice({stack_name: stacked, **ranked_scores(means, view.head)}, member, r.known,
-                                      r.fold, eligible)
-    low_summary = summaries["stacked"] if low_name == stack_name else \
-        across[low_name] if low_name in across else summary_or_none(low[m], low[n])
+    # the attack reported at 1% FPR: the stack or one attack across rounds, chosen on the known records
+    candidates = {stack_name: stacked, **ranked_scores(means, view.head)}
+    low_name, unknown = low_fpr_choice(candidates, member, r.known, eligible)
+    low = candidates[low_name]
+    low_summary = summary_or_none(low[member & unknown], low[~member & unknown])
     # per client: client k's members against the population sample, under k's models (server) or the
     # global models (participant), with the round at which k's per-round AUC peaked
     P = r.population_sample

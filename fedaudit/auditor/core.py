@@ -296,17 +296,17 @@ class AuditCore:
         return out
 
     def view_result(self, tm, record_scores: dict, eligible, per_client) -> dict:
-        """The threat model's JSON: headline, every attack's summary, the attack reported at 1% FPR (chosen out of
-        fold, :func:`fedaudit.auditor.results.low_fpr_choice`), per-client headline metrics."""
+        """The threat model's JSON: headline, every attack's summary, the attack reported at 1% FPR (chosen on the
+        known records, its metrics on the others: :func:`fedaudit.auditor.results.low_fpr_choice`), per-client headline metrics."""
         member = self.records.member
         m, n = member & eligible, ~member & eligible
         summaries = {a: summary_or_none(s[m], s[n]) for a, s in record_scores.items()}
         name = self.headlines[tm]
         head = summaries[name]
         h = record_scores[name]
-        low_name, _, low = low_fpr_choice(ranked_scores(record_scores, name), member, self.records.known,
-                                          self.records.fold, eligible)
-        low_summary = summaries[low_name] if low_name in summaries else summary_or_none(low[m], low[n])
+        low_name, unknown = low_fpr_choice(ranked_scores(record_scores, name), member, self.records.known, eligible)
+        low = record_scores[low_name]
+        low_summary = summary_or_none(low[member & unknown], low[~member & unknown])
         result = {"attack": name, **headline_fields(head),
                   "summary": head.to_dict() if head is not None else None,
                   "attacks": {a: (s.to_dict() if s is not None else None) for a, s in summaries.items()},

@@ -48,7 +48,7 @@ def light_metrics(member_scores, nonmember_scores) -> dict:
     return out
 
 
-#: known non-members outside a fold needed to choose the low-FPR attack for it (fewer: the first attack)
+#: known non-members needed to choose the low-FPR attack on them (fewer: the first attack)
 MIN_KNOWN_NONMEMBERS = 50
 
 
@@ -67,71 +67,29 @@ def _tpr_at_low_fpr(scores: np.ndarray, member: np.ndarray, pool: np.ndarray) ->
     return float(c.tpr[int(np.searchsorted(c.fp, allowed, side="right")) - 1])
 
 
-def _clearly_above(t: float, first: float, members: int) -> bool:
-    """Whether TPR ``t`` beats the first attack's ``first`` by more than twice the standard error of their
-    difference on ``members`` known members: with a few hundred known records, TPRs at one false positive differ
-    by noise as much as by strength, and folds that switch on noise mix scales for nothing."""
-    if not np.isfinite(t):
-        return False
-    if not np.isfinite(first):
-        return True
-    se = np.sqrt((t * (1 - t) + first * (1 - first)) / max(members, 1))
-    return t - first > 2.0 * se
+def low_fpr_choice(scores: dict, member, known, scored=None, *,
+                   min_nonmembers: int = MIN_KNOWN_NONMEMBERS) -> tuple[str, np.ndarray]:
+    """(the attack that names the most members at 1% FPR on the adversary's known records, the records to report
+    it on: the others).
 
-
-def low_fpr_choice(scores: dict, member, known, fold, scored=None, *,
-                   min_nonmembers: int = MIN_KNOWN_NONMEMBERS) -> tuple[str, dict, np.ndarray]:
-    """The attack that names the most members at 1% FPR, chosen per fold on the *other* folds' known records.
-
-    ``scores``: {attack: per-record scores}, in headline-rank order (the first is the fallback and wins ties).
-    The records of fold f get the scores of the attack with the highest TPR at 1% FPR on the known (``scored``)
-    records outside f, whose scores are out of fold too, where it clearly beats the first attack there (by two
-    standard errors; else the first); so no record's membership, known or not, chooses the
-    attack that scores it, and the metrics on every record stay honest. Fewer than 100 known non-members outside
-    f cannot measure 1%: the rate there is that of one false positive. A fold whose outside has fewer than
-    ``min_nonmembers`` known non-members keeps the first attack.
-
-    Returns (name, {fold: attack}, per-record scores). When the folds agree, the name is the attack's and the
-    scores are its own; else each fold's scores are standardised by the known non-members outside it (the
-    attacks' scales differ) and the name lists the attacks chosen.
+    ``scores``: {attack: per-record scores, out of fold}, in headline-rank order (the first is the fallback and
+    wins ties). The adversary tunes on the records whose membership it knows and attacks the rest, as a real one
+    would: the choice reads the known (``scored``) records only and its metrics are on the unknown ones, so no
+    scored record's membership chooses the attack that scores it. (Choosing per cross-fitting fold and reporting
+    on every record was measured too: folds that choose differently mix attacks whose tails differ, and the mix
+    named fewer members at 1% FPR than the headline.) Fewer than 100 known non-members cannot measure 1%: the
+    rate there is that of one false positive; fewer than ``min_nonmembers`` keep the first attack.
     """
     names = list(scores)
     member = np.asarray(member, dtype=bool)
     known = np.asarray(known, dtype=bool)
-    fold = np.asarray(fold)
-    pool = known & (np.ones(member.size, dtype=bool) if scored is None else np.asarray(scored, dtype=bool))
-    arrays = {a: np.asarray(scores[a], dtype=np.float64) for a in names}
-    chosen = {}
-    for f in np.unique(fold):
-        outside = pool & (fold != f)
-        best = names[0]
-        if np.sum(outside & ~member) >= min_nonmembers:
-            tpr = {a: _tpr_at_low_fpr(arrays[a], member, outside) for a in names}
-            top = max(names, key=lambda a: tpr[a])       # the first of the best: ties go to the better-ranked
-            if _clearly_above(tpr[top], tpr[names[0]], int(np.sum(outside & member))):
-                best = top
-        chosen[int(f)] = best
-    picked = list(dict.fromkeys(a for a in names if a in chosen.values()))
-    if len(picked) == 1:
-        return picked[0], chosen, arrays[picked[0]].copy()
-    out = np.full(member.size, np.nan)
-    for f, a in chosen.items():
-        here = np.flatnonzero(fold == f)
-        out[here] = _quantiles(arrays[a][here])
-    return " / ".join(picked) + " (chosen per fold)", chosen, out
-
-
-def _quantiles(x: np.ndarray) -> np.ndarray:
-    """Each finite score's quantile among the finite scores of its fold (ties: their mean; NaN stays NaN): one scale
-    for attacks of different scales, from the fold's scores alone (folds are stratified by membership, so the
-    same quantile means the same share of the fold in every fold)."""
-    out = np.full(x.size, np.nan)
-    ok = np.isfinite(x)
-    if ok.any():
-        from scipy.stats import rankdata
-
-        out[ok] = rankdata(x[ok]) / ok.sum()
-    return out
+    scored = np.ones(member.size, dtype=bool) if scored is None else np.asarray(scored, dtype=bool)
+    pool = known & scored
+    best = names[0]
+    if np.sum(pool & ~member) >= min_nonmembers:
+        tpr = {a: _tpr_at_low_fpr(np.asarray(scores[a], dtype=np.float64), member, pool) for a in names}
+        best = max(names, key=lambda a: tpr[a])         # the first of the best: ties go to the better-ranked
+    return best, scored & ~known
 
 
 def headline_fields(summary) -> dict:

@@ -27,7 +27,7 @@ def _who(description: str) -> str:
 
 def _tm_sentence(tm: str, summ: dict, first: bool, who: str | None = None, low: tuple = (None, None)) -> str:
     """The sentence on one threat model's headline metrics (``summ``: a metrics mapping; ``low``: (the metrics at
-    1% FPR, the attack chosen out of fold for that rate) where the run recorded one)."""
+    1% FPR on the records the adversary did not know, the attack it chose for that rate on those it knew) where the run recorded one)."""
     m = threat_model(tm)
     who = (m.description if m is not None else "") if who is None else who
     noun = tm_noun(tm)
@@ -45,7 +45,8 @@ def _tm_sentence(tm: str, summ: dict, first: bool, who: str | None = None, low: 
     if math.isfinite(tpr1):
         ratio = tpr1 / 0.01
         ci = pct_ci(at1.get("tpr_at_1pct_ci"))
-        who_names = f"its strongest attack at that rate ({esc(low_attack)}, chosen out of fold)" if low_attack else "it"
+        who_names = (f"its strongest attack at that rate ({esc(low_attack)}, chosen on the records whose membership "
+                     "it knew), on the others,") if low_attack else "it"
         parts.append(f"Tuned to wrongly accuse only {one_in(0.01)} non-members, {who_names} correctly identifies "
                      f"<strong>{pct(tpr1)}</strong> of the members" + (f" (95% interval {ci})" if ci else "")
                      + _against_guessing(ratio, at1.get("tpr_at_1pct_ci")))

@@ -59,10 +59,13 @@ def _tpr_cell(summ: dict, key: str, fpr: float) -> str:
 
 
 def _low_fpr_cell(run: RunData, tm: str) -> str:
-    """Members identified at 1% FPR by the attack strongest there (chosen out of fold), naming it."""
+    """Members identified at 1% FPR by the attack strongest there (chosen on the known records, measured on the
+    others), naming it."""
     low, attack = run.low_fpr(tm)
     return _tpr_cell(low or {}, "tpr_at_1pct", 0.01) + \
-        (f'<br><span class="note">by {esc(attack)}: strongest at 1% FPR on the other folds&#x27; known records</span>' if attack else "")
+        (f'<br><span class="note">by {esc(attack)}, the strongest there on the records the adversary knew; '
+         f'measured on the others ({count(low.get("n_members"))} / {count(low.get("n_nonmembers"))})</span>'
+         if attack else "")
 
 
 def headline_rows(run: RunData) -> list[list[str]]:

@@ -45,8 +45,8 @@ def _tm_sentence(tm: str, summ: dict, first: bool, who: str | None = None, low: 
     if math.isfinite(tpr1):
         ratio = tpr1 / 0.01
         ci = pct_ci(at1.get("tpr_at_1pct_ci"))
-        who_names = (f"its strongest attack at that rate ({esc(low_attack)}, chosen on the records whose membership "
-                     "it knew), on the others,") if low_attack else "it"
+        who_names = (f"on the records whose membership it did not know, its strongest attack at that rate "
+                     f"({esc(low_attack)}, chosen on those it knew)")
         parts.append(f"Tuned to wrongly accuse only {one_in(0.01)} non-members, {who_names} correctly identifies "
                      f"<strong>{pct(tpr1)}</strong> of the members" + (f" (95% interval {ci})" if ci else "")
                      + _against_guessing(ratio, at1.get("tpr_at_1pct_ci")))

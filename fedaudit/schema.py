@@ -153,8 +153,8 @@ class ViewResult:
     view: str | None = None                   # "aggregate-only" for the server under secure aggregation
     clients_audited: list | None = None       # the clients whose own model was attacked
     source_inference: dict | None = None
-    low_fpr_attack: str | None = None         # the attack reported at 1% FPR, chosen out of fold (newer runs)
-    low_fpr: dict | None = None               # its metrics with intervals
+    low_fpr_attack: str | None = None         # the attack reported at 1% FPR, chosen on the known records
+    low_fpr: dict | None = None               # its metrics with intervals, on the unknown records
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -274,8 +274,8 @@ class ViewSummary:
     attacks_across_rounds: dict = field(default_factory=dict)
     stacked_rounds: list = field(default_factory=list)
     view: str | None = None                       # "aggregate-only" under secure aggregation
-    low_fpr_attack: str | None = None             # the attack reported at 1% FPR, chosen out of fold (newer runs)
-    low_fpr: dict | None = None                   # its metrics with intervals
+    low_fpr_attack: str | None = None             # the attack reported at 1% FPR, chosen on the known records
+    low_fpr: dict | None = None                   # its metrics with intervals, on the unknown records
     extra: dict = field(default_factory=dict)
 
     _OWN = ("attack", "headline", "rounds", "aggregations", "attacks_across_rounds", "stacked_rounds", "view",

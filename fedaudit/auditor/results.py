@@ -2,7 +2,7 @@
 
 NumPy only: summaries on the finite scores (:func:`summary_or_none`), the four headline numbers without
 intervals (:func:`light_metrics`, per client and round), the attack reported at 1% FPR (:func:`low_fpr_choice`,
-chosen out of fold) and the empty headline of a skipped view.
+chosen on the known records, measured on the others) and the empty headline of a skipped view.
 """
 
 from __future__ import annotations

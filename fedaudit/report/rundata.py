@@ -197,8 +197,8 @@ class RunData:
         return None, ""
 
     def low_fpr(self, tm: str) -> tuple[dict | None, str | None]:
-        """(the metrics reported at 1% FPR, the attack they are of): those of the attack chosen out of fold for that
-        rate where the run recorded one, else the headline's (attack None: older run directories)."""
+        """(the metrics reported at 1% FPR, the attack they are of): those of the attack chosen on the known records
+        for that rate where the run recorded one, else the headline's (attack None: older run directories)."""
         headline, _ = self.headline(tm)
         if headline is None:
             return None, None

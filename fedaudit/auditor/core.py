@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedaudit.auditor.attack import (audit_attacks, fit_folds, headline, job_attacks, ranked_scores, spec, trained_attacks,
-                                     view_attacks)
+from fedaudit.auditor.attack import (audit_attacks, fit_folds, headline, job_attacks, ranked_scores, spec,
+                                     trained_attacks, view_attacks)
 from fedaudit.auditor.executors import InlineExecutor
 from fedaudit.auditor.records import AuditRecords, scenario_records
 from fedaudit.auditor.runtime import materialize
@@ -297,7 +297,8 @@ class AuditCore:
 
     def view_result(self, tm, record_scores: dict, eligible, per_client) -> dict:
         """The threat model's JSON: headline, every attack's summary, the attack reported at 1% FPR (chosen on the
-        known records, its metrics on the others: :func:`fedaudit.auditor.results.low_fpr_choice`), per-client headline metrics."""
+        known records, its metrics on the others: :func:`fedaudit.auditor.results.low_fpr_choice`), per-client
+        headline metrics."""
         member = self.records.member
         m, n = member & eligible, ~member & eligible
         summaries = {a: summary_or_none(s[m], s[n]) for a, s in record_scores.items()}

@@ -27,7 +27,8 @@ def _who(description: str) -> str:
 
 def _tm_sentence(tm: str, summ: dict, first: bool, who: str | None = None, low: tuple = (None, None)) -> str:
     """The sentence on one threat model's headline metrics (``summ``: a metrics mapping; ``low``: (the metrics at
-    1% FPR on the records the adversary did not know, the attack it chose for that rate on those it knew) where the run recorded one)."""
+    1% FPR on the records the adversary did not know, the attack it chose for that rate on those it knew) where the
+    run recorded one)."""
     m = threat_model(tm)
     who = (m.description if m is not None else "") if who is None else who
     noun = tm_noun(tm)

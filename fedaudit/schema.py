@@ -153,6 +153,8 @@ class ViewResult:
     view: str | None = None                   # "aggregate-only" for the server under secure aggregation
     clients_audited: list | None = None       # the clients whose own model was attacked
     source_inference: dict | None = None
+    low_fpr_attack: str | None = None         # the attack reported at 1% FPR, chosen on the known records
+    low_fpr: dict | None = None               # its metrics with intervals, on the unknown records
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -161,12 +163,14 @@ class ViewResult:
         for k in HEADLINE_KEYS:
             known[k] = _num(known.get(k))
         known["summary"] = metrics_summary(known.get("summary"))
+        known["low_fpr"] = metrics_summary(known.get("low_fpr"))
         known["attacks"] = {a: metrics_summary(s) for a, s in (known.get("attacks") or {}).items()}
         known["clients"] = [ClientResult.from_dict(c) for c in known.get("clients") or [] if isinstance(c, dict)]
         return cls(**known, extra=extra)
 
     def to_dict(self) -> dict:
-        return _out(self, drop_none=("skipped", "view", "clients_audited", "source_inference"))
+        return _out(self, drop_none=("skipped", "view", "clients_audited", "source_inference", "low_fpr_attack",
+                                     "low_fpr"))
 
     def headline_numbers(self) -> dict:
         """The four headline numbers (from the summary when the line has only that)."""
@@ -270,9 +274,13 @@ class ViewSummary:
     attacks_across_rounds: dict = field(default_factory=dict)
     stacked_rounds: list = field(default_factory=list)
     view: str | None = None                       # "aggregate-only" under secure aggregation
+    low_fpr_attack: str | None = None             # the attack reported at 1% FPR, chosen on the known records
+    low_fpr: dict | None = None                   # its metrics with intervals, on the unknown records
     extra: dict = field(default_factory=dict)
 
-    _OWN = ("attack", "headline", "rounds", "aggregations", "attacks_across_rounds", "stacked_rounds", "view")
+    _OWN = ("attack", "headline", "rounds", "aggregations", "attacks_across_rounds", "stacked_rounds", "view",
+            "low_fpr_attack", "low_fpr")
+    _OPTIONAL = ("view", "low_fpr_attack", "low_fpr")
 
     @classmethod
     def from_dict(cls, data: dict) -> "ViewSummary":
@@ -284,13 +292,15 @@ class ViewSummary:
                  if not (k.endswith("_ci") or isinstance(metrics[k], (int, float)) or metrics[k] is None)}
         own["aggregations"] = {k: metrics_summary(v) for k, v in (own.get("aggregations") or {}).items()}
         own["attacks_across_rounds"] = {k: metrics_summary(v) for k, v in (own.get("attacks_across_rounds") or {}).items()}
+        if "low_fpr" in own:
+            own["low_fpr"] = metrics_summary(own["low_fpr"])
         return cls(metrics=metrics, **own, extra=extra)
 
     def to_dict(self) -> dict:
         out = {**self.extra, **self.metrics}
         for k in self._OWN:
             v = getattr(self, k)
-            if v is not None or k != "view":
+            if v is not None or k not in self._OPTIONAL:
                 out[k] = v
         return out
 

@@ -34,9 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedaudit.auditor.attack import audit_attacks, fit_folds, headline, sigmoid, spec, trained_attacks, view_attacks
+from fedaudit.auditor.attack import (audit_attacks, fit_folds, headline, ranked_scores, sigmoid, spec, trained_attacks,
+                                     view_attacks)
 from fedaudit.auditor.records import AuditRecords
-from fedaudit.auditor.results import AGGREGATE_ONLY, light_metrics, summary_or_none
+from fedaudit.auditor.results import AGGREGATE_ONLY, light_metrics, low_fpr_choice, summary_or_none
 from fedaudit.auditor.sources import CALIBRATED, LOWEST_LOSS, attribute_sources, attribution_accuracy
 from fedaudit.auditor.state import AUDIT_DIR, load_round, round_path, saved_rounds, stack_rounds
 from fedaudit.auditor.views import rows_by_source
@@ -157,7 +158,7 @@ class _Stacked:
         return self.attack.score(P, rows)
 
 
-def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: dict) -> dict:
+def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: dict, stack_name: str) -> dict:
     r = view.records
     member, eligible = r.member, view.scored          # the metrics' records (the stack is fitted on view.eligible)
     per_round = view.per_round_scores()
@@ -168,11 +169,16 @@ def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: di
     m, n = member & eligible, ~member & eligible
     summaries = {k: summary_or_none(v[m], v[n]) for k, v in aggregations.items()}
     # every attack across rounds: the mean of its per-round scores (for FedMIA's z, Stouffer's combination)
-    across = {}
+    across, means = {}, {}
     for a in attacks:
         if all(round_key(view.tm, "score", a) in view.data[t] for t in view.rounds) and view.rounds:
-            mean = _nan_reduce(np.nanmean, np.stack([view.scores(t, a) for t in view.rounds], axis=1))
-            across[a] = summary_or_none(mean[m], mean[n])
+            means[a] = _nan_reduce(np.nanmean, np.stack([view.scores(t, a) for t in view.rounds], axis=1))
+            across[a] = summary_or_none(means[a][m], means[a][n])
+    # the attack reported at 1% FPR: the stack or one attack across rounds, chosen on the known records
+    candidates = {stack_name: stacked, **ranked_scores(means, view.head)}
+    low_name, unknown = low_fpr_choice(candidates, member, r.known, eligible)
+    low = candidates[low_name]
+    low_summary = summary_or_none(low[member & unknown], low[~member & unknown])
     # per client: client k's members against the population sample, under k's models (server) or the
     # global models (participant), with the round at which k's per-round AUC peaked
     P = r.population_sample
@@ -205,7 +211,7 @@ def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: di
         clients.append({"client": k, "records": int(held.size), "summary": s, "peak_round": peak,
                         "rounds": participation.get(k, [])})
     return {"score": stacked, "per_round": per_round, "aggregations": summaries, "clients": clients,
-            "across_rounds": across, "head": view.head,
+            "across_rounds": across, "head": view.head, "low_fpr_attack": low_name, "low_fpr": low_summary,
             "last_loss": view.latest("loss"), "last_correct": view.latest("correct").astype(bool) if view.rounds
             else np.zeros(len(r), dtype=bool), "rounds": view.rounds, "eligible": eligible, "per_client": view.server,
             "stacked_rounds": stacker.rounds}
@@ -337,6 +343,7 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
     round_clients = _round_clients(run_dir, data, records)
     views = {}
     secagg = bool(scenario.federation.secure_aggregation)
+    stack_name = f"stacked-{head}" if trained_attacks(attacks) else "stacked-scores"
     for tm in audited_here(scenario):
         view = _View(tm, data, records, head)
         if view.rounds:
@@ -344,14 +351,13 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
             mine = view_attacks(attacks, get_threat_model(tm).attack_view_for(secagg))
             saved = [a for a in mine if all(round_key(tm, "score", a) in view.data[t] for t in view.rounds)]
             view.head = headline(saved or mine)
-            views[tm] = _aggregate_view(view, saved or mine, feature_names, round_clients)
+            views[tm] = _aggregate_view(view, saved or mine, feature_names, round_clients, stack_name)
     probs = {tm: sigmoid(v["score"]) for tm, v in views.items()}
     risk_view = strongest(probs)
     risk = probs[risk_view] if risk_view else np.full(len(records), np.nan)
     eligible = views[risk_view]["eligible"] if risk_view else np.ones(len(records), dtype=bool)
     trained = _rounds_trained(round_clients, records)
-    summary: dict = {"threat_models": {}, "rounds": sorted(data), "attack": f"stacked-{head}"
-                     if trained_attacks(attacks) else "stacked-scores",
+    summary: dict = {"threat_models": {}, "rounds": sorted(data), "attack": stack_name,
                      "records": {"members": int(member.sum()), "nonmembers": int((~member).sum()),
                                  "known_of_each": int(records.known[member].sum()), "folds": records.folds,
                                  "members_trained": int(np.sum(member & (trained > 0))),
@@ -368,6 +374,8 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
         entry["attacks_across_rounds"] = {a: (x.to_dict() if x is not None else None)
                                           for a, x in v["across_rounds"].items()}
         entry["stacked_rounds"] = v["stacked_rounds"]
+        entry["low_fpr_attack"] = v["low_fpr_attack"]
+        entry["low_fpr"] = v["low_fpr"].to_dict() if v["low_fpr"] is not None else None
         summary["threat_models"][tm] = entry
         ok = v["eligible"]
         slices[tm] = _slices(v["score"][ok], member[ok], records.label[ok], v["last_loss"][ok], v["last_correct"][ok])

@@ -211,6 +211,12 @@ def headline(attacks) -> str:
     return best_ranked(attacks)
 
 
+def ranked_scores(scores: dict, first: str) -> dict:
+    """``scores`` ({attack: per-record scores}) with ``first`` first and the others in headline-rank order (the
+    order :func:`fedaudit.auditor.results.low_fpr_choice` falls back and breaks ties in)."""
+    return {a: scores[a] for a in sorted(scores, key=lambda a: (a != first, spec(a).rank, a))}
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     e = np.exp(-np.abs(x))          # never overflows

@@ -38,11 +38,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fedaudit.auditor.attack import audit_attacks, fit_folds, headline, job_attacks, spec, trained_attacks, view_attacks
+from fedaudit.auditor.attack import (audit_attacks, fit_folds, headline, job_attacks, ranked_scores, spec,
+                                     trained_attacks, view_attacks)
 from fedaudit.auditor.executors import InlineExecutor
 from fedaudit.auditor.records import AuditRecords, scenario_records
 from fedaudit.auditor.runtime import materialize
-from fedaudit.auditor.results import headline_fields, light_metrics, summary_or_none
+from fedaudit.auditor.results import headline_fields, light_metrics, low_fpr_choice, summary_or_none
 from fedaudit.auditor.state import AUDIT_DIR, audited_rounds, merge_round, save_round, stack_rounds
 from fedaudit.config import Scenario
 from fedaudit.rundir import read_jsonl, upsert_jsonl
@@ -295,16 +296,22 @@ class AuditCore:
         return out
 
     def view_result(self, tm, record_scores: dict, eligible, per_client) -> dict:
-        """The threat model's JSON: headline, every attack's summary, per-client headline metrics."""
+        """The threat model's JSON: headline, every attack's summary, the attack reported at 1% FPR (chosen on the
+        known records, its metrics on the others: :func:`fedaudit.auditor.results.low_fpr_choice`), per-client
+        headline metrics."""
         member = self.records.member
         m, n = member & eligible, ~member & eligible
         summaries = {a: summary_or_none(s[m], s[n]) for a, s in record_scores.items()}
         name = self.headlines[tm]
         head = summaries[name]
         h = record_scores[name]
+        low_name, unknown = low_fpr_choice(ranked_scores(record_scores, name), member, self.records.known, eligible)
+        low = record_scores[low_name]
+        low_summary = summary_or_none(low[member & unknown], low[~member & unknown])
         result = {"attack": name, **headline_fields(head),
                   "summary": head.to_dict() if head is not None else None,
                   "attacks": {a: (s.to_dict() if s is not None else None) for a, s in summaries.items()},
+                  "low_fpr_attack": low_name, "low_fpr": low_summary.to_dict() if low_summary is not None else None,
                   "records": {"members": int(np.sum(m & ~np.isnan(h))), "nonmembers": int(np.sum(n & ~np.isnan(h))),
                               "population_sample": int(self.records.population_sample.size)},
                   "clients": []}

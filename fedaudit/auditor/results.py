@@ -1,7 +1,8 @@
 """Metrics of one threat model's scores, shared by the per-round audit and the aggregation across rounds.
 
 NumPy only: summaries on the finite scores (:func:`summary_or_none`), the four headline numbers without
-intervals (:func:`light_metrics`, per client and round), and the empty headline of a skipped view.
+intervals (:func:`light_metrics`, per client and round), the attack reported at 1% FPR (:func:`low_fpr_choice`,
+chosen on the known records, measured on the others) and the empty headline of a skipped view.
 """
 
 from __future__ import annotations
@@ -47,6 +48,50 @@ def light_metrics(member_scores, nonmember_scores) -> dict:
     return out
 
 
+#: known non-members needed to choose the low-FPR attack on them (fewer: the first attack)
+MIN_KNOWN_NONMEMBERS = 50
+
+
+def _tpr_at_low_fpr(scores: np.ndarray, member: np.ndarray, pool: np.ndarray) -> float:
+    """TPR at 1% FPR, or with fewer than 100 non-members at one false positive (the lowest rate they measure)."""
+    import math
+
+    from fedaudit.metrics import roc_counts
+
+    m, n = scores[member & pool], scores[~member & pool]
+    m, n = m[np.isfinite(m)], n[np.isfinite(n)]
+    if m.size == 0 or n.size == 0:
+        return -np.inf
+    c = roc_counts(m, n)
+    allowed = max(1, math.floor(0.01 * c.n_nonmembers + 1e-9))
+    return float(c.tpr[int(np.searchsorted(c.fp, allowed, side="right")) - 1])
+
+
+def low_fpr_choice(scores: dict, member, known, scored=None, *,
+                   min_nonmembers: int = MIN_KNOWN_NONMEMBERS) -> tuple[str, np.ndarray]:
+    """(the attack that names the most members at 1% FPR on the adversary's known records, the records to report
+    it on: the others).
+
+    ``scores``: {attack: per-record scores, out of fold}, in headline-rank order (the first is the fallback and
+    wins ties). The adversary tunes on the records whose membership it knows and attacks the rest, as a real one
+    would: the choice reads the known (``scored``) records only and its metrics are on the unknown ones, so no
+    scored record's membership chooses the attack that scores it. (Choosing per cross-fitting fold and reporting
+    on every record was measured too: folds that choose differently mix attacks whose tails differ, and the mix
+    named fewer members at 1% FPR than the headline.) Fewer than 100 known non-members cannot measure 1%: the
+    rate there is that of one false positive; fewer than ``min_nonmembers`` keep the first attack.
+    """
+    names = list(scores)
+    member = np.asarray(member, dtype=bool)
+    known = np.asarray(known, dtype=bool)
+    scored = np.ones(member.size, dtype=bool) if scored is None else np.asarray(scored, dtype=bool)
+    pool = known & scored
+    best = names[0]
+    if np.sum(pool & ~member) >= min_nonmembers:
+        tpr = {a: _tpr_at_low_fpr(np.asarray(scores[a], dtype=np.float64), member, pool) for a in names}
+        best = max(names, key=lambda a: tpr[a])         # the first of the best: ties go to the better-ranked
+    return best, scored & ~known
+
+
 def headline_fields(summary) -> dict:
     """The four headline numbers of a :class:`fedaudit.metrics.Summary` (None: all None), named as the run
     directory's schema names them (:data:`fedaudit.schema.HEADLINE_KEYS`)."""
@@ -61,4 +106,4 @@ def skipped_result(attack: str, reason: str) -> dict:
     return {"attack": attack, **headline_fields(None), "skipped": reason, "clients": []}
 
 
-__all__ = ["headline_fields", "light_metrics", "skipped_result", "summary_or_none"]
+__all__ = ["headline_fields", "light_metrics", "low_fpr_choice", "skipped_result", "summary_or_none"]

@@ -25,8 +25,10 @@ def _who(description: str) -> str:
     return "who, under secure aggregation, " + rest if head.endswith(" under secure aggregation") else "who " + rest
 
 
-def _tm_sentence(tm: str, summ: dict, first: bool, who: str | None = None) -> str:
-    """The sentence on one threat model's headline metrics (``summ``: a metrics mapping)."""
+def _tm_sentence(tm: str, summ: dict, first: bool, who: str | None = None, low: tuple = (None, None)) -> str:
+    """The sentence on one threat model's headline metrics (``summ``: a metrics mapping; ``low``: (the metrics at
+    1% FPR on the records the adversary did not know, the attack it chose for that rate on those it knew) where the
+    run recorded one)."""
     m = threat_model(tm)
     who = (m.description if m is not None else "") if who is None else who
     noun = tm_noun(tm)
@@ -39,13 +41,16 @@ def _tm_sentence(tm: str, summ: dict, first: bool, who: str | None = None) -> st
                      f"<strong>{f3(auc, 2)}</strong> (0.5 is guessing, 1.0 is always right).")
     else:
         parts.append(f"{esc(noun)}, {esc(who)}, reaches an AUC of <strong>{f3(auc, 2)}</strong>.")
-    tpr1 = num(summ.get("tpr_at_1pct"))
+    at1, low_attack = low if low[0] else (summ, None)
+    tpr1 = num(at1.get("tpr_at_1pct"))
     if math.isfinite(tpr1):
         ratio = tpr1 / 0.01
-        ci = pct_ci(summ.get("tpr_at_1pct_ci"))
-        parts.append(f"Tuned to wrongly accuse only {one_in(0.01)} non-members, it correctly identifies "
+        ci = pct_ci(at1.get("tpr_at_1pct_ci"))
+        who_names = (f"on the records whose membership it did not know, its strongest attack at that rate "
+                     f"({esc(low_attack)}, chosen on those it knew)")
+        parts.append(f"Tuned to wrongly accuse only {one_in(0.01)} non-members, {who_names} correctly identifies "
                      f"<strong>{pct(tpr1)}</strong> of the members" + (f" (95% interval {ci})" if ci else "")
-                     + _against_guessing(ratio, summ.get("tpr_at_1pct_ci")))
+                     + _against_guessing(ratio, at1.get("tpr_at_1pct_ci")))
     tpr01 = num(summ.get("tpr_at_0_1pct"))
     n0 = num(summ.get("n_nonmembers"))
     if math.isfinite(tpr01):
@@ -354,9 +359,10 @@ def summarize_run(run: RunData) -> tuple[str | None, list[str]]:
         order = sorted(headlines, key=lambda tm: -num(headlines[tm].get("auc")))
         lead = (f"<strong>Overall membership risk: {esc(LEVEL_TEXT[overall])}.</strong> "
                 if overall else "")
-        paras.append(lead + _tm_sentence(order[0], headlines[order[0]], True, run.describe(order[0])))
+        paras.append(lead + _tm_sentence(order[0], headlines[order[0]], True, run.describe(order[0]),
+                                         run.low_fpr(order[0])))
         for tm in order[1:]:
-            paras.append(_tm_sentence(tm, headlines[tm], False, run.describe(tm)))
+            paras.append(_tm_sentence(tm, headlines[tm], False, run.describe(tm), run.low_fpr(tm)))
         if run.aggregate_only:
             paras.append(SECURE_AGGREGATION_TEXT)
         exposed = [s for s in (_clients(run), _classes(run, order[0]), _top_records(run)) if s]

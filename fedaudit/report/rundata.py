@@ -192,8 +192,19 @@ class RunData:
             else:
                 continue
             summ.attack = view.attack
+            summ.low_fpr_attack, summ.low_fpr = view.low_fpr_attack, view.low_fpr
             return summ, f"round {round_} only (no aggregated summary.json)"
         return None, ""
+
+    def low_fpr(self, tm: str) -> tuple[dict | None, str | None]:
+        """(the metrics reported at 1% FPR, the attack they are of): those of the attack chosen on the known records
+        for that rate where the run recorded one, else the headline's (attack None: older run directories)."""
+        headline, _ = self.headline(tm)
+        if headline is None:
+            return None, None
+        if headline.low_fpr and headline.low_fpr_attack:
+            return headline.low_fpr, headline.low_fpr_attack
+        return headline.metrics, None
 
     def headline_attack(self, tm: str) -> str | None:
         s = self.summary.view(tm)

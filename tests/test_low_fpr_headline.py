@@ -1,0 +1,81 @@
+"""The attack reported at 1% FPR: chosen on the adversary's known records, measured on the others."""
+
+import numpy as np
+
+from fedaudit.auditor.results import MIN_KNOWN_NONMEMBERS, light_metrics, low_fpr_choice
+from fedaudit.schema import ViewResult, ViewSummary
+
+
+def _records(seed, n=2000, known_fraction=0.5):
+    rng = np.random.default_rng(seed)
+    member = np.arange(n) < n // 2
+    known = rng.random(n) < known_fraction
+    return rng, member, known
+
+
+def _tpr(score, member, on):
+    return light_metrics(score[member & on], score[~member & on])["tpr_at_1pct"]
+
+
+def test_attack_planted_strong_at_low_fpr_is_chosen_over_the_first_ranked():
+    rng, member, known = _records(0)
+    # "ranked": the better AUC, no tail; "tail": weaker AUC, but 20% of the members far above every non-member
+    ranked = rng.normal(size=member.size) + 0.7 * member
+    tail = rng.normal(size=member.size) + np.where(member & (rng.random(member.size) < 0.2), 8.0, 0.0)
+    assert light_metrics(ranked[member], ranked[~member])["auc"] > light_metrics(tail[member], tail[~member])["auc"]
+    name, unknown = low_fpr_choice({"ranked": ranked, "tail": tail}, member, known)
+    assert name == "tail"
+    np.testing.assert_array_equal(unknown, ~known)
+    assert _tpr(tail, member, unknown) >= _tpr(ranked, member, unknown)
+
+
+def test_no_signal_stays_at_chance_where_a_choice_on_the_scored_records_does_not():
+    honest, in_sample = [], []
+    for seed in range(4):
+        rng, member, known = _records(seed, n=4000)
+        scores = {f"a{i}": rng.normal(size=member.size) for i in range(20)}
+        name, unknown = low_fpr_choice(scores, member, known)
+        honest.append(_tpr(scores[name], member, unknown))
+        # the best of 20 coins on the records it is measured on looks like a leak
+        in_sample.append(max(_tpr(s, member, unknown) for s in scores.values()))
+    assert np.mean(honest) < 0.016
+    assert np.mean(in_sample) > np.mean(honest) + 0.004
+
+
+def test_only_scored_known_records_choose_and_only_scored_unknown_ones_are_measured():
+    rng, member, known = _records(1)
+    scored = rng.random(member.size) < 0.8
+    leak = rng.normal(size=member.size) + np.where(member & ~scored, 8.0, 0.0)   # a "leak" on unscored records only
+    name, unknown = low_fpr_choice({"first": rng.normal(size=member.size) + 0.5 * member, "leak": leak},
+                                   member, known, scored)
+    assert name == "first"
+    np.testing.assert_array_equal(unknown, scored & ~known)
+
+
+def test_too_few_known_nonmembers_keep_the_first_attack():
+    rng, member, known = _records(2, n=2 * MIN_KNOWN_NONMEMBERS)
+    tail = rng.normal(size=member.size) + 10.0 * member
+    name, _ = low_fpr_choice({"first": rng.normal(size=member.size), "tail": tail}, member, known)
+    assert name == "first"
+
+
+def test_old_run_directories_read_without_the_low_fpr_fields():
+    old = {"auc": 0.7, "tpr_at_1pct": 0.05, "attack": "stacked-whitebox", "headline": "whitebox", "rounds": [1],
+           "aggregations": {}, "attacks_across_rounds": {}, "stacked_rounds": [1]}
+    s = ViewSummary.from_dict(old)
+    assert s.low_fpr is None and s.low_fpr_attack is None
+    assert "low_fpr" not in s.to_dict() and "low_fpr_attack" not in s.to_dict()
+    new = ViewSummary.from_dict({**old, "low_fpr_attack": "loss", "low_fpr": {"tpr_at_1pct": 0.09}}).to_dict()
+    assert new["low_fpr_attack"] == "loss" and new["low_fpr"]["tpr_at_1pct"] == 0.09
+    assert "low_fpr" not in ViewResult.from_dict({"attack": "loss", "auc": 0.6}).to_dict()
+    line = ViewResult.from_dict({"attack": "loss", "low_fpr_attack": "blackbox", "low_fpr": {"auc": 0.6}})
+    assert line.low_fpr_attack == "blackbox" and line.to_dict()["low_fpr"] == {"auc": 0.6}
+
+
+def test_the_report_sentence_takes_the_rate_from_the_chosen_attack_and_names_it():
+    from fedaudit.report.narrative import _tm_sentence
+
+    headline = {"auc": 0.8, "tpr_at_1pct": 0.02, "n_nonmembers": 400}
+    text = _tm_sentence("server", headline, True, low=({"tpr_at_1pct": 0.15}, "loss"))
+    assert "15.0%" in text and "loss" in text and "2.0%" not in text
+    assert "2.0%" in _tm_sentence("server", headline, True)          # older runs: the headline's

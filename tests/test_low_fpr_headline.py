@@ -79,3 +79,13 @@ def test_the_report_sentence_takes_the_rate_from_the_chosen_attack_and_names_it(
     text = _tm_sentence("server", headline, True, low=({"tpr_at_1pct": 0.15}, "loss"))
     assert "15.0%" in text and "loss" in text and "2.0%" not in text
     assert "2.0%" in _tm_sentence("server", headline, True)          # older runs: the headline's
+
+
+def test_the_console_line_states_the_rate_the_report_states():
+    from fedaudit.report.console import _risk_line
+
+    head = {"auc": 0.64, "tpr_at_1pct": 0.016, "n_members": 500, "n_nonmembers": 500}
+    line = _risk_line("server", head, "stacked-whitebox", ({"tpr_at_1pct": 0.038}, "loss"))
+    assert "AUC 0.644" not in line and "AUC 0.640" in line and "(stacked-whitebox)" in line
+    assert "TPR 3.8% at 1% FPR (loss, on the records it did not know)" in line and "1.6%" not in line
+    assert "TPR 1.6% at 1% FPR" in _risk_line("server", head, "stacked-whitebox")

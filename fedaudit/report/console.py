@@ -14,18 +14,20 @@ from fedaudit.report.rundata import RunData, load_run, tm_title
 from fedaudit.risk import LEVEL_TEXT, empirical_epsilon, risk_level
 
 
-def _risk_line(label: str, summ: dict, attack: str | None) -> str:
-    """One line of a metrics summary (a mapping)."""
+def _risk_line(label: str, summ: dict, attack: str | None, low: tuple[dict | None, str | None] = (None, None)) -> str:
+    """One line of a metrics summary (a mapping): the headline attack's AUC and epsilon, then the TPR at 1% FPR as
+    the report states it: ``low`` (metrics, attack) where an attack was chosen for that rate
+    (:meth:`RunData.low_fpr`, measured on the records the adversary did not know), else the summary's own."""
     parts = [f"AUC {f3(summ.get('auc'))}"]
-    tpr = num(summ.get("tpr_at_1pct"))
-    parts.append(f"TPR {pct(tpr)} at 1% FPR" if math.isfinite(tpr) else "TPR at 1% FPR not measurable")
-    low, _ = empirical_epsilon(summ)
-    if math.isfinite(low) and low > 0:
-        parts.append(f"epsilon >= {low:.2f}")
+    low_eps, _ = empirical_epsilon(summ)
+    if math.isfinite(low_eps) and low_eps > 0:
+        parts.append(f"epsilon >= {low_eps:.2f}")
+    text = f"{label}: " + ", ".join(parts) + (f" ({attack})" if attack else "")
+    low_summ, low_attack = low
+    tpr = num((low_summ if low_attack else summ).get("tpr_at_1pct"))
+    at = f" ({low_attack}, on the records it did not know)" if low_attack else ""
+    text += f"; TPR {pct(tpr)} at 1% FPR{at}" if math.isfinite(tpr) else "; TPR at 1% FPR not measurable"
     level = risk_level(summ)
-    text = f"{label}: " + ", ".join(parts)
-    if attack:
-        text += f" ({attack})"
     if level:
         text += f"; risk: {LEVEL_TEXT[level]}"
     return text
@@ -40,7 +42,7 @@ def run_lines(run: RunData, report: Path | None = None) -> list[str]:
             who = tm_title(tm).lower()
             if run.sees_sum_only(tm):
                 who += " (secure aggregation: the sum only)"
-            lines.append(_risk_line(who, headline.metrics, run.headline_attack(tm)))
+            lines.append(_risk_line(who, headline.metrics, run.headline_attack(tm), run.low_fpr(tm)))
     if not lines:
         lines.append("not audited (audit.enabled = false)" if run.scenario is not None and
                      not run.scenario.audit.enabled else "no audit results in the run directory")

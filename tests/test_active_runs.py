@@ -14,7 +14,8 @@ from fedaudit.runstate import read_status, update_status
 from conftest import SCENARIOS
 
 TINY = {"federation.clients": 3, "federation.rounds": 2, "federation.local_epochs": 2,
-        "audit.attacks": ["loss", "blackbox"], "audit.folds": 3, "audit.active.targets": 100}
+        "audit.attacks": ["loss", "blackbox"], "audit.folds": 3, "audit.active.targets": 100,
+        "audit.inferences": []}   # beyond membership is tested in test_inferences.py
 
 
 def run(tmp_path, **overrides):

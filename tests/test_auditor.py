@@ -405,7 +405,7 @@ def test_sigmoid_is_stable():
 def small_run_scenario(**overrides):
     return load_scenario(SCENARIOS / "quickstart.toml", {
         "federation.clients": 4, "federation.rounds": 3, "federation.local_epochs": 1, "audit.enabled": True,
-        "audit.folds": 3, **overrides})
+        "audit.folds": 3, "audit.inferences": [], **overrides})
 
 
 def check_rounds(run_dir, rounds):

@@ -115,7 +115,7 @@ PURCHASE = {"data": {"dataset": "synthetic-purchase", "records": 400, "features"
                      "test_fraction": 0.2},
             "model": {"name": "purchase-fcn"},
             "federation": {"clients": 3, "rounds": 2, "local_epochs": 40, "learning_rate": 0.003, "seed": 0},
-            "audit": {"enabled": True, "attacks": ["loss"], "threat_models": ["server"]},
+            "audit": {"enabled": True, "attacks": ["loss"], "threat_models": ["server"], "inferences": []},
             "ray": {"num_cpus": 2}}
 
 

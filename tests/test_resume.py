@@ -25,7 +25,7 @@ KILLED = (1, ROUNDS - 1)        # client 1's actor process is killed in the last
                                 # reference and the last attempt; the earlier attempts stop before it)
 KILL_PLAN = faults.FaultPlan(kill_clients={KILLED[0]: KILLED[1]})
 OVERRIDES = {"federation.clients": 3, "federation.rounds": ROUNDS, "federation.local_epochs": 1,
-             "federation.fraction": 1.0, "audit.enabled": True, "audit.folds": 3,
+             "federation.fraction": 1.0, "audit.enabled": True, "audit.folds": 3, "audit.inferences": [],
              "ray.num_cpus": 1}         # one client actor: fewer processes to start on each attempt
 # Fields that measure time, not the audit: they differ between any two runs.
 TIMING = {"wall_seconds", "audit_seconds", "train_seconds", "from_cache", "cache_dir", "parallel"}

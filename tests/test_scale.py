@@ -278,7 +278,8 @@ def test_multinode_audit_tasks_run_on_both_nodes_and_match_one_node(tmp_path):
     scenario = scenario_from_dict({
         "name": "multinode", "data": {"dataset": "digits"}, "model": {"name": "mlp", "hidden": [32]},
         "federation": {"clients": 4, "rounds": 2, "local_epochs": 3, "seed": 0},
-        "audit": {"enabled": True, "folds": 3, "population_sample": 200, "source_sample": 150},
+        "audit": {"enabled": True, "folds": 3, "population_sample": 200, "source_sample": 150,
+                  "inferences": []},
         "ray": {"num_cpus": 2}})
     one = run_scenario(scenario, out=tmp_path / "one", progress=False, report=False)
     pin_loopback()                       # the nodes below listen on 127.0.0.1, and the run joins them there

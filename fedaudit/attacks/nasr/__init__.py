@@ -12,9 +12,9 @@ Function-level core (what the federated auditor reuses, no data handler needed):
   last layer's output, the loss and the label;
 - :func:`build_attack_network` builds the attack network for those features: one component per signal,
   concatenated into an encoder that ends in a membership probability;
-- :func:`fit_attack` trains it on known members and non-members with binary cross-entropy (``Model.fit`` on
-  seeded batches, a callback that scores every epoch), choosing the epoch on a validation split carved from the
-  known records; ``fitted.predict(features)`` scores;
+- :func:`fit_attack` trains it on known members and non-members with binary cross-entropy (one traced
+  training step on seeded batches, a callback that scores every epoch), choosing the epoch on a validation split
+  carved from the known records; ``fitted.predict(features)`` scores;
 - :func:`~fedaudit.attacks.nasr.stacking.stack` adds a gradient-boosted model on compact statistics of the
   same signals; the score is the mean of the two log-odds.
 

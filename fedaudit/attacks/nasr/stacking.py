@@ -100,64 +100,21 @@ def _balanced_bce(log_odds: np.ndarray, member: np.ndarray) -> float:
     return float(np.mean(w * (np.logaddexp(0, log_odds) - member * log_odds)))
 
 
-#: the mixes :func:`stack` chooses from, as the network's share of the log-odds: the network alone, the even mix,
-#: the boosted model alone
-WEIGHTS = (WEIGHT, 1.0, 0.0)
-
-#: the false-positive rates over which the choice averages the true-positive rate (a partial ROC area)
-CHOICE_FPR = 0.1
-
-#: folds of the boosted model's out-of-fold log-odds over the known records
-FOLDS = 3
-
-
-def _low_fpr_area(scores: np.ndarray, member: np.ndarray, fpr: float = CHOICE_FPR) -> float:
-    """Mean TPR over the false-positive rates 1/n0 ... ``fpr`` (n0 non-members; at least one false positive):
-    how many members a score names while it accuses few non-members, less noisy than one rate on few records."""
-    nonmember = np.sort(scores[member == 0])[::-1]
-    k = max(1, int(np.floor(fpr * len(nonmember))))
-    return float(np.mean([(scores[member == 1] > t).mean() for t in nonmember[:k]]))
-
-
-def _out_of_fold(x: np.ndarray, membership: np.ndarray, seed: int) -> np.ndarray:
-    """The boosted model's log-odds for every known record from models fitted on the other folds."""
-    from sklearn.model_selection import StratifiedKFold
-
-    out = np.zeros(len(membership))
-    for train, test in StratifiedKFold(FOLDS, shuffle=True, random_state=int(seed)).split(x, membership):
-        out[test] = _log_odds(_fit(_boosted(seed, x.shape[1]), x[train], membership[train]), x[test])
-    return out
-
-
-def _platt(log_odds: np.ndarray, membership: np.ndarray) -> tuple[float, float]:
-    """(a, b) with ``a * log_odds + b`` calibrated log-odds (classes balanced): a boosted model's in-sample
-    confidence runs far beyond what it achieves out of sample (a ~0.5-0.7 measured on purchase-like targets), so
-    that uncalibrated it outweighs the network in the mix."""
-    from sklearn.linear_model import LogisticRegression
-
-    fit = LogisticRegression(C=1e4, class_weight="balanced").fit(log_odds[:, None], membership)
-    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
-
-
 @dataclass
 class StackedAttack:
-    """The network's log-odds mixed with the boosted model's calibrated ones:
-    ``w * network + (1 - w) * (a * boosted + b)``."""
+    """The network's log-odds mixed with the boosted model's: ``w * network + (1 - w) * boosted``."""
 
     network: object              # a FittedAttack
     boosted: object              # the HistGradientBoostingClassifier refitted on every known record
     weight: float
-    validation: dict             # on the validation split: cross-entropy and low-FPR area of each mix, the choice
-    calibration: tuple = (1.0, 0.0)   # (a, b) of the boosted log-odds, fitted out of fold
+    validation: dict             # balanced cross-entropy on the validation split: network, boosted, stacked
 
     def log_odds(self, features: WhiteboxFeatures) -> np.ndarray:
         p = np.clip(self.network.predict(features), 1e-7, 1 - 1e-7)
         net = np.log(p / (1 - p))
         if self.weight >= 1:
             return net
-        a, b = self.calibration
-        boosted = a * _log_odds(self.boosted, compact_features(features)) + b
-        return self.weight * net + (1 - self.weight) * boosted
+        return self.weight * net + (1 - self.weight) * _log_odds(self.boosted, compact_features(features))
 
     def predict(self, features: WhiteboxFeatures) -> np.ndarray:
         """Membership probability of each record, shape (n,)."""
@@ -166,28 +123,18 @@ class StackedAttack:
 
 def stack(fitted, features: WhiteboxFeatures, membership, seed: int = 0) -> StackedAttack:
     """Stack ``fitted`` (a :class:`FittedAttack` trained on ``features`` of the known records with
-    ``membership``) with a boosted model fitted on every known record, its log-odds calibrated on its out-of-fold
-    log-odds over all known records (:func:`_platt`). The mix (:data:`WEIGHTS`) is chosen on the network's
-    validation split, where the network's scores and the boosted model's out-of-fold ones are both out of sample,
-    by the mean TPR up to :data:`CHOICE_FPR` (:func:`_low_fpr_area`; ties keep the even mix): the network alone,
-    the boosted model alone or their mix, whichever names more members while accusing few non-members."""
+    ``membership``) with a boosted model fitted on every known record; the validation split's cross-entropy
+    of the network, of a boosted model fitted on the network's training split and of their mix is reported."""
     membership = np.asarray(membership).astype(np.int64).ravel()
     x = compact_features(features)
-    val = fitted.val_index
-    weight, validation, calibration = WEIGHT, {}, (1.0, 0.0)
-    if len(np.unique(membership)) == 2 and min(np.bincount(membership)) >= FOLDS:
-        oof = _out_of_fold(x, membership, seed)
-        calibration = _platt(oof, membership)
-        if len(val) and len(np.unique(membership[val])) == 2:
-            p = np.clip(fitted.predict(features.subset(val)), 1e-7, 1 - 1e-7)
-            net, boosted = np.log(p / (1 - p)), calibration[0] * oof[val] + calibration[1]
-            areas = {}
-            for w in WEIGHTS:
-                mix = w * net + (1 - w) * boosted
-                areas[w] = _low_fpr_area(mix, membership[val])
-                validation[f"weight {w:g}"] = {"cross_entropy": _balanced_bce(mix, membership[val]),
-                                               "low_fpr_area": areas[w]}
-            weight = max(WEIGHTS, key=lambda w: areas[w])      # the first of the best: the even mix on ties
-            validation["weight"] = weight
+    tr, val = fitted.train_index, fitted.val_index
+    validation = {}
+    if len(val) and len(np.unique(membership[val])) == 2 and len(np.unique(membership[tr])) == 2:
+        boosted = _log_odds(_fit(_boosted(seed, x.shape[1]), x[tr], membership[tr]), x[val])
+        p = np.clip(fitted.predict(features.subset(val)), 1e-7, 1 - 1e-7)
+        net = np.log(p / (1 - p))
+        validation = {"network": _balanced_bce(net, membership[val]),
+                      "boosted": _balanced_bce(boosted, membership[val]),
+                      "stacked": _balanced_bce(WEIGHT * net + (1 - WEIGHT) * boosted, membership[val])}
     final = _fit(_boosted(seed, x.shape[1]), x, membership)
-    return StackedAttack(fitted, final, weight, validation, calibration)
+    return StackedAttack(fitted, final, WEIGHT, validation)

@@ -1,4 +1,4 @@
-"""Training the attack network on known records (``Model.fit`` with callbacks) and scoring with it."""
+"""Training the attack network on known records (one traced training step, a selection callback) and scoring with it."""
 
 from __future__ import annotations
 

@@ -64,9 +64,6 @@ def test_planted_leak_is_found_at_low_fpr_where_a_weak_attack_is_not():
     assert chosen.tpr_at_1pct > 0.07, (chosen.tpr_at_1pct, stacked.validation)   # ~0.1 memorised: most found
     assert chosen.tpr_at_1pct > 2 * weak.tpr_at_1pct
     assert chosen.auc >= weak.auc - 0.02
-    assert stacked.weight < 1                               # the network alone was not chosen
-    a, _ = stacked.calibration
-    assert 0 < a < 1.5                                      # out-of-fold calibration shrinks, never flips
 
 
 def test_no_signal_stays_at_chance():

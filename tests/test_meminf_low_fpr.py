@@ -2,8 +2,8 @@
 
 A planted leak: a tenth of the members are memorised (true-class logit far above the rest, a loss near zero) and
 every member's log gradient norm is less spread. The "network" here reads only how far the gradient norm is from
-the typical one: a weak attack with some AUC and no tail. The stack must find the memorised members at 1% FPR, where the weak attack names few;
-with no signal at all, it must stay at chance.
+the typical one: a weak attack with some AUC and no tail. The stack must find the memorised members at 1% FPR,
+where the weak attack names few; with no signal at all, it must stay at chance.
 """
 
 import numpy as np

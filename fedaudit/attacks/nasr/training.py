@@ -1,4 +1,4 @@
-"""Training the attack network on known records (one traced training step, a selection callback) and scoring with it."""
+"""Training the attack network on known records (a traced training step, a selection callback); scoring with it."""
 
 from __future__ import annotations
 
@@ -90,25 +90,25 @@ def _auc(member, nonmember) -> float:
 
 
 
-def _train_step(net: keras.Model, optimizer, xs: list):
-    """One optimizer step on the minibatch of rows ``idx`` of the training inputs ``xs`` (kept as constants), as
-    one traced function: traced once for every batch size (an epoch's last batch may be smaller), without
-    autograph. ``Model.fit`` with ``steps_per_execution`` traced a while loop with autograph instead, which cost
-    more than the training itself (53 s of a 114 s fit on a loaded 2-core machine, against 32 s of steps)."""
-    consts = [tf.constant(x) for x in xs]
+def _train_step(net: keras.Model, optimizer, xs: list, y: np.ndarray, weights: np.ndarray):
+    """One optimizer step on the minibatch of rows ``idx`` of the training inputs ``xs``, targets ``y`` and sample
+    weights (kept as constants; binary cross-entropy, weighted) as one traced function, traced once for every batch
+    size (an epoch's last batch may be smaller), without autograph. ``Model.fit`` with ``steps_per_execution``
+    traced a while loop with autograph instead, which cost more than the training itself (53 s of a 114 s fit on a
+    loaded 2-core machine, against 32 s of steps)."""
+    consts, targets, sample = [tf.constant(x) for x in xs], tf.constant(y[:, None]), tf.constant(weights)
     variables = net.trainable_variables
     bce = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
 
-    def step(idx, y, w):
+    def step(idx):
         batch = [tf.gather(x, idx) for x in consts]
         with tf.GradientTape() as tape:
             logit = net(batch, training=True)
-            loss = tf.reduce_mean(w * bce(y, logit))
+            loss = tf.reduce_mean(tf.gather(sample, idx) * bce(tf.gather(targets, idx), logit))
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
-    spec = [tf.TensorSpec((None,), tf.int64), tf.TensorSpec((None, 1), tf.float32), tf.TensorSpec((None,), tf.float32)]
-    return tf.function(step, input_signature=spec, autograph=False, reduce_retracing=True)
+    return tf.function(step, input_signature=[tf.TensorSpec((None,), tf.int64)], autograph=False)
 
 
 class _Selection(keras.callbacks.Callback):
@@ -211,7 +211,7 @@ def fit_attack(features: WhiteboxFeatures, membership, *, epochs: int = 100, bat
     net = build_attack_network(features.components, seed=seed, size=size)
     opt = ATTACK_OPTIMIZERS[optimizer](float(learning_rate))
     opt.build(net.trainable_variables)
-    step = _train_step(net, opt, x_train)
+    step = _train_step(net, opt, x_train, y_train, weights)
     total_epochs = max(int(epochs), math.ceil(min_steps / steps_per_epoch))
     orders = np.stack([rng.permutation(n) for _ in range(total_epochs)])
     selection = _Selection(x_val, y_val, select=select, epochs=int(epochs), patience=patience,
@@ -219,10 +219,9 @@ def fit_attack(features: WhiteboxFeatures, membership, *, epochs: int = 100, bat
     selection.set_model(net)
     selection.on_train_begin()
     net.stop_training = False
+    sizes = np.diff(np.r_[0:n:batch, n])      # the epoch's loss: the batches' mean, weighted by their sizes
     for epoch, order in enumerate(orders):
-        losses = [float(step(tf.constant(idx), tf.constant(y_train[idx, None]), tf.constant(weights[idx])))
-                  for idx in np.array_split(order, range(batch, n, batch))]
-        sizes = np.diff(np.r_[0:n:batch, n])
+        losses = [float(step(tf.constant(idx))) for idx in np.array_split(order, range(batch, n, batch))]
         selection.on_epoch_end(epoch, {"loss": float(np.average(losses, weights=sizes))})
         if net.stop_training:
             break

@@ -52,12 +52,17 @@ FAMILIES = ("tutorial", "purchase", "longtail", "mixed")
 #: the long tail of the RMIA/LiRA comparisons: 8 Zipf subgroups per class, 5% of labels flipped
 LONGTAIL = {"subgroups": 8, "label_noise": 0.05}
 
+#: the long tail's class counts, dealt in turn from a drawn start: any two long-tail targets differ in classes
+#: (an independent draw per target gave four of four targets 10 classes)
+LONGTAIL_CLASSES = (10, 20, 50)
+
 
 def draw_targets(n: int, seed: int, family: str = "mixed") -> list[dict]:
     """``n`` target configurations drawn from ``family`` with ``seed``: the tutorial's shape (600 features,
     20 classes, 600 members, purchase-fcn, 40 epochs) with fresh seeds only; ``purchase``: other feature and class
     counts, bit-flip noise, hidden widths and training lengths around it; ``longtail``: synthetic-purchase with
-    Zipf subgroups and label noise (:data:`LONGTAIL`), 1,000 members; ``mixed``: half purchase, half long tail.
+    Zipf subgroups and label noise (:data:`LONGTAIL`), class counts dealt in turn (:data:`LONGTAIL_CLASSES`),
+    1,000 members; ``mixed``: half purchase, half long tail.
     Every target gets its own seed, so no two draws share data, model or split. Only long-tail targets train
     reference models (LiRA and RMIA, offline and online, 4 models each)."""
     if family not in FAMILIES:
@@ -65,7 +70,9 @@ def draw_targets(n: int, seed: int, family: str = "mixed") -> list[dict]:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"--targets: must be a positive integer; got {n!r}")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x7A6]))
-    out = []
+    # the long tail's first class count from a stream of its own: the other families' draws stay as they were
+    start = int(np.random.default_rng(np.random.SeedSequence([int(seed), 0x7A7])).integers(len(LONGTAIL_CLASSES)))
+    out, tails = [], 0
     for i in range(n):
         kind = family if family != "mixed" else ("purchase", "longtail")[i % 2]
         # reference models (LiRA, RMIA) only on the long tail, where they are compared with the loss threshold
@@ -77,7 +84,10 @@ def draw_targets(n: int, seed: int, family: str = "mixed") -> list[dict]:
                         flip=float(rng.choice([0.2, 0.3, 0.4])), epochs=int(rng.choice([20, 40, 60])),
                         widths=None if scale == 1.0 else [int(w * scale) for w in (1024, 512, 256, 128)])
         elif kind == "longtail":
-            base.update(features=int(rng.choice([300, 600])), classes=int(rng.choice([10, 20])), members=1000,
+            rng.integers(0, 2)          # the former class draw: mixed families keep their purchase draws
+            classes = LONGTAIL_CLASSES[(start + tails) % len(LONGTAIL_CLASSES)]
+            tails += 1
+            base.update(features=int(rng.choice([300, 600])), classes=classes, members=1000,
                         records=4000, options=dict(LONGTAIL), epochs=int(rng.choice([30, 40])))
         out.append(base)
     return out

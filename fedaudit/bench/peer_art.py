@@ -227,16 +227,17 @@ def _pooled_rows(pooled: dict, label: str = "") -> tuple[list, dict]:
 
 def _wins(per_target: list[dict]) -> dict:
     """Per attack, on how many targets its TPR at 1% FPR is at least the loss threshold's and at least the best
-    ART attack's (each target's own held-out records)."""
+    ART attack's, and its AUC at least the loss threshold's (each target's own held-out records)."""
     out = {}
     for t in per_target:
-        tpr = t["tpr_at_1pct"]
+        tpr, auc = t["tpr_at_1pct"], t.get("auc", {})
         art = max(v for k, v in tpr.items() if k.startswith("ART"))
         for name, v in tpr.items():
-            w = out.setdefault(name, {"targets": 0, "ge_loss": 0, "ge_art": 0})
+            w = out.setdefault(name, {"targets": 0, "ge_loss": 0, "ge_art": 0, "auc_ge_loss": 0})
             w["targets"] += 1
             w["ge_loss"] += int(v >= tpr["loss threshold"])
             w["ge_art"] += int(v >= art)
+            w["auc_ge_loss"] += int(auc.get(name, np.nan) >= auc.get("loss threshold", np.nan))
     return out
 
 
@@ -264,16 +265,20 @@ def run(json_path: str | None = None, quick: bool = False, peer: str = "art", ta
         with tempfile.TemporaryDirectory() as logs:   # the attack's TensorBoard curves: not kept
             target = one_target(cfg, cfg["seed"], timings, Path(logs))
         accuracy.append(target["accuracy"])
-        tpr = {}
+        tpr, auc = {}, {}
         for name, (m, n) in target["scores"].items():
             for bucket in (pooled, by_kind.setdefault(cfg["kind"], {})):
                 bucket.setdefault(name, ([], []))
                 bucket[name][0].append(m)
                 bucket[name][1].append(n)
-            tpr[name] = float(np.nan_to_num(summarize(m, n).tpr_at_1pct, nan=0.0))
-        per_target.append({"target": describe(cfg), "accuracy": target["accuracy"], "tpr_at_1pct": tpr})
+            s = summarize(m, n)
+            tpr[name], auc[name] = float(np.nan_to_num(s.tpr_at_1pct, nan=0.0)), float(s.auc)
+        per_target.append({"target": describe(cfg), "accuracy": target["accuracy"], "tpr_at_1pct": tpr, "auc": auc})
         print(f"  target {len(per_target)}/{len(configs)} {describe(cfg)}; train/test accuracy "
               f"{target['accuracy'][0]:.2f}/{target['accuracy'][1]:.2f}", flush=True)
+        if cfg["reference_models"]:      # the comparison the long tail is for, as each target ends
+            print("    AUC / TPR@1%: " + ", ".join(f"{k} {auc[k]:.3f}/{100 * tpr[k]:.1f}%" for k in tpr
+                                                  if k == "loss threshold" or "refs" in k), flush=True)
     rows = [("targets", f"{len(configs)} x purchase-fcn on synthetic-purchase"
                         + (f", drawn from family {family!r} with seed {seed}" if targets is not None else "")
                         + f"; train/test accuracy {np.mean([a for a, _ in accuracy]):.2f}/"
@@ -288,7 +293,8 @@ def run(json_path: str | None = None, quick: bool = False, peer: str = "art", ta
     wins = _wins(per_target)
     for name, w in wins.items():
         rows.append((f"TPR@1% per target: {name}", f">= loss threshold on {w['ge_loss']}/{w['targets']}, "
-                                                  f">= best ART on {w['ge_art']}/{w['targets']}"))
+                                                  f">= best ART on {w['ge_art']}/{w['targets']}; AUC >= loss "
+                                                  f"threshold on {w['auc_ge_loss']}/{w['targets']}"))
     first = next(iter(pooled.values()))
     rows.append(("scored", f"{sum(map(len, first[0]))} held-out members, {sum(map(len, first[1]))} non-members"))
     seconds = {k: float(np.mean(v)) for k, v in timings.items()}

@@ -20,7 +20,8 @@ implementations scale logits the same way before the softmax.
 T (and offline also a) is chosen as the paper chooses a: by a game played with the reference models only. Each
 reference model in turn is attacked with the others, on records whose membership in it is known: offline, the
 population records (its training records among them are its members); online, the audited records (each is IN
-for half the reference models). The (T, a) with the best mean AUC wins (ties: the smaller T, the smaller a). The
+for half the reference models; p(x) there weighs the other models' IN and OUT means equally, see
+:func:`_game_auc`). The (T, a) with the best mean AUC wins (ties: the smaller T, the smaller a). The
 target's membership is never looked at. Without that knowledge (``reference_population_in`` missing, or a single
 reference model), T = 1 and a = ``default_a`` (0.3, ML Privacy Meter's default).
 

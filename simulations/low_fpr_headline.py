@@ -118,14 +118,14 @@ def table(run_dirs) -> dict:
     """Print the comparison of every run; returns {rule: (at least the best single, comparisons, mean gap)}."""
     gaps = {"choice": [], "smoothed at 1%": [], "former": []}
     for run_dir in run_dirs:
-        print(f"\n{run_dir}\n| where | threat model | best single attack | choice (2%) | smoothed at 1% | former choice | "
-              "unknown m/n |\n|---|---|---|---|---|---|---|")
+        print(f"\n{run_dir}\n| where | threat model | best single attack | choice (2%) | smoothed at 1% | "
+              "former choice | unknown m/n |\n|---|---|---|---|---|---|---|")
         for where, tm, c in rows_of(Path(run_dir)):
             best = c["best single"][1]
             for rule in gaps:
                 gaps[rule].append(c[rule][1] - best)
-            print(f"| {where} | {tm} | " + " | ".join(f"{c[k][0]} {pct(c[k][1])}" for k in ("best single", *gaps))
-                  + f" | {c['unknown'][0]}/{c['unknown'][1]} |")
+            cells = " | ".join(f"{c[k][0]} {pct(c[k][1])}" for k in ("best single", *gaps))
+            print(f"| {where} | {tm} | {cells} | {c['unknown'][0]}/{c['unknown'][1]} |")
     print("\n| rule | >= best single attack | mean difference (points) |\n|---|---|---|")
     summary = {}
     for rule, g in gaps.items():

@@ -1,8 +1,9 @@
 """Metrics of one threat model's scores, shared by the per-round audit and the aggregation across rounds.
 
-NumPy (and SciPy's incomplete beta function) only: summaries on the finite scores (:func:`summary_or_none`), the four headline numbers without
-intervals (:func:`light_metrics`, per client and round), the attack reported at 1% FPR (:func:`low_fpr_choice`,
-chosen on the known records at a smoothed 2% FPR, measured on the others) and the empty headline of a skipped view.
+NumPy (and SciPy's incomplete beta function) only: summaries on the finite scores (:func:`summary_or_none`),
+the four headline numbers without intervals (:func:`light_metrics`, per client and round), the attack reported
+at 1% FPR (:func:`low_fpr_choice`, chosen on the known records at a smoothed 2% FPR, measured on the others)
+and the empty headline of a skipped view.
 """
 
 from __future__ import annotations

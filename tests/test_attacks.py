@@ -160,6 +160,30 @@ def test_rmia_counts_pairwise_likelihood_ratios_and_breaks_ties_by_the_ratio():
         assert np.array_equal(np.argsort(broken), np.argsort(ratio))
 
 
+def test_rmia_online_game_is_not_fooled_by_the_other_models_in_out_counts():
+    """Every audited record is IN for half the reference models, so among the others a member of model j has one
+    IN model fewer: a plain mean over them marks j's members by itself. The game's AUC must be what a marginal
+    from models independent of j's membership gives (what the target's attack has), not above it."""
+    from fedaudit.attacks.rmia import _game_auc
+
+    rng = np.random.default_rng(0)
+    n, R = 4000, 4
+    difficulty = rng.normal(0, 1.5, n)
+
+    def probs(in_mask):      # true-class probabilities of models that memorise their members a little
+        return 1.0 / (1.0 + np.exp(-(difficulty + 0.7 * in_mask + rng.normal(0, 0.5, in_mask.shape))))
+
+    in_mask = rng.random((R, n)).argsort(axis=0) < R // 2
+    p = probs(in_mask)
+    independent = probs(rng.random((R, n)).argsort(axis=0) < R // 2).mean(axis=0)
+    oracle = np.mean([auc((p[j] / independent)[in_mask[j]], (p[j] / independent)[~in_mask[j]]) for j in range(R)])
+    plain = np.mean([auc(r[in_mask[j]], r[~in_mask[j]]) for j in range(R)
+                     for r in [p[j] / np.delete(p, j, axis=0).mean(axis=0)]])
+    game = _game_auc(p, in_mask, offline=False, a=0.3)
+    assert plain > oracle + 0.04                      # the bias the game must not have
+    assert abs(game - oracle) < 0.02, (game, oracle, plain)
+
+
 def test_rmia_offline_tunes_a_on_reference_models():
     online, offline, member = planted(seed=6)
     p_ref = true_class_prob(offline.reference_population_logits, offline.population_labels)

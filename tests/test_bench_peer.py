@@ -83,3 +83,17 @@ def test_targets_without_peer_is_one_line_error(capsys):
 
     assert main(["bench", "attacks", "--targets", "2"]) == 2
     assert "--targets" in capsys.readouterr().err
+
+
+def test_long_tail_draws_deal_every_class_count_and_wins_count_auc():
+    from fedaudit.bench.peer_art import LONGTAIL_CLASSES, _wins, draw_targets
+
+    for seed in (0, 2027):
+        tails = draw_targets(len(LONGTAIL_CLASSES), seed, "longtail")
+        assert sorted(t["classes"] for t in tails) == sorted(LONGTAIL_CLASSES)
+    per_target = [{"tpr_at_1pct": {"loss threshold": 0.05, "ART rf": 0.04, "rmia": 0.06},
+                   "auc": {"loss threshold": 0.80, "ART rf": 0.70, "rmia": 0.79}},
+                  {"tpr_at_1pct": {"loss threshold": 0.05, "ART rf": 0.08, "rmia": 0.04},
+                   "auc": {"loss threshold": 0.80, "ART rf": 0.70, "rmia": 0.82}}]
+    w = _wins(per_target)["rmia"]
+    assert (w["targets"], w["ge_loss"], w["ge_art"], w["auc_ge_loss"]) == (2, 1, 1, 1)

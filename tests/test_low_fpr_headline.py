@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from fedaudit.auditor.results import MIN_KNOWN_NONMEMBERS, light_metrics, low_fpr_choice
+from fedaudit.auditor.results import MIN_KNOWN_NONMEMBERS, harrell_davis_quantile, light_metrics, low_fpr_choice
 from fedaudit.schema import ViewResult, ViewSummary
 
 
@@ -40,6 +40,27 @@ def test_no_signal_stays_at_chance_where_a_choice_on_the_scored_records_does_not
         in_sample.append(max(_tpr(s, member, unknown) for s in scores.values()))
     assert np.mean(honest) < 0.016
     assert np.mean(in_sample) > np.mean(honest) + 0.004
+
+
+def test_the_smoothed_tail_quantile_is_nearer_the_true_one_than_the_order_statistic():
+    rng = np.random.default_rng(3)
+    samples = rng.normal(size=(300, 150))          # 150 known non-members, the 98% quantile is 2.054
+    smooth = np.array([harrell_davis_quantile(x, 0.98) for x in samples])
+    plain = np.sort(samples, axis=1)[:, 146]        # the order statistic at 98%
+    assert abs(smooth.mean() - 2.054) < 0.05
+    assert np.sqrt(np.mean((smooth - 2.054) ** 2)) < 0.95 * np.sqrt(np.mean((plain - 2.054) ** 2))
+
+
+def test_with_a_hundred_known_nonmembers_the_attack_with_the_member_tail_is_chosen_most_times():
+    picks, tpr = 0, {"shift": [], "tail": []}
+    for seed in range(40):
+        rng, member, known = _records(seed, n=400)     # about 100 known non-members
+        # "shift": the better AUC; "tail": members' scores spread wider, over twice the TPR at 1% FPR
+        scores = {"shift": rng.normal(size=member.size) + 0.8 * member,
+                  "tail": rng.normal(size=member.size) * np.where(member, 1.5, 1.0) + 0.8 * member}
+        name, _ = low_fpr_choice(scores, member, known)
+        picks += name == "tail"
+    assert picks >= 30
 
 
 def test_only_scored_known_records_choose_and_only_scored_unknown_ones_are_measured():

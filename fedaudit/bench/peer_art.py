@@ -52,12 +52,17 @@ FAMILIES = ("tutorial", "purchase", "longtail", "mixed")
 #: the long tail of the RMIA/LiRA comparisons: 8 Zipf subgroups per class, 5% of labels flipped
 LONGTAIL = {"subgroups": 8, "label_noise": 0.05}
 
+#: the long tail's class counts, dealt in turn from a drawn start: any two long-tail targets differ in classes
+#: (an independent draw per target gave four of four targets 10 classes)
+LONGTAIL_CLASSES = (10, 20, 50)
+
 
 def draw_targets(n: int, seed: int, family: str = "mixed") -> list[dict]:
     """``n`` target configurations drawn from ``family`` with ``seed``: the tutorial's shape (600 features,
     20 classes, 600 members, purchase-fcn, 40 epochs) with fresh seeds only; ``purchase``: other feature and class
     counts, bit-flip noise, hidden widths and training lengths around it; ``longtail``: synthetic-purchase with
-    Zipf subgroups and label noise (:data:`LONGTAIL`), 1,000 members; ``mixed``: half purchase, half long tail.
+    Zipf subgroups and label noise (:data:`LONGTAIL`), class counts dealt in turn (:data:`LONGTAIL_CLASSES`),
+    1,000 members; ``mixed``: half purchase, half long tail.
     Every target gets its own seed, so no two draws share data, model or split. Only long-tail targets train
     reference models (LiRA and RMIA, offline and online, 4 models each)."""
     if family not in FAMILIES:
@@ -65,7 +70,9 @@ def draw_targets(n: int, seed: int, family: str = "mixed") -> list[dict]:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"--targets: must be a positive integer; got {n!r}")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x7A6]))
-    out = []
+    # the long tail's first class count from a stream of its own: the other families' draws stay as they were
+    start = int(np.random.default_rng(np.random.SeedSequence([int(seed), 0x7A7])).integers(len(LONGTAIL_CLASSES)))
+    out, tails = [], 0
     for i in range(n):
         kind = family if family != "mixed" else ("purchase", "longtail")[i % 2]
         # reference models (LiRA, RMIA) only on the long tail, where they are compared with the loss threshold
@@ -77,7 +84,10 @@ def draw_targets(n: int, seed: int, family: str = "mixed") -> list[dict]:
                         flip=float(rng.choice([0.2, 0.3, 0.4])), epochs=int(rng.choice([20, 40, 60])),
                         widths=None if scale == 1.0 else [int(w * scale) for w in (1024, 512, 256, 128)])
         elif kind == "longtail":
-            base.update(features=int(rng.choice([300, 600])), classes=int(rng.choice([10, 20])), members=1000,
+            rng.integers(0, 2)          # the former class draw: mixed families keep their purchase draws
+            classes = LONGTAIL_CLASSES[(start + tails) % len(LONGTAIL_CLASSES)]
+            tails += 1
+            base.update(features=int(rng.choice([300, 600])), classes=classes, members=1000,
                         records=4000, options=dict(LONGTAIL), epochs=int(rng.choice([30, 40])))
         out.append(base)
     return out
@@ -217,16 +227,17 @@ def _pooled_rows(pooled: dict, label: str = "") -> tuple[list, dict]:
 
 def _wins(per_target: list[dict]) -> dict:
     """Per attack, on how many targets its TPR at 1% FPR is at least the loss threshold's and at least the best
-    ART attack's (each target's own held-out records)."""
+    ART attack's, and its AUC at least the loss threshold's (each target's own held-out records)."""
     out = {}
     for t in per_target:
-        tpr = t["tpr_at_1pct"]
+        tpr, auc = t["tpr_at_1pct"], t.get("auc", {})
         art = max(v for k, v in tpr.items() if k.startswith("ART"))
         for name, v in tpr.items():
-            w = out.setdefault(name, {"targets": 0, "ge_loss": 0, "ge_art": 0})
+            w = out.setdefault(name, {"targets": 0, "ge_loss": 0, "ge_art": 0, "auc_ge_loss": 0})
             w["targets"] += 1
             w["ge_loss"] += int(v >= tpr["loss threshold"])
             w["ge_art"] += int(v >= art)
+            w["auc_ge_loss"] += int(auc.get(name, np.nan) >= auc.get("loss threshold", np.nan))
     return out
 
 
@@ -254,16 +265,20 @@ def run(json_path: str | None = None, quick: bool = False, peer: str = "art", ta
         with tempfile.TemporaryDirectory() as logs:   # the attack's TensorBoard curves: not kept
             target = one_target(cfg, cfg["seed"], timings, Path(logs))
         accuracy.append(target["accuracy"])
-        tpr = {}
+        tpr, auc = {}, {}
         for name, (m, n) in target["scores"].items():
             for bucket in (pooled, by_kind.setdefault(cfg["kind"], {})):
                 bucket.setdefault(name, ([], []))
                 bucket[name][0].append(m)
                 bucket[name][1].append(n)
-            tpr[name] = float(np.nan_to_num(summarize(m, n).tpr_at_1pct, nan=0.0))
-        per_target.append({"target": describe(cfg), "accuracy": target["accuracy"], "tpr_at_1pct": tpr})
+            s = summarize(m, n)
+            tpr[name], auc[name] = float(np.nan_to_num(s.tpr_at_1pct, nan=0.0)), float(s.auc)
+        per_target.append({"target": describe(cfg), "accuracy": target["accuracy"], "tpr_at_1pct": tpr, "auc": auc})
         print(f"  target {len(per_target)}/{len(configs)} {describe(cfg)}; train/test accuracy "
               f"{target['accuracy'][0]:.2f}/{target['accuracy'][1]:.2f}", flush=True)
+        if cfg["reference_models"]:      # the comparison the long tail is for, as each target ends
+            print("    AUC / TPR@1%: " + ", ".join(f"{k} {auc[k]:.3f}/{100 * tpr[k]:.1f}%" for k in tpr
+                                                  if k == "loss threshold" or "refs" in k), flush=True)
     rows = [("targets", f"{len(configs)} x purchase-fcn on synthetic-purchase"
                         + (f", drawn from family {family!r} with seed {seed}" if targets is not None else "")
                         + f"; train/test accuracy {np.mean([a for a, _ in accuracy]):.2f}/"
@@ -278,7 +293,8 @@ def run(json_path: str | None = None, quick: bool = False, peer: str = "art", ta
     wins = _wins(per_target)
     for name, w in wins.items():
         rows.append((f"TPR@1% per target: {name}", f">= loss threshold on {w['ge_loss']}/{w['targets']}, "
-                                                  f">= best ART on {w['ge_art']}/{w['targets']}"))
+                                                  f">= best ART on {w['ge_art']}/{w['targets']}; AUC >= loss "
+                                                  f"threshold on {w['auc_ge_loss']}/{w['targets']}"))
     first = next(iter(pooled.values()))
     rows.append(("scored", f"{sum(map(len, first[0]))} held-out members, {sum(map(len, first[1]))} non-members"))
     seconds = {k: float(np.mean(v)) for k, v in timings.items()}

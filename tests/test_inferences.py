@@ -241,6 +241,11 @@ def test_a_run_writes_its_inferences_and_the_report_lists_every_family(tmp_path)
     labels, rec = summary.inferences["labels"], summary.inferences["reconstruction"]
     assert labels.family == "property" and labels.metrics["client_rounds"] == 6
     assert rec.rounds == 1 and rec.metrics["client_rounds"] == 1 and rec.metrics["iterations"] == 5
+    # they ran as a Ray task: the auditor's process (a Dense model's audit) never loaded TensorFlow
+    task = json.loads((run_dir / "audit" / "timing.jsonl").read_text().splitlines()[0])["inference_task"]
+    auditor = json.loads((run_dir / "audit" / "starts.jsonl").read_text().splitlines()[0])["pid"]
+    assert task["pid"] != auditor and task["cpu_seconds"] > 0
+    assert json.loads((run_dir / "audit" / "aggregate_timing.json").read_text())["tensorflow_loaded"] is False
     html = (run_dir / "report.html").read_text()
     assert "Beyond membership" in html and "Data extraction" in html and "not measured" in html
     assert "Attribute inference" in html

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -114,7 +115,9 @@ class Auditor:
         atomic_write_text(self.run_dir / AUDIT_DIR / "aggregate_timing.json",
                           json.dumps({"aggregate_seconds": round(time.perf_counter() - started, 4),
                                       "process_cpu_seconds": round(cpu_seconds(), 3),
-                                      "max_rss_mb": round(max_rss_mb(), 1)}) + "\n")
+                                      "max_rss_mb": round(max_rss_mb(), 1),
+                                      # whether this process loaded TensorFlow (a Dense model's audit needs not)
+                                      "tensorflow_loaded": "tensorflow" in sys.modules}) + "\n")
         return summary
 
     @staticmethod

@@ -22,8 +22,9 @@ model is never audited again, so a restarted auditor neither loses nor double-co
 weights (or outputs) are not finite is flagged in ``non_finite_clients`` and left out of the attack; a failed
 client simply is not among the replies.
 
-After the membership attacks, the inferences beyond membership named in ``[audit] inferences``
-(:mod:`fedaudit.inferences`: labels, reconstruction, attributes) run on the same round in this process, and their
+Beside the membership attacks, the inferences beyond membership named in ``[audit] inferences``
+(:mod:`fedaudit.inferences`: labels, reconstruction, attributes) run on the same round, on the executor (a Ray task
+under Ray, so that the TensorFlow they need stays out of this process: :mod:`fedaudit.inferences.runner`), and their
 results go into the round's line under ``inferences`` (an inference that fails records its error there).
 """
 
@@ -132,8 +133,13 @@ class AuditCore:
         # the inferences beyond membership (fedaudit.inferences): the audited records and, built on first use, the
         # adversary's copy of a client's local training
         self.inferences = list(a.inferences) if a.enabled else []
-        self._inference_xy = (x, y) if self.inferences else None
-        self._simulator = None
+        self._inference_inputs = None
+        if self.inferences:
+            from fedaudit.inferences.runner import InferenceInputs
+
+            self._inference_inputs = InferenceInputs(
+                scenario, records, self.data, num_classes, self.seed, input_shape,
+                key=f"{self.run_dir.resolve()}:{input_shape}:{num_classes}", threads=int(threads))
         path = self.run_dir / AUDIT_DIR / "records.npz"
         if not path.exists():
             records.save(path)
@@ -208,14 +214,14 @@ class AuditCore:
             self.feature_names = list(shards[0].feature_names)
         ctx.arrays["feature_names"] = np.array(self.feature_names or [])
         ctx.non_finite = sorted({k for k in ids if k in ctx.results and not ctx.results[k].finite})
+        waiting = self._start_inferences(ctx) if self.inferences else None    # they run beside the attacks
         for tm in self.threat_models:
             out[tm] = ViewResult.from_dict(self.views[tm].audit(self, ctx)).to_dict()
         out["non_finite_clients"] = ctx.non_finite
-        if self.inferences:
-            from fedaudit.inferences.base import run_round
-
+        inference_task = None
+        if waiting is not None:
             with timing.phase("inferences"):
-                out["inferences"] = run_round(self, ctx, self.inferences)
+                out["inferences"], inference_task = self._finish_inferences(waiting)
         if self.skipped_attacks:
             out["skipped_attacks"] = self.skipped_attacks
         with timing.phase("io"):
@@ -223,11 +229,14 @@ class AuditCore:
         timing.seconds["total"] = time.perf_counter() - started
         # CPU seconds of the round: this process's, plus those of tasks that ran in other processes
         timing.seconds["cpu"] = time.process_time() - cpu + sum(s.cpu_seconds for s in shards if s.pid != os.getpid())
+        if inference_task and inference_task["pid"] != os.getpid():
+            timing.seconds["cpu"] += inference_task["cpu_seconds"]
         upsert_jsonl(self.run_dir / AUDIT_DIR / "timing.jsonl",
                      {"round": round_, **{k: round(v, 4) for k, v in timing.seconds.items()},
                       "tasks": [{"node": s.node, "pid": s.pid, "jobs": len(s.jobs), "rows": s.rows,
                                  "seconds": round(s.seconds, 4), "max_rss_mb": round(s.max_rss_mb, 1)}
-                                for s in shards]})
+                                for s in shards],
+                      **({"inference_task": inference_task} if inference_task else {})})
         out["audit_seconds"] = round(time.perf_counter() - started, 4)
         # the commit point: once the line holds every threat model, the round counts as audited
         return merge_round(self.run_dir, round_, {**(record or {}), **out})
@@ -238,18 +247,30 @@ class AuditCore:
 
         return Job(key, np.arange(len(self.records))), weights
 
-    def inference_data(self) -> tuple:
-        """The audited records (x, y), aligned with :attr:`records`, for the inferences beyond membership."""
-        return self._inference_xy
+    def _start_inferences(self, ctx):
+        """Start the round's inferences beyond membership on the executor (a Ray task under Ray); returns the
+        function that waits for them."""
+        from fedaudit.inferences.base import get_inference
+        from fedaudit.inferences.runner import InferenceRound
 
-    def inference_simulator(self):
-        """The adversary's copy of a client's local training (:class:`fedaudit.inferences.simulate.LocalSimulator`),
-        built once (it loads TensorFlow)."""
-        if self._simulator is None:
-            from fedaudit.inferences.simulate import LocalSimulator
+        trained = (self.trained_clients(ctx.round, ctx.ids, ctx.record)
+                   if any(get_inference(n).needs_trained for n in self.inferences) else set())
+        round_ctx = InferenceRound(round=ctx.round, previous=ctx.previous, clients=dict(ctx.clients), new=ctx.new,
+                                   aggregate=ctx.aggregate, record=ctx.record, ids=list(ctx.ids),
+                                   secure_aggregation=ctx.secure_aggregation, non_finite=list(ctx.non_finite),
+                                   trained=trained)
+        return self.executor.inferences(self._inference_inputs, round_ctx, self.inferences)
 
-            self._simulator = LocalSimulator(self.scenario, self.spec.input_shape, self.num_classes)
-        return self._simulator
+    def _finish_inferences(self, waiting) -> tuple[dict, dict | None]:
+        """The inferences' results ({name: object}) and where and at what cost they ran; if their task was lost
+        (its worker died), each inference records that error and the round is kept."""
+        try:
+            done = waiting()
+        except Exception as exc:  # noqa: BLE001 - the membership audit of the round is not lost with them
+            log.exception("the inferences' task failed")
+            return {n: {"error": repr(exc)} for n in self.inferences}, None
+        task = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in done.items() if k != "results"}
+        return done["results"], task
 
     def finish(self) -> dict:
         from fedaudit.auditor.aggregate import aggregate_run

@@ -1,6 +1,8 @@
 """Executors of a round's audit jobs (:mod:`fedaudit.auditor.shard`): in this process, or as Ray tasks over the
 cluster's nodes. Each is called as ``executor(spec, plan, data, previous, jobs, weights, references)`` and returns
-the shards' :class:`~fedaudit.auditor.shard.ShardResult` list."""
+the shards' :class:`~fedaudit.auditor.shard.ShardResult` list; ``executor.inferences(inputs, ctx, names)`` starts
+the round's inferences beyond membership (:func:`fedaudit.inferences.runner.run_inferences`) and returns a function
+that waits for their result."""
 
 from __future__ import annotations
 
@@ -19,6 +21,12 @@ class InlineExecutor:
 
     def __call__(self, spec, plan, data, previous, jobs, weights, references) -> list:
         return [run_shard(spec, plan, data, previous, jobs, [materialize(w) for w in weights], references)]
+
+    def inferences(self, inputs, ctx, names):
+        """The inferences run here, when their result is asked for."""
+        from fedaudit.inferences.runner import run_inferences
+
+        return lambda: run_inferences(inputs, ctx, names)
 
 
 class RayExecutor:
@@ -75,6 +83,18 @@ class RayExecutor:
             pending.append(task.options(**options).remote(spec, plan_ref, data, prev_ref, [jobs[j] for j in group],
                                                           refs_ref, *[weights[j] for j in group]))
         return ray.get(pending)
+
+    def inferences(self, inputs, ctx, names):
+        """The inferences start now as a Ray task (beside the round's attacks; TensorFlow, which they need, stays
+        out of the auditor's process); the returned function waits for them. The task asks for no CPU, as the audit
+        tasks beside the client pool do. ``inputs`` goes to the object store once per run."""
+        import ray
+
+        from fedaudit.inferences.runner import run_inferences
+
+        ref = ray.remote(run_inferences).options(num_cpus=0, max_retries=1).remote(
+            self._put_once("inferences", inputs), ctx, list(names))
+        return lambda: ray.get(ref)
 
 
 def split_jobs(jobs: list, shards: int, plan) -> list[list[int]]:

@@ -177,6 +177,7 @@ class AttributeInference(Inference):
     description = ("a record's sensitive attribute through the global model (lowest-loss candidate, and an attack "
                    "trained on the outputs), against imputation from the other attributes")
     needs_features = True
+    needs_trained = True
 
     def run(self, core, ctx) -> dict | None:
         from fedaudit.auditor.runtime import materialize
@@ -190,7 +191,7 @@ class AttributeInference(Inference):
         x, _ = core.inference_data()
         column = resolve_column(core.scenario.audit.sensitive_attribute, core.scenario)
         rng = np.random.default_rng(np.random.SeedSequence([core.seed, _STREAM]))   # the same records every round
-        trained = core.trained_clients(ctx.round, ctx.ids, ctx.record)
+        trained = ctx.trained
         members = np.flatnonzero(r.member & np.isin(r.owner, list(trained)))
         pop = np.flatnonzero(~r.member)
         members = np.sort(rng.choice(members, size=min(MAX_RECORDS, members.size), replace=False))

@@ -2,7 +2,8 @@
 
 An inference is a registered object with a name, the attack family it measures (one of :data:`FAMILIES`, the
 families of the EDPB's Opinion 28/2024 and of NIST AI 100-2) and two methods: :meth:`Inference.run` (one round,
-called by the auditor's core with itself and the round's context; returns a JSON object or None when it does
+called with what it reads of the auditor, :class:`fedaudit.inferences.runner.InferenceInputs`, and the round's
+:class:`~fedaudit.inferences.runner.InferenceRound`; returns a JSON object or None when it does
 not apply) and :meth:`Inference.summarize` (the rounds' objects combined into ``summary.json``). The built-in
 ones are loaded the first time the registry is read, as the attacks' and the threat models' are.
 
@@ -44,6 +45,8 @@ class Inference:
     description: ClassVar[str] = ""
     #: the inference needs the audited records' features (not only labels and ownership)
     needs_features: ClassVar[bool] = False
+    #: the inference reads which clients the global model has seen by this round (``ctx.trained``)
+    needs_trained: ClassVar[bool] = False
 
     def run(self, core, ctx) -> dict | None:
         """This round's result (a JSON object), or None when the inference does not apply to it."""

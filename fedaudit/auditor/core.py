@@ -23,9 +23,10 @@ weights (or outputs) are not finite is flagged in ``non_finite_clients`` and lef
 client simply is not among the replies.
 
 Beside the membership attacks, the inferences beyond membership named in ``[audit] inferences``
-(:mod:`fedaudit.inferences`: labels, reconstruction, attributes) run on the same round, on the executor (a Ray task
-under Ray, so that the TensorFlow they need stays out of this process: :mod:`fedaudit.inferences.runner`), and their
-results go into the round's line under ``inferences`` (an inference that fails records its error there).
+(:mod:`fedaudit.inferences`: labels, reconstruction, attributes) run on the same round, on the executor (an actor
+of the auditor's under Ray, so that the TensorFlow they need stays out of this process:
+:mod:`fedaudit.inferences.runner`), and their results go into the round's line under ``inferences`` (an inference
+that fails records its error there).
 """
 
 from __future__ import annotations
@@ -248,7 +249,7 @@ class AuditCore:
         return Job(key, np.arange(len(self.records))), weights
 
     def _start_inferences(self, ctx):
-        """Start the round's inferences beyond membership on the executor (a Ray task under Ray); returns the
+        """Start the round's inferences beyond membership on the executor (the auditor's inference actor under Ray); returns the
         function that waits for them."""
         from fedaudit.inferences.base import get_inference
         from fedaudit.inferences.runner import InferenceRound

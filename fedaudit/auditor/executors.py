@@ -43,6 +43,7 @@ class RayExecutor:
     def __init__(self, tasks: int = 0, cpus: float = 0.0, gpus: float = 0.0):
         self.tasks, self.cpus, self.gpus = int(tasks), float(cpus), float(gpus)
         self._refs: dict = {}
+        self._inference_worker = None
 
     def nodes(self) -> list:
         import ray
@@ -85,15 +86,18 @@ class RayExecutor:
         return ray.get(pending)
 
     def inferences(self, inputs, ctx, names):
-        """The inferences start now as a Ray task (beside the round's attacks; TensorFlow, which they need, stays
-        out of the auditor's process); the returned function waits for them. The task asks for no CPU, as the audit
-        tasks beside the client pool do. ``inputs`` goes to the object store once per run."""
+        """The inferences start now in the run's :class:`~fedaudit.inferences.runner.InferenceWorker` actor (beside
+        the round's attacks; TensorFlow, which they need, stays out of the auditor's process); the returned
+        function waits for them. The actor, started on first use and restarted once if it dies, asks for no CPU,
+        as the audit tasks beside the client pool do; ``inputs`` goes to the object store once per run."""
         import ray
 
-        from fedaudit.inferences.runner import run_inferences
+        from fedaudit.inferences.runner import InferenceWorker
 
-        ref = ray.remote(run_inferences).options(num_cpus=0, max_retries=1).remote(
-            self._put_once("inferences", inputs), ctx, list(names))
+        if self._inference_worker is None:
+            self._inference_worker = ray.remote(InferenceWorker).options(
+                num_cpus=0, max_restarts=1, max_task_retries=1).remote()
+        ref = self._inference_worker.run.remote(self._put_once("inferences", inputs), ctx, list(names))
         return lambda: ray.get(ref)
 
 

@@ -5,7 +5,8 @@ load TensorFlow there (hundreds of MB that stay for the whole run, and seconds o
 round) although the membership audit of a Dense model needs NumPy only. So the auditor hands them
 :class:`InferenceInputs` (the scenario, the audited records and their data; the same object every round) and an
 :class:`InferenceRound` (what the adversary was handed this round), and its executor runs :func:`run_inferences`
-as a task beside the round's other work (:class:`fedaudit.auditor.executors.RayExecutor`), or in its own process
+beside the round's other work in an :class:`InferenceWorker` actor of its own, kept for the run
+(:class:`fedaudit.auditor.executors.RayExecutor`), or in its own process
 (:class:`~fedaudit.auditor.executors.InlineExecutor`). Either way the same function computes the same numbers.
 
 TensorFlow-free at import.
@@ -89,6 +90,15 @@ def run_inferences(inputs: InferenceInputs, ctx: InferenceRound, names) -> dict:
             "cpu_seconds": cpu_seconds() - cpu, "max_rss_mb": max_rss_mb()}
 
 
+class InferenceWorker:
+    """The process that runs a run's inferences round after round (a Ray actor of the auditor's): TensorFlow is
+    imported, and the adversary's model built and traced, once per run, not once per round (Ray ends an idle task
+    worker within seconds, and a new one would pay them again)."""
+
+    def run(self, inputs: InferenceInputs, ctx: InferenceRound, names) -> dict:
+        return run_inferences(inputs, ctx, names)
+
+
 def _node() -> str | None:
     try:
         import ray
@@ -98,4 +108,4 @@ def _node() -> str | None:
         return None
 
 
-__all__ = ["InferenceInputs", "InferenceRound", "run_inferences"]
+__all__ = ["InferenceInputs", "InferenceRound", "InferenceWorker", "run_inferences"]

@@ -131,8 +131,7 @@ class AuditCore:
         self.executor = executor or InlineExecutor()
         self.data = data if data is not None else (x, y)
         self.feature_names: list | None = None
-        # the inferences beyond membership (fedaudit.inferences): the audited records and, built on first use, the
-        # adversary's copy of a client's local training
+        # the inferences beyond membership (fedaudit.inferences) and what they read of this auditor
         self.inferences = list(a.inferences) if a.enabled else []
         self._inference_inputs = None
         if self.inferences:
@@ -249,8 +248,8 @@ class AuditCore:
         return Job(key, np.arange(len(self.records))), weights
 
     def _start_inferences(self, ctx):
-        """Start the round's inferences beyond membership on the executor (the auditor's inference actor under Ray); returns the
-        function that waits for them."""
+        """Start the round's inferences beyond membership on the executor (under Ray, in the auditor's inference
+        actor); returns the function that waits for them."""
         from fedaudit.inferences.base import get_inference
         from fedaudit.inferences.runner import InferenceRound
 
@@ -263,12 +262,12 @@ class AuditCore:
         return self.executor.inferences(self._inference_inputs, round_ctx, self.inferences)
 
     def _finish_inferences(self, waiting) -> tuple[dict, dict | None]:
-        """The inferences' results ({name: object}) and where and at what cost they ran; if their task was lost
-        (its worker died), each inference records that error and the round is kept."""
+        """The inferences' results ({name: object}) and where and at what cost they ran; if they were lost (their
+        actor died), each inference records that error and the round is kept."""
         try:
             done = waiting()
         except Exception as exc:  # noqa: BLE001 - the membership audit of the round is not lost with them
-            log.exception("the inferences' task failed")
+            log.exception("the inferences of this round failed")
             return {n: {"error": repr(exc)} for n in self.inferences}, None
         task = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in done.items() if k != "results"}
         return done["results"], task

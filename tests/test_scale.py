@@ -123,6 +123,39 @@ def test_client_sampling_scores_records_in_the_rounds_their_owner_trained(federa
     clients = {int(row[0]): row for row in list(csv.reader(open(tmp_path / "clients.csv")))[1:]}
     assert clients[2][7] == "1 2" and clients[0][7] == "1"
     assert clients[4][7] == "" and clients[4][2] == "" and clients[5][2] == ""   # listed: never trained, no risk
+    # the stacked attack reads each record's own rounds, right-aligned: a member of client 0 (round 1 only) and
+    # one of client 3 (round 2 only) both in the last block; client 2's members in both
+    from fedaudit.auditor.aggregate import _View, own_rounds, stack_slots
+    from fedaudit.auditor.state import load_round
+
+    data = {t: load_round(round_path(tmp_path, t)) for t in (1, 2)}
+    view = _View("server", data, r, "whitebox")
+    own = own_rounds(view, [1, 2])
+    slots = stack_slots(own, 2)
+    first = lambda k: np.flatnonzero(r.member & (r.owner == k))[0]
+    assert slots[first(0)].tolist() == [-1, 0] and slots[first(3)].tolist() == [-1, 1]
+    assert slots[first(2)].tolist() == [0, 1] and (slots[r.member & never] == -1).all()
+    pop = ~r.member
+    assert (slots[pop & (r.source == 2)] == [0, 1]).all() and (slots[pop & (r.source == 1)] == [-1, 0]).all()
+    orphans = pop & np.isin(r.source, [4, 5])     # pseudo-owner never replied: one round under a stand-in
+    assert orphans.any() and (own[orphans].sum(axis=1) == 1).all() and (slots[orphans, 0] == -1).all()
+    assert np.array_equal(own, own_rounds(view, [1, 2]))     # the stand-in round is drawn from the seed
+    assert summary["threat_models"]["server"]["stacked_rounds"] == [1, 2]
+
+
+def test_stack_slots_pick_calendar_rounds_under_full_participation():
+    from fedaudit.auditor.aggregate import stack_slots
+    from fedaudit.auditor.state import STACK_ROUNDS, stack_rounds
+
+    for R in (1, 3, STACK_ROUNDS, 13, 20):
+        slots = stack_slots(np.ones((4, R), dtype=bool), min(STACK_ROUNDS, R))
+        assert (slots == np.array(stack_rounds(list(range(R))))).all()
+    own = np.zeros((3, 20), dtype=bool)
+    own[0, [2, 5, 9]] = True
+    own[1, :11] = True
+    slots = stack_slots(own, STACK_ROUNDS)
+    assert slots[0].tolist() == [-1] * 5 + [2, 5, 9] and (slots[2] == -1).all()
+    assert slots[1, 0] == 0 and slots[1, -1] == 10 and len(set(slots[1])) == STACK_ROUNDS
 
 
 def test_keep_round_arrays_false_keeps_what_the_aggregation_reads(federation, tmp_path):
@@ -308,3 +341,47 @@ def test_multinode_audit_tasks_run_on_both_nodes_and_match_one_node(tmp_path):
         assert s2["threat_models"][tm]["auc"] == pytest.approx(s1["threat_models"][tm]["auc"], abs=1e-4)
     r1, r2 = (np.genfromtxt(d / "records.csv", delimiter=",", skip_header=1) for d in (one, two))
     np.testing.assert_allclose(r2[:, 6], r1[:, 6], atol=1e-4)
+
+
+def _sampled_rounds_without_signal(rounds=10, clients=50, per_round=5, seed=0):
+    """A server view's saved rounds under client sampling in which no score carries membership: every record's
+    score is N(0, 1) under every model. Members are scored when their owner trained, population records every
+    round (under their pseudo-owner or a stand-in)."""
+    from fedaudit.auditor.state import STACK_ROUNDS
+    from fedaudit.schema import round_key
+
+    assert rounds > STACK_ROUNDS // 2
+    rng = np.random.default_rng(seed)
+    owner = np.r_[np.repeat(np.arange(clients), 20), np.full(2000, -1)]
+    r = audit_records(owner, rng.integers(0, 10, owner.size), clients, folds=4, attack_fraction=0.5, seed=seed,
+                      population_sample=200, source_sample=50)
+    data, round_clients = {}, {}
+    for t in range(1, rounds + 1):
+        ids = sorted(rng.choice(clients, per_round, replace=False).tolist())
+        src = r.round_source(ids, t)
+        loss = np.where(src >= 0, rng.exponential(1.0, len(r)), np.nan)
+        data[t] = {round_key("server", "loss"): loss.astype(np.float32), round_key("server", "correct"): src >= 0,
+                   round_key("server", "clients"): np.array(ids), round_key("server", "scored_by"): src,
+                   round_key("server", "score", "loss"): np.where(src >= 0, rng.normal(size=len(r)), np.nan),
+                   round_key("server", "pop_score", "loss"): rng.normal(size=(per_round, r.population_sample.size))}
+        round_clients[t] = ids
+    return r, data, round_clients
+
+
+def test_across_rounds_under_client_sampling_no_signal_stays_at_chance():
+    from fedaudit.auditor.aggregate import _aggregate_view, _View
+    from fedaudit.metrics import summarize
+
+    r, data, round_clients = _sampled_rounds_without_signal()
+    out = _aggregate_view(_View("server", data, r, "loss"), ["loss"], np.array([]), round_clients, "stacked-scores")
+    for name in ("stacked", "mean", "max", "last"):
+        s = out["aggregations"][name]
+        assert 0.44 < s.auc < 0.56 and s.tpr_at_1pct < 0.04, (name, s.auc, s.tpr_at_1pct)
+    assert out["across_rounds"]["loss"].tpr_at_1pct < 0.04
+    # what a mean over every round that scored a record gives: a population record's score averaged over ten
+    # models against a member's over one or two separates them by their spread alone
+    stacked = np.stack([data[t]["server__score__loss"] for t in data], axis=1)
+    ok = np.isfinite(stacked).any(axis=1)                 # members whose owner never trained: never scored
+    calendar = np.full(len(r), np.nan)
+    calendar[ok] = np.nanmean(stacked[ok], axis=1)
+    assert summarize(calendar[ok & r.member], calendar[ok & ~r.member]).tpr_at_1pct > 0.1

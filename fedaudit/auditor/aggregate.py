@@ -2,9 +2,10 @@
 
 NumPy and scikit-learn only. For each threat model, from the per-round arrays the auditor saved:
 
-- per record: the max and the mean over the observed rounds of the headline attack's per-round scores, and
-  a **stacked** attack: one classifier fitted on the features of several rounds side by side (Nasr et al.
-  2019 observed the federation at several epochs the same way), cross-fitted like the per-round attacks.
+- per record: the max and the mean over its own rounds (those in which the model of the client that holds it
+  scored it: :func:`own_rounds`) of the headline attack's per-round scores, and a **stacked** attack: one
+  classifier fitted on the features of several of its own rounds side by side (Nasr et al. 2019 observed the
+  federation at several epochs the same way), cross-fitted like the per-round attacks.
   The stacked score is the threat model's aggregated score; ``sigmoid`` of its log-odds is the record's
   membership probability under a 50% prior;
 - ``risk``: the probability under the strongest adversary audited (:func:`fedaudit.threat_model.strongest`: the
@@ -34,12 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fedaudit.auditor.attack import (audit_attacks, fit_folds, headline, ranked_scores, sigmoid, spec, trained_attacks,
-                                     view_attacks)
+from fedaudit.auditor.attack import (audit_attacks, clean_rows, fit_folds, headline, ranked_scores, sigmoid, spec,
+                                     trained_attacks, view_attacks)
 from fedaudit.auditor.records import AuditRecords
 from fedaudit.auditor.results import AGGREGATE_ONLY, light_metrics, low_fpr_choice, summary_or_none
 from fedaudit.auditor.sources import CALIBRATED, LOWEST_LOSS, attribute_sources, attribution_accuracy
-from fedaudit.auditor.state import AUDIT_DIR, load_round, round_path, saved_rounds, stack_rounds
+from fedaudit.auditor.state import AUDIT_DIR, STACK_ROUNDS, load_round, round_path, saved_rounds
 from fedaudit.auditor.views import rows_by_source
 from fedaudit.config import load_scenario
 from fedaudit.metrics import auc as auc_of
@@ -51,6 +52,7 @@ from fedaudit.twins import audited_here
 log = logging.getLogger(__name__)
 
 STACK_C = 0.3         # stronger regularisation than per round: more features, same known records
+_STAND_IN_STREAM = 18  # draws the stand-in round of a population record whose pseudo-owner never replied
 
 
 class _View:
@@ -108,6 +110,14 @@ class _View:
         return out
 
 
+def _last(values: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """Per record, its value in the last of its own rounds (NaN: none)."""
+    if not values.shape[1]:
+        return np.full(values.shape[0], np.nan)
+    last = values.shape[1] - 1 - np.argmax(own[:, ::-1], axis=1)
+    return np.where(own.any(axis=1), values[np.arange(values.shape[0]), last], np.nan)
+
+
 def _nan_reduce(fn, values: np.ndarray) -> np.ndarray:
     out = np.full(values.shape[0], np.nan)
     ok = ~np.isnan(values).all(axis=1)
@@ -117,7 +127,14 @@ def _nan_reduce(fn, values: np.ndarray) -> np.ndarray:
 
 class _Stacked:
     """A cross-fitted classifier on several rounds side by side (Nasr et al. 2019 observed the federation at
-    several epochs the same way): the rounds' features when a fitted attack ran, else their scores."""
+    several epochs the same way): the rounds' features when a fitted attack ran, else their scores.
+
+    The rounds are each record's own (:func:`own_rounds`): those in which it was scored under the model of the
+    client that holds it (server: its owner's, a population record's pseudo-owner's; participant: every round),
+    at most :data:`STACK_ROUNDS` of them, evenly spaced and always the last, right-aligned so that the last column
+    block is the record's latest. Under full participation these are the same calendar rounds for every record;
+    under client sampling a member's block is its owner's rounds, not calendar rounds its owner skipped (which
+    would leave its columns empty beside a population record's full ones)."""
 
     def __init__(self, view: _View, attacks: list, feature_names):
         r = view.records
@@ -127,35 +144,124 @@ class _Stacked:
         if self.fitted:   # every column a trained attack of the view reads
             names = list(feature_names)
             self.cols = np.unique(np.concatenate([np.asarray(spec(a).columns(names), dtype=np.int64) for a in fitted]))
-            self.rounds = stack_rounds(view.feature_rounds)
+            self.candidates = list(view.feature_rounds)
         else:
             self.attacks = [a for a in attacks if not spec(a).trained]
-            self.rounds = stack_rounds(view.rounds)
-        rows = np.concatenate([self._record_block(t) for t in self.rounds], axis=-1)
+            self.candidates = list(view.rounds)
+        self._scales: dict = {}
+        own = own_rounds(view, self.candidates)
+        self.width = int(min(STACK_ROUNDS, own.sum(axis=1).max(initial=0)))
+        slots = stack_slots(own, self.width)
+        self.rounds = [self.candidates[j] for j in np.unique(slots[slots >= 0])]
+        rows = self._rows(slots, len(r), self._record_block)
         self.attack = fit_folds(rows, r.member, r.fold, r.known, c=STACK_C, eligible=view.eligible)
         self.score = self.attack.score(np.arange(len(r)), rows)
 
-    def _record_block(self, t: int) -> np.ndarray:
+    def _block_width(self) -> int:
+        return len(self.cols) if self.fitted else len(self.attacks)
+
+    def _rows(self, slots: np.ndarray, n: int, block) -> np.ndarray:
+        """(n, width * block width): slot s of row i holds ``block(t)[i]`` for the round t in ``slots[i, s]``."""
+        w = self._block_width()
+        rows = np.full((n, max(self.width, 1) * w), np.nan)
+        for j, t in enumerate(self.candidates):
+            hit = slots == j
+            if not hit.any():
+                continue
+            b = block(t)
+            for s in np.flatnonzero(hit.any(axis=0)):
+                rows[hit[:, s], s * w:(s + 1) * w] = b[hit[:, s]]
+        return rows
+
+    def _raw_block(self, t: int) -> np.ndarray:
         if self.fitted:
             return self.view.a(t, "features").astype(np.float64)[:, self.cols]
         return np.stack([self.view.scores(t, a) for a in self.attacks], axis=-1)
 
+    def _round_scale(self, t: int, block: np.ndarray | None = None) -> tuple:
+        """Round t's centre and scale of each column, over every record it scored (no membership read): a
+        column block that holds different records' different rounds compares them on one scale."""
+        if t not in self._scales:
+            b = clean_rows(self._raw_block(t)) if block is None else block
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)     # a column no record has this round
+                mu, sd = np.nanmean(b, axis=0), np.nanstd(b, axis=0)
+            self._scales[t] = (np.nan_to_num(mu), np.where(np.isfinite(sd) & (sd > 1e-12), sd, 1.0))
+        return self._scales[t]
+
+    def _record_block(self, t: int) -> np.ndarray:
+        b = clean_rows(self._raw_block(t))
+        mu, sd = self._round_scale(t, b)
+        return (b - mu) / sd
+
     def _pop_block(self, t: int, k: int) -> np.ndarray:
-        """The population sample under client k's model of round t (NaN where k did not take part)."""
-        v, P = self.view, self.view.records.population_sample
-        width = len(self.cols) if self.fitted else len(self.attacks)
-        if k not in v.clients[t]:
-            return np.full((P.size, width), np.nan)
+        """The population sample under client k's model of round t, on the round's scale."""
+        v = self.view
         j = v.clients[t].index(k)
         if self.fitted:
-            return v.a(t, "pop_features")[j].astype(np.float64)[:, self.cols]
-        return np.stack([v.a(t, f"pop_score/{a}")[j].astype(np.float64) for a in self.attacks], axis=-1)
+            b = v.a(t, "pop_features")[j].astype(np.float64)[:, self.cols]
+        else:
+            b = np.stack([v.a(t, f"pop_score/{a}")[j].astype(np.float64) for a in self.attacks], axis=-1)
+        mu, sd = self._round_scale(t)
+        return (clean_rows(b) - mu) / sd
 
     def population_under(self, k: int) -> np.ndarray:
-        """Stacked scores of the population sample under client k's models (server)."""
-        P = self.view.records.population_sample
-        rows = np.concatenate([self._pop_block(t, k) for t in self.rounds], axis=-1)
+        """Stacked scores of the population sample under client k's models (server), in k's rounds as its members'."""
+        v, P = self.view, self.view.records.population_sample
+        own = np.array([[k in v.clients[t] for t in self.candidates]])
+        slots = np.repeat(stack_slots(own, self.width), P.size, axis=0)
+        rows = self._rows(slots, P.size, lambda t: self._pop_block(t, k))
         return self.attack.score(P, rows)
+
+
+def own_rounds(view: _View, rounds: list) -> np.ndarray:
+    """(n, len(rounds)) whether each record was scored in that round under the model of the client that holds it.
+
+    Server: the round's ``scored_by`` is the record's source (a member's owner, a population record's
+    pseudo-owner); a population record whose pseudo-owner never replied keeps one round under a stand-in
+    (drawn from the seed), as a member of a client that trained once has one. Participant and aggregate-only
+    views: every round that scored the record (the global model scores every record)."""
+    cache = view.__dict__.setdefault("_own", {})
+    if tuple(rounds) not in cache:
+        cache[tuple(rounds)] = _own_rounds(view, rounds)
+    return cache[tuple(rounds)]
+
+
+def _own_rounds(view: _View, rounds: list) -> np.ndarray:
+    r = view.records
+    finite = np.stack([np.isfinite(view.a(t, "loss").astype(np.float64)) for t in rounds], axis=1) if rounds \
+        else np.zeros((len(r), 0), dtype=bool)
+    key = round_key(view.tm, "scored_by")
+    if not view.server or not all(key in view.data[t] for t in rounds):
+        return finite
+    own = finite & np.stack([view.data[t][key] == r.source for t in rounds], axis=1)
+    orphan = np.flatnonzero(~own.any(axis=1) & finite.any(axis=1) & ~r.member)
+    if orphan.size:
+        rng = np.random.default_rng(np.random.SeedSequence([int(r.seed_for_rounds), 4, _STAND_IN_STREAM]))
+        for i, u in zip(orphan, rng.random(orphan.size)):
+            choices = np.flatnonzero(finite[i])
+            own[i, choices[int(u * choices.size)]] = True
+    return own
+
+
+def stack_slots(own: np.ndarray, width: int) -> np.ndarray:
+    """(n, width) per record and column block, the index of the round it reads (-1: none).
+
+    A record with c own rounds: c <= width, all of them right-aligned (the last block is its latest); c > width,
+    ``width`` of them evenly spaced, the first and the last included (as :func:`stack_rounds` picks calendar
+    rounds)."""
+    own = np.asarray(own, dtype=bool)
+    n, R = own.shape
+    if width <= 0 or R == 0:
+        return np.full((n, max(width, 0)), -1, dtype=np.int64)
+    count = own.sum(axis=1)[:, None]
+    order = np.argsort(~own, axis=1, kind="stable")           # each row's own rounds first, in round order
+    s = np.arange(width)[None, :]
+    spaced = np.round(s * ((count - 1) / max(width - 1, 1)))
+    pos = np.where(count <= width, s - (width - count), spaced).astype(np.int64)
+    ok = (pos >= 0) & (count > 0)
+    idx = np.take_along_axis(order, np.clip(pos, 0, R - 1), axis=1)
+    return np.where(ok, idx, -1).astype(np.int64)
 
 
 def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: dict, stack_name: str) -> dict:
@@ -164,15 +270,21 @@ def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: di
     per_round = view.per_round_scores()
     stacker = _Stacked(view, attacks, feature_names)
     stacked = stacker.score
-    aggregations = {"stacked": stacked, "max": _nan_reduce(np.nanmax, per_round),
-                    "mean": _nan_reduce(np.nanmean, per_round), "last": per_round[:, -1]}
+    # across rounds, each record's own rounds only (under client sampling a population record is scored every
+    # round, a member only when its owner trained: a mean over all of them would average a non-member's score
+    # over many more models than a member's, and separate them by that alone)
+    own = own_rounds(view, view.rounds)
+    mine = np.where(own, per_round, np.nan)
+    aggregations = {"stacked": stacked, "max": _nan_reduce(np.nanmax, mine),
+                    "mean": _nan_reduce(np.nanmean, mine), "last": _last(mine, own)}
     m, n = member & eligible, ~member & eligible
     summaries = {k: summary_or_none(v[m], v[n]) for k, v in aggregations.items()}
     # every attack across rounds: the mean of its per-round scores (for FedMIA's z, Stouffer's combination)
     across, means = {}, {}
     for a in attacks:
         if all(round_key(view.tm, "score", a) in view.data[t] for t in view.rounds) and view.rounds:
-            means[a] = _nan_reduce(np.nanmean, np.stack([view.scores(t, a) for t in view.rounds], axis=1))
+            scores = np.where(own, np.stack([view.scores(t, a) for t in view.rounds], axis=1), np.nan)
+            means[a] = _nan_reduce(np.nanmean, scores)
             across[a] = summary_or_none(means[a][m], means[a][n])
     # the attack reported at 1% FPR: the stack or one attack across rounds, chosen on the known records
     candidates = {stack_name: stacked, **ranked_scores(means, view.head)}

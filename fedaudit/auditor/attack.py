@@ -133,7 +133,7 @@ class Logistic:
         return self._prepare(np.asarray(x, dtype=np.float64)) @ self.coef_
 
 
-def _clean(x: np.ndarray) -> np.ndarray:
+def clean_rows(x: np.ndarray) -> np.ndarray:
     """Float64 copy with infinities as NaN (imputed like missing values) and huge values clipped."""
     x = np.array(x, dtype=np.float64)
     x[~np.isfinite(x)] = np.nan
@@ -151,7 +151,7 @@ class FoldAttack:
         """Log-odds of ``rows`` (m, ..., F), row group j belonging to record ``positions[j]``; NaN where a row is
         all NaN or its record's fold has no classifier."""
         positions = np.asarray(positions)
-        rows = _clean(rows)
+        rows = clean_rows(rows)
         out = np.full(rows.shape[:-1], np.nan)
         folds = self.fold[positions]
         for f, clf in self.models.items():
@@ -171,7 +171,7 @@ def fit_folds(fit_rows: np.ndarray, member: np.ndarray, fold: np.ndarray, known:
               eligible: np.ndarray | None = None) -> FoldAttack:
     """Fit one :class:`Logistic` per fold on the known records outside it (rows that are all NaN, and records
     not ``eligible`` to be fitted on, are left out)."""
-    fit_rows = _clean(fit_rows)
+    fit_rows = clean_rows(fit_rows)
     n, f_dim = fit_rows.shape
     available = ~np.isnan(fit_rows).all(axis=1)
     if eligible is not None:

@@ -106,7 +106,8 @@ class AuditCore:
         self.views = {tm: get_threat_model(tm) for tm in self.threat_models}
         self._set_views()
         self.seed = scenario.federation.seed
-        self.keep_round_arrays = bool(a.keep_round_arrays)
+        # under client sampling the stacked attack reads each record's own rounds, which may be any
+        self.keep_round_arrays = bool(a.keep_round_arrays) or scenario.federation.fraction < 1
         self.stack_rounds = set(stack_rounds(list(range(1, scenario.federation.rounds + 1))))
         x = np.asarray(x, dtype=np.float32)
         y = np.asarray(y, dtype=np.int64)
@@ -300,8 +301,8 @@ class AuditCore:
         self._reference_data = None
 
     def keep(self, round_: int) -> bool:
-        """Whether this round's feature arrays are saved (always, unless keep_round_arrays is false and the
-        aggregation's stacked attack will not read this round)."""
+        """Whether this round's feature arrays are saved (always, unless keep_round_arrays is false, every client
+        trains every round and the aggregation's stacked attack will not read this round)."""
         return self.keep_round_arrays or round_ in self.stack_rounds
 
     def fitted(self, tm, features, eligible, blocks=()) -> dict:

@@ -70,6 +70,7 @@ class _View:
         self.feature_rounds = [r for r in self.rounds if round_key(tm, "features") in self.data[r]]
         self.records = records
         self.head = head
+        self.own: dict = {}       # own_rounds() per tuple of rounds
         # a per-client view (each client's model); under secure aggregation the server's view is the
         # aggregate-only attack, saved like the participant's, without per-client models
         self.server = get_threat_model(tm).per_client_models and \
@@ -221,10 +222,10 @@ def own_rounds(view: _View, rounds: list) -> np.ndarray:
     pseudo-owner); a population record whose pseudo-owner never replied keeps one round under a stand-in
     (drawn from the seed), as a member of a client that trained once has one. Participant and aggregate-only
     views: every round that scored the record (the global model scores every record)."""
-    cache = view.__dict__.setdefault("_own", {})
-    if tuple(rounds) not in cache:
-        cache[tuple(rounds)] = _own_rounds(view, rounds)
-    return cache[tuple(rounds)]
+    key = tuple(rounds)
+    if key not in view.own:
+        view.own[key] = _own_rounds(view, rounds)
+    return view.own[key]
 
 
 def _own_rounds(view: _View, rounds: list) -> np.ndarray:
@@ -238,9 +239,9 @@ def _own_rounds(view: _View, rounds: list) -> np.ndarray:
     orphan = np.flatnonzero(~own.any(axis=1) & finite.any(axis=1) & ~r.member)
     if orphan.size:
         rng = np.random.default_rng(np.random.SeedSequence([int(r.seed_for_rounds), 4, _STAND_IN_STREAM]))
-        for i, u in zip(orphan, rng.random(orphan.size)):
-            choices = np.flatnonzero(finite[i])
-            own[i, choices[int(u * choices.size)]] = True
+        seen = finite[orphan]
+        pick = np.floor(rng.random(orphan.size) * seen.sum(axis=1))          # the pick-th round that scored it
+        own[orphan, np.argmax(np.cumsum(seen, axis=1) > pick[:, None], axis=1)] = True
     return own
 
 

@@ -391,8 +391,9 @@ def _stat(values: list, single_ci=None) -> dict:
 
 
 def run_figures(run_dir: Path) -> dict:
-    """One run's figures from its files: final accuracy, each threat model's headline metrics with intervals, the
-    accountant's and the measured epsilons."""
+    """One run's figures from its files: final accuracy, each threat model's headline metrics with intervals (the
+    TPR at 1% FPR as the run's report states it: that of the attack chosen for that rate where the run chose one),
+    the accountant's and the measured epsilons."""
     from fedaudit.privacy import ensure_dp
     from fedaudit.risk import empirical_epsilon, num
     from fedaudit.schema import read_rounds, read_summary
@@ -409,6 +410,13 @@ def run_figures(run_dir: Path) -> dict:
         entry = {k: num(metrics.get(k)) for k in HEADLINE_KEYS}
         entry["epsilon_lower"] = low
         entry["intervals"] = {k: metrics.get(f"{k}_ci") for k in HEADLINE_KEYS if metrics.get(f"{k}_ci")}
+        at_1pct = view.low_fpr if view.low_fpr_attack and isinstance(view.low_fpr, dict) else None
+        if at_1pct is not None:    # the rate the run's report states: the attack chosen for it, on the unknown records
+            entry["tpr_at_1pct"] = num(at_1pct.get("tpr_at_1pct"))
+            entry["intervals"].pop("tpr_at_1pct", None)
+            if at_1pct.get("tpr_at_1pct_ci"):
+                entry["intervals"]["tpr_at_1pct"] = at_1pct["tpr_at_1pct_ci"]
+            entry["tpr_at_1pct_attack"] = view.low_fpr_attack
         p = summary.privacy_of(tm)
         if p is not None:
             entry["accountant_epsilon"] = p.accountant_epsilon

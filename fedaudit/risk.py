@@ -38,7 +38,8 @@ LEVEL_WHY = (
     "strong. The AUC is an average over all records, so the levels also read the share of members identified at "
     "1% false positives (Carlini et al., 2022): a guessing attacker identifies 1%; 3 times that (3%) singles out "
     "a measurable group of people, 10 times (10%) a large one. A level is reached by either measure, so an attack "
-    "that is weak on average but sure about a few records is not rated low.")
+    "that is weak on average but sure about a few records is not rated low; the share at 1% FPR is the larger of "
+    "the headline attack's and that of the attack reported at that rate.")
 
 
 def _metrics(summary) -> dict:
@@ -74,14 +75,22 @@ def empirical_epsilon(summary) -> tuple[float, float]:
     return _low_end(m.get("epsilon_lower_ci")), num(m.get("epsilon_lower"))
 
 
-def risk_level(summary) -> str | None:
-    """The level of one threat model's headline summary (None if it has no AUC)."""
+def risk_level(summary, low_fpr=None) -> str | None:
+    """The level of one threat model's headline summary (None if it has no AUC).
+
+    ``low_fpr``: the metrics of the attack reported at 1% FPR where one was chosen for that rate (measured on the
+    records the adversary did not know); the TPR at 1% FPR that counts is the larger of the two attacks', so that
+    the level never reads a lower rate than the one the report states."""
     m = _metrics(summary)
     auc = num(m.get("auc"))
     if not math.isfinite(auc):
         return None
     tpr1 = num(m.get("tpr_at_1pct"))
     ci_low = _low_end(m.get("tpr_at_1pct_ci"))
+    low = _metrics(low_fpr)
+    if low:
+        tpr1 = max((v for v in (tpr1, num(low.get("tpr_at_1pct"))) if math.isfinite(v)), default=math.nan)
+        ci_low = max((v for v in (ci_low, _low_end(low.get("tpr_at_1pct_ci"))) if math.isfinite(v)), default=math.nan)
     if auc >= AUC_HIGH or (math.isfinite(tpr1) and tpr1 >= TPR1_HIGH):
         return "high"
     if auc >= AUC_MODERATE or (math.isfinite(tpr1) and tpr1 >= TPR1_MODERATE):

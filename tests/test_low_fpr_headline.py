@@ -110,3 +110,41 @@ def test_the_console_line_states_the_rate_the_report_states():
     assert "AUC 0.644" not in line and "AUC 0.640" in line and "(stacked-whitebox)" in line
     assert "TPR 3.8% at 1% FPR (loss, on the records it did not know)" in line and "1.6%" not in line
     assert "TPR 1.6% at 1% FPR" in _risk_line("server", head, "stacked-whitebox")
+
+
+def test_the_risk_level_reads_the_larger_rate_at_1pct_of_the_two_attacks():
+    from fedaudit.report.console import _risk_line
+    from fedaudit.risk import risk_level
+
+    head = {"auc": 0.56, "tpr_at_1pct": 0.012, "tpr_at_1pct_ci": [0.004, 0.03]}
+    assert risk_level(head) == "low"
+    assert risk_level(head, {"tpr_at_1pct": 0.12, "tpr_at_1pct_ci": [0.08, 0.16]}) == "high"
+    assert risk_level(head, {"tpr_at_1pct": 0.04}) == "moderate"
+    assert risk_level(head, {"tpr_at_1pct": 0.0}) == "low"                       # a lower rate never lowers it
+    assert risk_level({"auc": 0.5, "tpr_at_1pct": 0.01}, {"tpr_at_1pct": 0.02, "tpr_at_1pct_ci": [0.012, 0.03]}) == "low"
+    assert risk_level({"auc": 0.5, "tpr_at_1pct": 0.01}) == "negligible"
+    line = _risk_line("server", head, "stacked-whitebox", ({"tpr_at_1pct": 0.12}, "whitebox"))
+    assert line.endswith("TPR 12.0% at 1% FPR (whitebox, on the records it did not know); risk: high")
+
+
+def test_the_frontier_and_the_comparison_read_the_rate_the_report_states(tmp_path):
+    import json
+
+    from fedaudit.frontier import run_figures
+    from fedaudit.report.compare import _low
+    from fedaudit.report.rundata import load_run
+
+    from test_report import write_fake_run
+
+    run_dir = write_fake_run(tmp_path / "run")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    server = summary["threat_models"]["server"]
+    server["low_fpr_attack"] = "loss"
+    server["low_fpr"] = {"auc": 0.7, "tpr_at_1pct": 0.234, "tpr_at_1pct_ci": [0.2, 0.27], "n_members": 300,
+                         "n_nonmembers": 300}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    fig = run_figures(run_dir)["threat_models"]["server"]
+    assert fig["tpr_at_1pct"] == 0.234 and fig["intervals"]["tpr_at_1pct"] == [0.2, 0.27]
+    assert fig["tpr_at_1pct_attack"] == "loss"
+    assert fig["auc"] == server["auc"]                                   # the other figures stay the headline's
+    assert _low(load_run(run_dir), "server")["tpr_at_1pct"] == 0.234

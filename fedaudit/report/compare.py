@@ -105,6 +105,12 @@ def _headline(run: RunData, tm: str | None) -> dict | None:
     return headline.metrics if headline is not None else None
 
 
+def _low(run: RunData, tm: str | None) -> dict | None:
+    """The metrics a run's report states at 1% FPR for a threat model (the attack chosen for that rate, else the
+    headline's), or None."""
+    return run.low_fpr(tm)[0] if tm else None
+
+
 def _main_tm(runs: list[RunData]) -> str | None:
     """The strongest threat model with a headline result in any run."""
     for tm in _threat_models(runs):
@@ -216,9 +222,10 @@ def comparison_table(runs: list[RunData], labels: list[str], out: Path) -> str:
                 title += " (sum of the updates only: secure aggregation)"
             cells.append(f"<td>{esc(title)}</td>")
             if summ:
-                level = risk_level(summ)
+                low = _low(run, tm) or summ
+                level = risk_level(summ, low)
                 cells += [f'<td class="num"><strong>{f3(summ.get("auc"))}</strong></td>',
-                          f'<td class="num">{_tpr(summ, "tpr_at_1pct")}</td>',
+                          f'<td class="num">{_tpr(low, "tpr_at_1pct")}</td>',
                           f'<td class="num">{_tpr(summ, "tpr_at_0_1pct")}</td>',
                           f'<td class="num">{_eps(summ)}</td>']
                 if any_canary:
@@ -279,7 +286,7 @@ def summary_paragraphs(runs: list[RunData], labels: list[str], diff: list[str]) 
 
             def desc(item):
                 label, run, s = item
-                t = num(s.get("tpr_at_1pct"))
+                t = num((_low(run, tm) or s).get("tpr_at_1pct"))
                 return (f"<strong>{esc(label)}</strong> (AUC {f3(s.get('auc'), 2)}"
                         + (f", {pct(t)} of members identified at 1% FPR" if math.isfinite(t) else "")
                         + (f", accuracy {pct(run.final_accuracy)}" if math.isfinite(run.final_accuracy) else "") + ")")
@@ -287,12 +294,12 @@ def summary_paragraphs(runs: list[RunData], labels: list[str], diff: list[str]) 
             if len(rows) > 1:
                 paras.append(f"Seen by {esc(noun)}, the highest membership risk is in {desc(hi)}, the lowest in "
                              f"{desc(lo)}.")
-                levels = {risk_level(x[2]) for x in rows} - {None}
+                levels = {risk_level(x[2], _low(x[1], tm)) for x in rows} - {None}
                 if len(levels) == 1:
                     paras.append(f"All runs are at the same risk level for {esc(noun)}: "
                                  f"{esc(LEVEL_TEXT[levels.pop()])}.")
                 elif levels:
-                    level_hi, level_lo = risk_level(hi[2]), risk_level(lo[2])
+                    level_hi, level_lo = risk_level(hi[2], _low(hi[1], tm)), risk_level(lo[2], _low(lo[1], tm))
                     paras.append(f"Risk levels range from {esc(LEVEL_TEXT[level_lo])} to {esc(LEVEL_TEXT[level_hi])}.")
             else:
                 paras.append(f"Seen by {esc(noun)}: {desc(hi)}.")

@@ -27,7 +27,7 @@ def _risk_line(label: str, summ: dict, attack: str | None, low: tuple[dict | Non
     tpr = num((low_summ if low_attack else summ).get("tpr_at_1pct"))
     at = f" ({low_attack}, on the records it did not know)" if low_attack else ""
     text += f"; TPR {pct(tpr)} at 1% FPR{at}" if math.isfinite(tpr) else "; TPR at 1% FPR not measurable"
-    level = risk_level(summ)
+    level = risk_level(summ, low_summ if low_attack else None)
     if level:
         text += f"; risk: {LEVEL_TEXT[level]}"
     return text

@@ -344,7 +344,7 @@ def summarize_run(run: RunData) -> tuple[str | None, list[str]]:
         headline, _ = run.headline(tm)
         if headline is not None and finite(headline.value("auc")):
             headlines[tm] = headline.metrics
-    levels = {tm: risk_level(s) for tm, s in headlines.items()}
+    levels = {tm: risk_level(s, run.low_fpr(tm)[0]) for tm, s in headlines.items()}
     overall = worst_level(levels.values())
     if not headlines:
         if run.scenario is not None and not run.scenario.audit.enabled:

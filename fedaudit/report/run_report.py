@@ -80,7 +80,7 @@ def headline_rows(run: RunData) -> list[list[str]]:
             rows.append([title, '<span class="na">not audited</span>'] + [""] * 6)
             continue
         summ = headline.metrics
-        level = risk_level(summ)
+        level = risk_level(summ, run.low_fpr(tm)[0])
         badge = f'<span class="badge {level}">{esc(LEVEL_TEXT[level])}</span>' if level else ""
         attack = run.headline_attack(tm) or "aggregated"
         if run.sees_sum_only(tm):

@@ -52,7 +52,7 @@ from fedaudit.twins import audited_here
 log = logging.getLogger(__name__)
 
 STACK_C = 0.3         # stronger regularisation than per round: more features, same known records
-_STAND_IN_STREAM = 18  # draws the stand-in round of a population record whose pseudo-owner never replied
+_STAND_IN_STREAM = 18  # draws whose rounds a population record takes when its pseudo-owner never replied
 
 
 class _View:
@@ -219,9 +219,11 @@ def own_rounds(view: _View, rounds: list) -> np.ndarray:
     """(n, len(rounds)) whether each record was scored in that round under the model of the client that holds it.
 
     Server: the round's ``scored_by`` is the record's source (a member's owner, a population record's
-    pseudo-owner); a population record whose pseudo-owner never replied keeps one round under a stand-in
-    (drawn from the seed), as a member of a client that trained once has one. Participant and aggregate-only
-    views: every round that scored the record (the global model scores every record)."""
+    pseudo-owner). A population record whose pseudo-owner never replied (it was scored under stand-ins) takes the
+    rounds of a client drawn from the seed among those that did, so that non-members have as many own rounds as
+    members have, whatever the participation: one or two of twenty under 1% sampling, every round when a deviating
+    server sees one client's model each round. Participant and aggregate-only views: every round that scored the
+    record (the global model scores every record)."""
     key = tuple(rounds)
     if key not in view.own:
         view.own[key] = _own_rounds(view, rounds)
@@ -237,11 +239,13 @@ def _own_rounds(view: _View, rounds: list) -> np.ndarray:
         return finite
     own = finite & np.stack([view.data[t][key] == r.source for t in rounds], axis=1)
     orphan = np.flatnonzero(~own.any(axis=1) & finite.any(axis=1) & ~r.member)
-    if orphan.size:
+    took_part = np.zeros((max(r.num_clients, 1), len(rounds)), dtype=bool)    # client x round: its model seen
+    for j, t in enumerate(rounds):
+        took_part[np.asarray(view.clients[t], dtype=np.int64), j] = True
+    donors = np.flatnonzero(took_part.any(axis=1))
+    if orphan.size and donors.size:
         rng = np.random.default_rng(np.random.SeedSequence([int(r.seed_for_rounds), 4, _STAND_IN_STREAM]))
-        seen = finite[orphan]
-        pick = np.floor(rng.random(orphan.size) * seen.sum(axis=1))          # the pick-th round that scored it
-        own[orphan, np.argmax(np.cumsum(seen, axis=1) > pick[:, None], axis=1)] = True
+        own[orphan] = finite[orphan] & took_part[donors[rng.integers(0, donors.size, size=orphan.size)]]
     return own
 
 

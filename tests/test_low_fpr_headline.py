@@ -52,7 +52,7 @@ def test_the_smoothed_tail_quantile_is_nearer_the_true_one_than_the_order_statis
 
 
 def test_with_a_hundred_known_nonmembers_the_attack_with_the_member_tail_is_chosen_most_times():
-    picks, tpr = 0, {"shift": [], "tail": []}
+    picks = 0
     for seed in range(40):
         rng, member, known = _records(seed, n=400)     # about 100 known non-members
         # "shift": the better AUC; "tail": members' scores spread wider, over twice the TPR at 1% FPR

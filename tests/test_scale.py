@@ -152,6 +152,8 @@ def test_stack_slots_pick_calendar_rounds_under_full_participation():
     for R in (1, 3, STACK_ROUNDS, 13, 20):
         slots = stack_slots(np.ones((4, R), dtype=bool), min(STACK_ROUNDS, R))
         assert (slots == np.array(stack_rounds(list(range(R))))).all()
+        evenly = np.unique(np.round(np.linspace(0, R - 1, min(STACK_ROUNDS, R))).astype(int))
+        assert stack_rounds(list(range(R))) == evenly.tolist()           # the calendar rule, written out
     own = np.zeros((3, 20), dtype=bool)
     own[0, [2, 5, 9]] = True
     own[1, :11] = True

@@ -40,7 +40,8 @@ from fedaudit.auditor.attack import (audit_attacks, clean_rows, fit_folds, headl
 from fedaudit.auditor.records import AuditRecords
 from fedaudit.auditor.results import AGGREGATE_ONLY, light_metrics, low_fpr_choice, summary_or_none
 from fedaudit.auditor.sources import CALIBRATED, LOWEST_LOSS, attribute_sources, attribution_accuracy
-from fedaudit.auditor.state import AUDIT_DIR, STACK_ROUNDS, load_round, round_path, saved_rounds
+from fedaudit.auditor.state import (AUDIT_DIR, STACK_ROUNDS, load_round, round_path, saved_rounds,
+                                    stack_slots)
 from fedaudit.auditor.views import rows_by_source
 from fedaudit.config import load_scenario
 from fedaudit.metrics import auc as auc_of
@@ -247,26 +248,6 @@ def _own_rounds(view: _View, rounds: list) -> np.ndarray:
         rng = np.random.default_rng(np.random.SeedSequence([int(r.seed_for_rounds), 4, _STAND_IN_STREAM]))
         own[orphan] = finite[orphan] & took_part[donors[rng.integers(0, donors.size, size=orphan.size)]]
     return own
-
-
-def stack_slots(own: np.ndarray, width: int) -> np.ndarray:
-    """(n, width) per record and column block, the index of the round it reads (-1: none).
-
-    A record with c own rounds: c <= width, all of them right-aligned (the last block is its latest); c > width,
-    ``width`` of them evenly spaced, the first and the last included (as :func:`stack_rounds` picks calendar
-    rounds)."""
-    own = np.asarray(own, dtype=bool)
-    n, R = own.shape
-    if width <= 0 or R == 0:
-        return np.full((n, max(width, 0)), -1, dtype=np.int64)
-    count = own.sum(axis=1)[:, None]
-    order = np.argsort(~own, axis=1, kind="stable")           # each row's own rounds first, in round order
-    s = np.arange(width)[None, :]
-    spaced = np.round(s * ((count - 1) / max(width - 1, 1)))
-    pos = np.where(count <= width, s - (width - count), spaced).astype(np.int64)
-    ok = (pos >= 0) & (count > 0)
-    idx = np.take_along_axis(order, np.clip(pos, 0, R - 1), axis=1)
-    return np.where(ok, idx, -1).astype(np.int64)
 
 
 def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: dict, stack_name: str) -> dict:

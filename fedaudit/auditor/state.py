@@ -94,8 +94,27 @@ def saved_rounds(run_dir: Path) -> list[int]:
 
 
 def stack_rounds(rounds: list[int]) -> list[int]:
-    """The rounds the stacked attack puts side by side: all of them, or :data:`STACK_ROUNDS` evenly spaced."""
-    if len(rounds) <= STACK_ROUNDS:
-        return list(rounds)
-    picks = np.unique(np.round(np.linspace(0, len(rounds) - 1, STACK_ROUNDS)).astype(int))
+    """The rounds the stacked attack puts side by side when every record has all of them as its own: all of them,
+    or :data:`STACK_ROUNDS` evenly spaced (:func:`stack_slots`)."""
+    picks = stack_slots(np.ones((1, len(rounds)), dtype=bool), min(STACK_ROUNDS, len(rounds)))[0]
     return [rounds[i] for i in picks]
+
+
+def stack_slots(own: np.ndarray, width: int) -> np.ndarray:
+    """(n, width) per record and column block, the index of the round it reads (-1: none).
+
+    A record with c own rounds: c <= width, all of them right-aligned (the last block is its latest); c > width,
+    ``width`` of them evenly spaced, the first and the last included."""
+    own = np.asarray(own, dtype=bool)
+    n, R = own.shape
+    if width <= 0 or R == 0:
+        return np.full((n, max(width, 0)), -1, dtype=np.int64)
+    count = own.sum(axis=1)[:, None]
+    order = np.argsort(~own, axis=1, kind="stable")           # each row's own rounds first, in round order
+    s = np.arange(width)[None, :]
+    spaced = np.round(s * ((count - 1) / max(width - 1, 1)))
+    pos = np.where(count <= width, s - (width - count), spaced).astype(np.int64)
+    ok = (pos >= 0) & (count > 0)
+    idx = np.take_along_axis(order, np.clip(pos, 0, R - 1), axis=1)
+    return np.where(ok, idx, -1).astype(np.int64)
+

@@ -130,16 +130,22 @@ def test_quickstart_as_a_ray_cluster_job(tmp_path):
     # `ray stop` would stop every Ray on the machine.
     temp_dir = tempfile.mkdtemp(prefix="fa-ray-")        # short: Ray's socket paths live under it
     dashboard = free_port()
+    # Every Ray's job agent listens on 52365 unless told otherwise: with any other Ray on the machine (another
+    # test's local one), this head's agent would fail to bind and no job could ever be submitted to it.
+    agent_ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                   f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
     subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
                     f"--port={free_port()}", f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}",
-                    "--num-cpus=2", "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=180)
+                    *agent_ports, "--num-cpus=2", "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True, timeout=180)
     try:
         submit = [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
                   "--", "fedaudit", "run", "scenarios/quickstart.toml", "--out", str(out), "--set",
                   "audit.enabled=false", "-q"]
-        for _ in range(60):  # the head's job agent comes up a few seconds after `ray start` returns
+        deadline = time.monotonic() + 120  # the head's job agent comes up a few seconds after `ray start` returns
+        while True:
             job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
-            if "No available agent" not in job.stderr:
+            if "No available agent" not in job.stdout + job.stderr or time.monotonic() > deadline:
                 break
             time.sleep(2)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]

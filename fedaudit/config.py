@@ -88,6 +88,11 @@ class ActiveConfig:
     inconsistent_client: int = -1  # under secure aggregation, the client the active server singles out (-1: drawn)
 
 
+#: ``[audit] source_gradients``: the gradient norms among the source sample's features: those of the dense layers
+#: (they factorise: cheap) or of every gradient layer (convolutions too: about 5 times the cost of a forward pass)
+SOURCE_GRADIENTS = ("dense", "all")
+
+
 @dataclass
 class AuditConfig:
     enabled: bool = False
@@ -98,6 +103,7 @@ class AuditConfig:
     folds: int = 5
     population_sample: int = 1000   # population records scored under every audited client model (server view)
     source_sample: int = 1000       # members attributed to a client by source inference, every round
+    source_gradients: str = "dense"  # the source sample's gradient norms: "dense" layers only (fast) or "all"
     keep_round_arrays: bool = True  # false: keep only the per-round arrays the aggregation and the report read
     gradients: list = field(default_factory=list)   # layers whose kernel gradient norms are features (1-based)
     layers: list = field(default_factory=list)      # layers whose outputs give activation features (1-based)
@@ -303,6 +309,8 @@ def validate(s: Scenario) -> Scenario:
     _check(a.folds >= 2, "audit.folds", f"must be at least 2, got {a.folds}")
     for key in ("population_sample", "source_sample"):
         _check(getattr(a, key) >= 2, f"audit.{key}", f"must be at least 2, got {getattr(a, key)}")
+    _check(a.source_gradients in SOURCE_GRADIENTS, "audit.source_gradients",
+           f"got {a.source_gradients!r}; allowed: {', '.join(SOURCE_GRADIENTS)}")
     for key in ("gradients", "layers"):
         for v in getattr(a, key):
             _check((isinstance(v, int) and not isinstance(v, bool) and v >= 1) or (isinstance(v, str) and v != ""),

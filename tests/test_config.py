@@ -45,6 +45,7 @@ def test_open_sections_forward_options():
     ({"data": {"test_fraction": 0.6, "population_fraction": 0.5}}, "data.test_fraction"),
     ({"unknown": {}}, "unknown"),
     ({"audit": {"enabled": "yes"}}, "audit.enabled"),
+    ({"audit": {"source_gradients": "conv"}}, "audit.source_gradients"),
     # settings a federation audit never read are rejected, not silently accepted
     ({"audit": {"layers": [0]}}, "audit.layers"),
     ({"audit": {"layers": [2.5]}}, "audit.layers"),

@@ -232,6 +232,7 @@ def test_batched_tensorflow_signals_equal_one_model_at_a_time():
     """The TensorFlow probe evaluates many client models per call (stacked weights under tf.vectorized_map):
     for a small CNN and an MLP, every model's signals and features equal those of one model at a time."""
     from fedaudit.auditor.features import ModelProbe, ProbeViews
+    from fedaudit.signals.extract import extract_many
 
     rng = np.random.default_rng(3)
     for name, options, shape, layers in (("cnn", {"filters": [4], "dense": 8}, (8, 8, 1), (2,)),
@@ -240,7 +241,9 @@ def test_batched_tensorflow_signals_equal_one_model_at_a_time():
         x, y = rng.random((60, *shape)).astype(np.float32), rng.integers(0, 4, 60)
         w0 = probe.model.get_weights()
         ws = [[a + 0.05 * rng.standard_normal(a.shape).astype(np.float32) for a in w0] for _ in range(3)]
-        for w, s in zip(ws, probe._extract_many(ws, x, y)):          # the probe's own layers: one trace each
+        many = extract_many(probe.model, ws, x, y, layers=probe.outputs, gradients=probe.dense, from_logits=True,
+                            gradient_norms=probe.layers, layers_option="audit.layers")
+        for w, s in zip(ws, many):          # the probe's own layers: one trace each
             ref = probe._extract(w, x, y)
             np.testing.assert_allclose(s.logits, ref.logits, rtol=1e-4, atol=1e-5)
             for layer in probe.layers:
@@ -255,10 +258,26 @@ def test_batched_tensorflow_signals_equal_one_model_at_a_time():
         pop = (x[40:], y[40:], base.take(np.arange(40, 60)))
         src = (x[20:35], y[20:35], base.take(np.arange(20, 35)))
         batched, alone = probe.views(items, w0, pop, src), ProbeViews.views(probe, items, w0, pop, src)
-        for (v, sv), (ref, sref) in zip(batched, alone):
+        for (v, sv), (ref, sref), (w, *_) in zip(batched, alone, items):
             np.testing.assert_allclose(v.features, ref.features, rtol=2e-3, atol=2e-4)
             np.testing.assert_allclose(sv.features, sref.features, rtol=2e-3, atol=2e-4)
             np.testing.assert_allclose(v.loss, ref.loss, rtol=1e-4, atol=1e-5)
+            # the source sample: every feature but the norms of layers that do not factorise (and their total)
+            full = probe.view(w, base.take(np.arange(20, 35)), w0, x[20:35], y[20:35])
+            left_out = [f"log_gnorm/{n}" for n in probe.layers if n not in probe.dense]
+            if left_out:
+                left_out.append("log_gnorm/total")
+            cols = [probe.feature_names.index(c) for c in left_out]
+            kept = [j for j in range(len(probe.feature_names)) if j not in cols]
+            assert np.isnan(sv.features[:, cols]).all() and not np.isnan(full.features[:, cols]).any()
+            np.testing.assert_allclose(sv.features[:, kept], full.features[:, kept], rtol=2e-3, atol=2e-4)
+            assert (name == "cnn") == bool(cols)
+        if name == "cnn":       # [audit] source_gradients = "all": every gradient norm on the source sample too
+            every = ModelProbe(name, options, shape, 4, seed=0, layers=layers, source_gradients="all")
+            w = ws[0]
+            np.testing.assert_allclose(every.source_view(w, base.take(np.arange(20, 35)), w0, x[20:35], y[20:35]).features,
+                                       every.view(w, base.take(np.arange(20, 35)), w0, x[20:35], y[20:35]).features,
+                                       rtol=1e-6, atol=1e-6)
 
 
 def test_activation_features_of_a_conv_model_and_of_the_input():

@@ -86,6 +86,22 @@ def test_threshold_scores_rank_confident_true_class_higher():
     assert np.isfinite(modified_entropy_scores(np.array([[0.0, 60, 0]]), np.array([0])))[0]
 
 
+def test_logit_statistics_equal_the_separate_scores():
+    """The per-round features' one-pass statistics are the threshold attacks' values, bit for bit."""
+    from fedaudit.attacks.scores import logit_confidence
+    from fedaudit.attacks.threshold import logit_statistics
+
+    rng = np.random.default_rng(3)
+    for scale in (0.01, 3.0, 80.0):        # near-uniform, ordinary, saturated (p_y rounds to 0 or 1)
+        z, y = rng.normal(size=(400, 7)) * scale, rng.integers(0, 7, size=400)
+        phi, loss, neg_entropy, neg_mentropy = logit_statistics(z, y)
+        assert np.array_equal(phi, logit_confidence(z, y)) and np.array_equal(loss, -loss_scores(z, y))
+        assert np.array_equal(neg_entropy, entropy_scores(z, y))
+        assert np.array_equal(neg_mentropy, modified_entropy_scores(z, y))
+    with pytest.raises(AttackError, match="labels"):
+        logit_statistics(np.zeros((2, 3)), np.array([0, 3]))
+
+
 # ---------------------------------------------------------------------------------------------
 # ML Privacy Meter's API, tutorial shape
 

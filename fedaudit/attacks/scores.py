@@ -64,7 +64,11 @@ def true_class_prob(logits, labels) -> np.ndarray:
 
 def logit_confidence(logits, labels) -> np.ndarray:
     """LiRA's statistic phi = log(p_y / (1 - p_y)) = z_y - logsumexp of the other logits, shape (..., n)."""
-    z, y = check_logits(logits, labels)
+    return checked_logit_confidence(*check_logits(logits, labels))
+
+
+def checked_logit_confidence(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """:func:`logit_confidence` of logits and labels that :func:`check_logits` has already validated."""
     zy = _true_class(z, y)
     other = z.copy()
     np.put_along_axis(other, np.broadcast_to(y[:, None], z.shape[:-1] + (1,)), -np.inf, axis=-1)

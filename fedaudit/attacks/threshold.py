@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedaudit.attacks.scores import check_logits, log_softmax, logit_confidence
+from fedaudit.attacks.scores import checked_logit_confidence, check_logits, log_softmax, logit_confidence
 
 
 def _log_one_minus_softmax(lp: np.ndarray) -> np.ndarray:
@@ -69,6 +69,23 @@ def modified_entropy_scores(logits, labels) -> np.ndarray:
     return -mentr
 
 
+def logit_statistics(logits, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(phi, loss, neg_entropy, neg_mentropy) of every record in one pass: the same values as
+    :func:`~fedaudit.attacks.scores.logit_confidence`, minus :func:`loss_scores`, :func:`entropy_scores` and
+    :func:`modified_entropy_scores`, with the log-softmax and phi computed once (the per-round features read all
+    four for every model and record)."""
+    z, y = check_logits(logits, labels)
+    phi = checked_logit_confidence(z, y)
+    lp = log_softmax(z)
+    p = np.exp(lp)
+    neg_entropy = np.sum(p * lp, axis=1)
+    lp_y = np.take_along_axis(lp, y[:, None], axis=1)[:, 0]
+    others = p * _log_one_minus_softmax(lp)
+    np.put_along_axis(others, y[:, None], 0.0, axis=1)
+    neg_mentropy = (1.0 / (1.0 + np.exp(phi))) * lp_y + others.sum(axis=1)
+    return phi, np.logaddexp(0.0, -phi), neg_entropy, neg_mentropy
+
+
 #: name -> score function, for callers that choose attacks by name
 THRESHOLD_ATTACKS = {
     "loss": loss_scores,
@@ -83,5 +100,5 @@ def threshold_scores(logits, labels) -> dict[str, np.ndarray]:
     return {name: fn(logits, labels) for name, fn in THRESHOLD_ATTACKS.items()}
 
 
-__all__ = ["loss_scores", "confidence_scores", "entropy_scores", "modified_entropy_scores",
+__all__ = ["loss_scores", "confidence_scores", "entropy_scores", "modified_entropy_scores", "logit_statistics",
            "THRESHOLD_ATTACKS", "threshold_scores"]

@@ -122,7 +122,7 @@ class AuditCore:
             dense = describe_scenario_model(scenario, input_shape, num_classes)
         self.spec = ProbeSpec(scenario.model.name, dict(scenario.model.options), input_shape, num_classes,
                               gradients=tuple(a.gradients), seed=self.seed, threads=int(threads), dense=dense,
-                              layers=tuple(a.layers))
+                              layers=tuple(a.layers), source_gradients=a.source_gradients)
         member = records.member
         in_sample = np.zeros(len(records), dtype=bool)
         in_sample[records.population_sample] = True

@@ -19,7 +19,8 @@ activations (``[audit] layers``, the outputs of chosen layers, three columns per
 The cosines need the gradient at theta_prev only as the two factors of each dense layer's per-example kernel
 gradient (its input a and the gradient d at its output; the bias gradient is d), so <g, u> per layer is
 ``sum((a @ U) * d) + d . u_bias`` and no (records, in, out) tensor is ever built. Layers without that
-factorisation (convolutions) contribute gradient norms only.
+factorisation (convolutions) contribute gradient norms only, and not on the source sample, which every client's
+model scores: there their columns and ``log_gnorm/total`` are NaN (:meth:`ModelProbe.source_view`).
 
 ``[audit] gradients`` chooses the gradient layers (default: every layer with a kernel), ``[audit] layers`` the
 layers whose outputs give activation features (1-based indices into the model's layers, or names; default none:
@@ -37,7 +38,7 @@ import numpy as np
 
 from fedaudit.attacks.scores import logit_confidence
 from fedaudit.auditor.attack import BLACKBOX
-from fedaudit.attacks.threshold import entropy_scores, loss_scores, modified_entropy_scores
+from fedaudit.attacks.threshold import logit_statistics, loss_scores
 
 _EPS = 1e-30
 
@@ -107,11 +108,9 @@ def assemble_features(logits: np.ndarray, y: np.ndarray, base: "BaseSignals | No
     update cosines (None: no dense layer; NaN columns without theta_prev) and the chosen output layers'
     :func:`activation_stats` (``acts``: name -> (log norm, fraction active), in feature order)."""
     n = len(y)
-    loss = -loss_scores(logits, y)
-    phi = logit_confidence(logits, y)
+    phi, loss, neg_entropy, neg_mentropy = logit_statistics(logits, y)
     correct = np.argmax(logits, axis=1) == y
-    cols = [phi, np.log(loss + _EPS), entropy_scores(logits), modified_entropy_scores(logits, y),
-            correct.astype(np.float64)]
+    cols = [phi, np.log(loss + _EPS), neg_entropy, neg_mentropy, correct.astype(np.float64)]
     if base is not None:
         cols += [base.loss - loss, phi - base.phi]
     else:
@@ -145,15 +144,20 @@ class ProbeViews:
         for w, ox, oy, obase, wants_source in items:
             base = BaseSignals.concat([obase, pbase]) if obase is not None and pbase is not None else None
             v = self.view(w, base, previous, np.concatenate([ox, px]), np.concatenate([oy, py]))
-            out.append((v, self.view(w, sbase, previous, sx, sy) if wants_source else None))
+            out.append((v, self.source_view(w, sbase, previous, sx, sy) if wants_source else None))
         return out
+
+    def source_view(self, weights, base: "BaseSignals | None", previous, x, y) -> ViewSignals:
+        """The features of ``weights`` on the source sample (every client's model scores it: the largest share of
+        a round's work). Here every feature; a probe may leave out the costly ones (:meth:`ModelProbe.source_view`)."""
+        return self.view(weights, base, previous, x, y)
 
 
 class ModelProbe(ProbeViews):
     """Builds the scenario's model once and computes features for any weights on any records."""
 
     def __init__(self, model_name: str, model_options: dict, input_shape, num_classes: int, gradients=(),
-                 seed: int = 0, layers=()):
+                 seed: int = 0, layers=(), source_gradients: str = "dense"):
         from fedaudit.models import build_model
         from fedaudit.signals.extract import _gradient_mode
         from fedaudit.signals.layers import kernel_layers, resolve_gradient_layers, resolve_output_layers
@@ -171,11 +175,13 @@ class ModelProbe(ProbeViews):
             self.slots[r.name] = (paths.index(r.layer.kernel.path),
                                   paths.index(bias.path) if bias is not None else None)
         self.outputs = [r.name for r in resolve_output_layers(self.model, list(layers), "audit.layers")]
+        # the gradient norms of the source sample's features ([audit] source_gradients)
+        self.source_norms = self.dense if source_gradients == "dense" else self.layers
         self.feature_names = feature_names_for(self.layers, self.dense, self.outputs)
         self.blackbox_columns = np.arange(len(BLACKBOX))
         self._loaded = None
 
-    def _extract(self, weights, x, y, gradients: bool = True):
+    def _extract(self, weights, x, y, gradients: bool = True, norms=None):
         from fedaudit.signals.extract import extract
 
         if weights is not self._loaded:      # the same weights twice in a row (view, then losses): set once
@@ -184,7 +190,8 @@ class ModelProbe(ProbeViews):
         if not gradients:
             return extract(self.model, x, y, gradient_norms=False, from_logits=True)
         return extract(self.model, x, y, layers=self.outputs, gradients=self.dense, factorize=True,
-                       gradient_norms=self.layers, from_logits=True, layers_option="audit.layers")
+                       gradient_norms=self.layers if norms is None else (norms or False), from_logits=True,
+                       layers_option="audit.layers")
 
     def _acts(self, s) -> dict:
         return {name: activation_stats(s.layer_outputs[name].reshape(len(s), -1)) for name in self.outputs}
@@ -213,6 +220,15 @@ class ModelProbe(ProbeViews):
         same rows) and ``previous``."""
         return self._view_of(self._extract(weights, x, y), weights, base, previous, y)
 
+    def source_view(self, weights, base: BaseSignals | None, previous, x, y) -> ViewSignals:
+        """:meth:`view` with the gradient norms of ``[audit] source_gradients``: by default ("dense") not those of
+        layers that do not factorise (convolutions), whose columns and ``log_gnorm/total`` are then NaN. A
+        convolution's per-example gradient norms take a backward pass through it for every record, about 5 times
+        the cost of the forward pass and the dense layers' norms, and every client's model scores the source sample;
+        the source attribution reads the columns that are there (``simulations/source_inference_cnn.py`` measures
+        what that costs it). For a model of dense layers only, or with "all", every feature."""
+        return self._view_of(self._extract(weights, x, y, norms=self.source_norms), weights, base, previous, y)
+
     def views(self, items: list, previous, pop: tuple, src: tuple) -> list:
         """:meth:`ProbeViews.views` with the models' signals batched (:func:`fedaudit.signals.extract_many`: a
         few TensorFlow calls per pass over the items, not one per model): the shared samples as they are, each
@@ -223,7 +239,8 @@ class ModelProbe(ProbeViews):
         own = self._extract_many(weights, [it[1] for it in items], [it[2] for it in items])
         pops = self._extract_many(weights, px, py)
         wanted = [i for i, it in enumerate(items) if it[4]]
-        srcs = dict(zip(wanted, self._extract_many([weights[i] for i in wanted], sx, sy))) if wanted else {}
+        srcs = dict(zip(wanted, self._extract_many([weights[i] for i in wanted], sx, sy, norms=self.source_norms))) \
+            if wanted else {}
         out = []
         for i, (w, _, oy, obase, _) in enumerate(items):
             parts = [self._view_of(own[i], w, obase, previous, oy)] if len(oy) else []
@@ -231,17 +248,23 @@ class ModelProbe(ProbeViews):
             out.append((v, self._view_of(srcs[i], w, sbase, previous, sy) if i in srcs else None))
         return out
 
-    def _extract_many(self, weights_list, x, y) -> list:
+    def _extract_many(self, weights_list, x, y, norms=None) -> list:
+        """The models' signals on the rows: outputs of the chosen layers, gradient norms of ``norms`` (default:
+        every gradient layer). Each model's own dense factors are not needed (the cosines read theta_prev's)."""
         from fedaudit.signals.extract import extract_many
 
         if not weights_list:
             return []
-        return extract_many(self.model, weights_list, x, y, layers=self.outputs, gradients=self.dense,
-                            gradient_norms=self.layers, from_logits=True, layers_option="audit.layers")
+        return extract_many(self.model, weights_list, x, y, layers=self.outputs,
+                            gradient_norms=self.layers if norms is None else (norms or False), from_logits=True,
+                            layers_option="audit.layers")
 
     def _view_of(self, s, weights, base: BaseSignals | None, previous, y) -> ViewSignals:
-        """A model's :class:`ViewSignals` from its :class:`~fedaudit.signals.extract.Signals` on the rows."""
-        norms = {name: s.gradient_norms[name].astype(np.float64) for name in self.layers}
+        """A model's :class:`ViewSignals` from its :class:`~fedaudit.signals.extract.Signals` on the rows (NaN
+        columns for the gradient norms it does not hold, and then for their total)."""
+        missing = np.full(len(y), np.nan)
+        norms = {name: s.gradient_norms[name].astype(np.float64) if name in s.gradient_norms else missing
+                 for name in self.layers}
         cosines = self._cosines(weights, previous, base, len(y)) if self.dense else None
         return assemble_features(s.logits.astype(np.float64), y, base, norms, cosines, len(self.dense),
                                  self._acts(s))

@@ -37,10 +37,12 @@ class ProbeSpec:
     threads: int = 1
     dense: object = None          # a DenseStack: the model's signals in NumPy (fedaudit.auditor.dense), no TF
     layers: tuple = ()            # [audit] layers: the layers whose outputs give activation features
+    source_gradients: str = "dense"   # [audit] source_gradients: the source sample's gradient norms
 
     def key(self) -> tuple:
         return (self.model_name, repr(sorted(self.model_options.items())), tuple(self.input_shape),
-                int(self.num_classes), tuple(self.gradients), int(self.seed), self.dense, tuple(self.layers))
+                int(self.num_classes), tuple(self.gradients), int(self.seed), self.dense, tuple(self.layers),
+                self.source_gradients)
 
 
 @dataclass
@@ -108,7 +110,8 @@ def probe_for(spec: ProbeSpec):
 
         configure_tensorflow(spec.threads)
         probe = ModelProbe(spec.model_name, spec.model_options, spec.input_shape, spec.num_classes,
-                           gradients=spec.gradients, seed=spec.seed, layers=spec.layers)
+                           gradients=spec.gradients, seed=spec.seed, layers=spec.layers,
+                           source_gradients=spec.source_gradients)
     if spec.key() not in _PROBES:
         _PROBES.clear()
         _PROBES[spec.key()] = probe

@@ -21,6 +21,7 @@ class LocalSimulator:
         model = build_model(scenario.model.name, tuple(input_shape), int(num_classes), seed=f.seed,
                             **dict(scenario.model.options))
         self.trainer = Trainer(model, f.optimizer, f.learning_rate)
+        self._softmax = None
 
     def steps(self, n: int) -> int:
         """Local optimisation steps of a client with ``n`` records."""
@@ -36,6 +37,10 @@ class LocalSimulator:
         """Softmax outputs (n, C) of the model with ``weights`` on ``x``."""
         import tensorflow as tf
 
+        if self._softmax is None:       # traced once: the label inference reads hundreds of models a round
+            model = self.trainer.model
+            spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+            self._softmax = tf.function(lambda batch: tf.nn.softmax(model(batch, training=False)),
+                                        input_signature=[spec])
         self.trainer.set_weights(weights)
-        logits = self.trainer.model(np.asarray(x, dtype=np.float32), training=False)
-        return tf.nn.softmax(logits).numpy().astype(np.float64)
+        return self._softmax(np.asarray(x, dtype=np.float32)).numpy().astype(np.float64)

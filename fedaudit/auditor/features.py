@@ -19,8 +19,9 @@ activations (``[audit] layers``, the outputs of chosen layers, three columns per
 The cosines need the gradient at theta_prev only as the two factors of each dense layer's per-example kernel
 gradient (its input a and the gradient d at its output; the bias gradient is d), so <g, u> per layer is
 ``sum((a @ U) * d) + d . u_bias`` and no (records, in, out) tensor is ever built. Layers without that
-factorisation (convolutions) contribute gradient norms only, and not on the source sample, which every client's
-model scores: there their columns and ``log_gnorm/total`` are NaN (:meth:`ModelProbe.source_view`).
+factorisation (convolutions) contribute gradient norms only, and by default not on the source sample, which every
+client's model scores: there their columns and ``log_gnorm/total`` are NaN (:meth:`ModelProbe.source_view`,
+``[audit] source_gradients``).
 
 ``[audit] gradients`` chooses the gradient layers (default: every layer with a kernel), ``[audit] layers`` the
 layers whose outputs give activation features (1-based indices into the model's layers, or names; default none:

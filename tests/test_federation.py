@@ -139,15 +139,24 @@ def test_quickstart_as_a_ray_cluster_job(tmp_path):
                     *agent_ports, "--num-cpus=2", "--disable-usage-stats"],
                    check=True, env=env, capture_output=True, timeout=180)
     try:
-        submit = [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
-                  "--", "fedaudit", "run", "scenarios/quickstart.toml", "--out", str(out), "--set",
-                  "audit.enabled=false", "-q"]
-        deadline = time.monotonic() + 120  # the head's job agent comes up a few seconds after `ray start` returns
-        while True:
-            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
-            if "No available agent" not in job.stdout + job.stderr or time.monotonic() > deadline:
-                break
-            time.sleep(2)
+        def submit(out):
+            command = [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir",
+                       str(REPO), "--", "fedaudit", "run", "scenarios/quickstart.toml", "--out", str(out), "--set",
+                       "audit.enabled=false", "-q"]
+            deadline = time.monotonic() + 120  # the job agent comes up a few seconds after `ray start` returns
+            while True:
+                job = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+                if "No available agent" not in job.stdout + job.stderr or time.monotonic() > deadline:
+                    return job
+                time.sleep(2)
+
+        job = submit(out)
+        if job.returncode and "Aborted" in job.stdout + job.stderr and '"state": "finished"' in _read(out / "status.json"):
+            # Once in several loaded runs, the job's process aborted in native code (glibc: a pthread mutex in
+            # __pthread_tpp_change_priority) after the run had finished and recorded it, before its report: not
+            # a failure of the run, whose files are complete. Submitted once more; a second failure fails the test.
+            out = tmp_path / "job-run-again"
+            job = submit(out)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout
     finally:
@@ -160,6 +169,10 @@ def test_quickstart_as_a_ray_cluster_job(tmp_path):
     assert str(out) in job.stdout                     # the run directory is the job's last line of output
     owner = np.load(out / "ledger.npz")["owner"]
     assert set(np.unique(owner[owner >= 0])) == set(range(10))
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
 
 
 def test_strategy_state_survives_a_checkpoint(tmp_path):

@@ -274,9 +274,8 @@ def test_batched_tensorflow_signals_equal_one_model_at_a_time():
             assert (name == "cnn") == bool(cols)
         if name == "cnn":       # [audit] source_gradients = "all": every gradient norm on the source sample too
             every = ModelProbe(name, options, shape, 4, seed=0, layers=layers, source_gradients="all")
-            w = ws[0]
-            np.testing.assert_allclose(every.source_view(w, base.take(np.arange(20, 35)), w0, x[20:35], y[20:35]).features,
-                                       every.view(w, base.take(np.arange(20, 35)), w0, x[20:35], y[20:35]).features,
+            args = (ws[0], base.take(np.arange(20, 35)), w0, x[20:35], y[20:35])
+            np.testing.assert_allclose(every.source_view(*args).features, every.view(*args).features,
                                        rtol=1e-6, atol=1e-6)
 
 

@@ -60,13 +60,16 @@ def modified_entropy_scores(logits, labels) -> np.ndarray:
     """Minus Song and Mittal's modified entropy of the softmax given the true label."""
     z, y = check_logits(logits, labels)
     lp = log_softmax(z)
-    p = np.exp(lp)
+    return _neg_mentropy(lp, np.exp(lp), checked_logit_confidence(z, y), y)
+
+
+def _neg_mentropy(lp: np.ndarray, p: np.ndarray, phi: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Minus the modified entropy from the log-softmax ``lp``, its exp ``p`` and phi (for 1 - p_y without
+    cancellation)."""
     lp_y = np.take_along_axis(lp, y[:, None], axis=1)[:, 0]
-    one_minus_py = 1.0 / (1.0 + np.exp(logit_confidence(z, y)))  # 1 - p_y without cancellation
     others = p * _log_one_minus_softmax(lp)
     np.put_along_axis(others, y[:, None], 0.0, axis=1)
-    mentr = -one_minus_py * lp_y - others.sum(axis=1)
-    return -mentr
+    return (1.0 / (1.0 + np.exp(phi))) * lp_y + others.sum(axis=1)
 
 
 def logit_statistics(logits, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -78,12 +81,7 @@ def logit_statistics(logits, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray
     phi = checked_logit_confidence(z, y)
     lp = log_softmax(z)
     p = np.exp(lp)
-    neg_entropy = np.sum(p * lp, axis=1)
-    lp_y = np.take_along_axis(lp, y[:, None], axis=1)[:, 0]
-    others = p * _log_one_minus_softmax(lp)
-    np.put_along_axis(others, y[:, None], 0.0, axis=1)
-    neg_mentropy = (1.0 / (1.0 + np.exp(phi))) * lp_y + others.sum(axis=1)
-    return phi, np.logaddexp(0.0, -phi), neg_entropy, neg_mentropy
+    return phi, np.logaddexp(0.0, -phi), np.sum(p * lp, axis=1), _neg_mentropy(lp, p, phi, y)
 
 
 #: name -> score function, for callers that choose attacks by name

@@ -67,6 +67,36 @@ def test_factors_give_the_same_gradients_and_norms(cnn):
         np.testing.assert_allclose(fact.factors[name].norms(), full.gradient_norms[name], rtol=1e-5)
 
 
+def test_conv_norms_alone_match_the_gradients_norms(cnn):
+    """Norms without the gradients: a convolution's from its patches' and output gradients' Gram matrices where
+    that is cheaper (conv_2's 4x4 map), from the gradient otherwise (conv_1's 8x8); strided, dilated and 1-D too."""
+    from fedaudit.signals.rules.conv import ghost_norms_cheaper
+
+    model, x, y = cnn
+    assert not ghost_norms_cheaper(64, 9, 16) and ghost_norms_cheaper(16, 144, 32)   # conv_1, conv_2
+    norms = extract(model, x, y, gradient_norms=["conv_1", "conv_2"], batch_size=5)
+    assert norms.gradients == {}
+    for layer, g in zip(kernel_layers(model)[:2], per_example_tape(model, x, y, kernel_layers(model)[:2])):
+        np.testing.assert_allclose(norms.gradient_norms[layer.name], np.linalg.norm(g.reshape(len(g), -1), axis=1),
+                                   rtol=2e-5)
+    rng = np.random.default_rng(5)
+    image = keras.Sequential([keras.Input((9, 9, 3)), L.Conv2D(24, 3, strides=2, padding="same", name="s"),
+                              L.Conv2D(32, 2, dilation_rate=2, activation="relu", name="d"), L.Flatten(),
+                              L.Dense(3, name="o")])
+    line = keras.Sequential([keras.Input((6, 8)), L.Conv1D(16, 3, padding="causal", name="c"), L.Flatten(),
+                             L.Dense(3, name="o")])
+    for model, shape, names in ((image, (9, 9, 3), ["s", "d"]), (line, (6, 8), ["c"])):
+        x = rng.normal(size=(6, *shape)).astype(np.float32)
+        y = rng.integers(0, 3, 6)
+        layers = [model.get_layer(n) for n in names]
+        assert any(ghost_norms_cheaper(int(np.prod(l.output.shape[1:-1])), int(np.prod(l.kernel.shape[:-1])),
+                                       l.kernel.shape[-1]) for l in layers)
+        got = extract(model, x, y, gradient_norms=names)
+        for layer, g in zip(layers, per_example_tape(model, x, y, layers)):
+            np.testing.assert_allclose(got.gradient_norms[layer.name],
+                                       np.linalg.norm(g.reshape(len(g), -1), axis=1), rtol=2e-5)
+
+
 def test_layer_outputs_by_index_and_name(cnn):
     model, x, y = cnn
     sig = extract(model, x, y, layers=[1, "pool_2", len(model.layers)], gradients=(), gradient_norms=False)

@@ -304,7 +304,7 @@ def _step_fn(model, plan: _Plan):
                 if name in want_grad:
                     result[f"a/{name}"], result[f"d/{name}"] = factors
                 continue
-            grad = rule.gradients(layer, saved, dz)
+            grad = rule.gradients(layer, saved, dz) if name in want_grad else None   # a norm may not need it
             if name in want_grad:
                 result[f"g/{name}"] = grad
             if name in want_norm:

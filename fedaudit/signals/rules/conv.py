@@ -1,7 +1,10 @@
 """Convolutions (Conv1D/Conv2D, channels last, groups 1): the per-example kernel gradient from input patches.
 
 The gradient of example i is ``patches[i]^T d[i]``: the input's patches at every output position (ordered as the
-kernel is) times the gradient ``d`` at the pre-activation output, one batched matmul per chunk. Other
+kernel is) times the gradient ``d`` at the pre-activation output, one batched matmul per chunk. Its norm alone
+is ``sqrt(sum((P P^T) * (D D^T)))`` over the T output positions (the Gram matrices of the patches and of ``d``,
+"ghost" norms), which costs T^2 (K + O) rather than T K O for K patch values and O filters: taken when that is
+smaller (late, small feature maps), without materialising the gradient. Other
 convolutions (Conv3D, channels first, grouped, depthwise, separable, transposed) take the generic rule, and so
 does a subclass with its own ``call`` (Keras's Conv1D has one, for causal padding; the rank-1 patches serve a
 Conv1D that keeps BaseConv's).
@@ -14,7 +17,7 @@ import tensorflow as tf
 
 from fedaudit.signals.keras_private import BaseConv
 from fedaudit.signals.rules.dense import activate
-from fedaudit.signals.rules.registry import LayerRule, register
+from fedaudit.signals.rules.registry import LayerRule, flat_norms, register
 
 
 @register(BaseConv)
@@ -41,11 +44,28 @@ class ConvRule(LayerRule):
         grad = tf.einsum("bpk,bpo->bko", p, d2)
         return tf.reshape(grad, [tf.shape(grad)[0], *layer.kernel.shape])
 
+    def norms(self, layer, saved, dz, grads=None):
+        if grads is not None:
+            return flat_norms(grads)
+        p = patches(layer, saved)
+        d2 = tf.reshape(dz, [tf.shape(dz)[0], -1, dz.shape[-1]])
+        if not ghost_norms_cheaper(p.shape[1], p.shape[2], d2.shape[2]):
+            return flat_norms(tf.einsum("bpk,bpo->bko", p, d2))
+        gram_p = tf.einsum("btk,bsk->bts", p, p)
+        gram_d = tf.einsum("bto,bso->bts", d2, d2)
+        return tf.sqrt(tf.maximum(tf.reduce_sum(gram_p * gram_d, axis=[1, 2]), 0.0))
+
     def floats_per_example(self, layer) -> int:
         size = int(np.prod(layer.kernel.shape))
         out_shape = layer.output.shape[1:-1] if hasattr(layer, "output") else (1,)
         positions = int(np.prod([d or 1 for d in out_shape]))
         return size + positions * int(np.prod(layer.kernel.shape[:-1]))
+
+
+def ghost_norms_cheaper(positions, size, filters) -> bool:
+    """Whether the Gram matrices of T = ``positions`` output positions cost less than the gradient itself
+    (T^2 (K + O) against T K O multiplications for K = ``size`` patch values and O = ``filters``)."""
+    return positions is not None and positions * (size + filters) < size * filters
 
 
 def patches(layer, a):

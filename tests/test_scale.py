@@ -228,11 +228,16 @@ def test_dense_signals_match_tensorflow():
             ModelProbe("mlp", {"hidden": [8]}, (20,), 5, layers=[bad])
 
 
-def test_batched_tensorflow_signals_equal_one_model_at_a_time():
+def test_batched_tensorflow_signals_equal_one_model_at_a_time(monkeypatch):
     """The TensorFlow probe evaluates many client models per call (stacked weights under tf.vectorized_map):
-    for a small CNN and an MLP, every model's signals and features equal those of one model at a time."""
+    for a small CNN and an MLP, every model's signals and features equal those of one model at a time, also
+    when a call holds one model."""
+    import sys
+
     from fedaudit.auditor.features import ModelProbe, ProbeViews
     from fedaudit.signals.extract import extract_many
+
+    extract_module = sys.modules["fedaudit.signals.extract"]
 
     rng = np.random.default_rng(3)
     for name, options, shape, layers in (("cnn", {"filters": [4], "dense": 8}, (8, 8, 1), (2,)),
@@ -272,6 +277,13 @@ def test_batched_tensorflow_signals_equal_one_model_at_a_time():
             assert np.isnan(sv.features[:, cols]).all() and not np.isnan(full.features[:, cols]).any()
             np.testing.assert_allclose(sv.features[:, kept], full.features[:, kept], rtol=2e-3, atol=2e-4)
             assert (name == "cnn") == bool(cols)
+        # one model in a call (one client's view, or the last of 33 clients' in calls of 32): the same features
+        monkeypatch.setattr(extract_module, "MAX_MODELS_PER_CALL", 2)      # 3 models: calls of 2 and 1
+        for models in (items, items[:1]):
+            for (v, sv), (ref, sref) in zip(probe.views(models, w0, pop, src), alone):
+                np.testing.assert_allclose(v.features, ref.features, rtol=2e-3, atol=2e-4)
+                np.testing.assert_allclose(sv.features, sref.features, rtol=2e-3, atol=2e-4)
+        monkeypatch.undo()
         if name == "cnn":       # [audit] source_gradients = "all": every gradient norm on the source sample too
             every = ModelProbe(name, options, shape, 4, seed=0, layers=layers, source_gradients="all")
             args = (ws[0], base.take(np.arange(20, 35)), w0, x[20:35], y[20:35])

@@ -427,21 +427,24 @@ def extract_many(model, weights_list, x, y, *, layers=(), gradients=(), gradient
     out = []
     for first in range(0, len(weights_list), per_call):
         group = list(range(first, min(len(weights_list), first + per_call)))
-        stacked = [tf.constant(np.stack([np.asarray(weights_list[b][i], dtype=v.dtype) for b in group]))
+        # a lone model runs beside a copy of itself: under tf.vectorized_map with one model, TensorFlow's
+        # vectorised bias add of a convolution fails ("Incompatible shapes: [16,1,1,1] vs. [1,n,8,8,16]")
+        slots = group if len(group) > 1 else group * 2
+        stacked = [tf.constant(np.stack([np.asarray(weights_list[b][i], dtype=v.dtype) for b in slots]))
                    for i, v in enumerate(model.weights)]
         n = max([len(ys[b]) for b in group] + [1])      # one padding row when no model has records
         arrays: dict = {}
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
-            xb = np.zeros((len(group), stop - start, *xs[group[0]].shape[1:]), dtype=np.float32)
-            yb = np.zeros((len(group), stop - start), dtype=np.int64)
-            for j, b in enumerate(group):         # padding rows (label 0) are dropped below
+            xb = np.zeros((len(slots), stop - start, *xs[group[0]].shape[1:]), dtype=np.float32)
+            yb = np.zeros((len(slots), stop - start), dtype=np.int64)
+            for j, b in enumerate(slots):         # padding rows (label 0) are dropped below
                 m = max(0, min(len(ys[b]), stop) - start)
                 xb[j, :m], yb[j, :m] = xs[b][start:start + m], ys[b][start:start + m]
             for key, value in step(stacked, tf.constant(xb), tf.constant(yb)).items():
                 value = value.numpy()
                 if key not in arrays:
-                    arrays[key] = np.empty((len(group), n, *value.shape[2:]), dtype=value.dtype)
+                    arrays[key] = np.empty((len(slots), n, *value.shape[2:]), dtype=value.dtype)
                 arrays[key][:, start:stop] = value
         for j, b in enumerate(group):
             m = len(ys[b])

@@ -557,6 +557,28 @@ def test_rounds_row_states_how_the_run_ended(tmp_path, state):
             assert ending.strip("; ") not in html, other
 
 
+def test_rounds_whose_audit_failed_are_named_in_the_report_and_the_console(tmp_path):
+    """A round whose audit raised keeps its training line with ``audit_error``: the report's rounds row and the
+    lines a finished run prints name those rounds and the error; a run without one says nothing of it."""
+    from fedaudit.report import build_report
+    from fedaudit.run import summary_lines
+    from fedaudit.rundir import upsert_jsonl
+
+    run = write_fake_run(tmp_path / "failed", rounds=4, records=400)
+    clean = build_report(run, tensorboard=False).read_text(encoding="utf-8")
+    assert "audit failed" not in clean and not any("audit failed" in s for s in summary_lines(run))
+    lines = schema.read_rounds(run / "rounds.jsonl")
+    for line in lines:
+        row = line.to_dict()
+        if line.round in (2, 3, 4):
+            row["audit_error"] = "InvalidArgumentError('Incompatible shapes')"
+        upsert_jsonl(run / "rounds.jsonl", row)
+    said = "the audit failed in rounds 2-4 (InvalidArgumentError('Incompatible shapes')"
+    assert any(s.startswith(said) for s in summary_lines(run))
+    html = build_report(run, tensorboard=False).read_text(encoding="utf-8")
+    assert "4 configured, 4 recorded; the audit failed in rounds 2-4 (InvalidArgumentError(&#x27;Incompatible" in html
+
+
 def test_the_report_of_a_run_is_built_after_its_final_status(tmp_path, monkeypatch):
     """`fedaudit run` writes status.json's final state, then the report, which says the run finished."""
     import types

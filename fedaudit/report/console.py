@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from fedaudit.report.fmt import f3, finite, num, pct
+from fedaudit.report.fmt import f3, finite, num, pct, ranges
 from fedaudit.report.rundata import RunData, load_run, tm_title
 from fedaudit.risk import LEVEL_TEXT, empirical_epsilon, risk_level
 
@@ -33,6 +33,18 @@ def _risk_line(label: str, summ: dict, attack: str | None, low: tuple[dict | Non
     return text
 
 
+def audit_errors_text(run: RunData, prefix: str = "") -> str:
+    """'the audit failed in rounds 1-3 (its error)' for rounds whose audit raised, else ''."""
+    errors = run.audit_errors()
+    if not errors:
+        return ""
+    rounds = [r for r, _ in errors]
+    kinds = sorted(set(e for _, e in errors))
+    return (f"{prefix}the audit failed in round{'s' if len(rounds) > 1 else ''} {ranges(rounds)} ("
+            + "; ".join(k[:200] for k in kinds[:3]) + "; audit_error in rounds.jsonl, the traceback in the "
+            "auditor's log)")
+
+
 def run_lines(run: RunData, report: Path | None = None) -> list[str]:
     """Headline risk per threat model, the final test accuracy and the report's path, one fact a line."""
     lines = []
@@ -46,6 +58,9 @@ def run_lines(run: RunData, report: Path | None = None) -> list[str]:
     if not lines:
         lines.append("not audited (audit.enabled = false)" if run.scenario is not None and
                      not run.scenario.audit.enabled else "no audit results in the run directory")
+    failed = audit_errors_text(run)
+    if failed:
+        lines.append(failed)
     acc = run.final_accuracy
     if finite(acc):
         lines.append(f"test accuracy {acc:.3f} after {run.rounds_done} round{'s' if run.rounds_done != 1 else ''}")

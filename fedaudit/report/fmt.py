@@ -64,4 +64,16 @@ def level_rules_html() -> str:
     return f"<ul>{rules}</ul><p><strong>Why these thresholds.</strong> {esc(LEVEL_WHY)}</p>"
 
 
-__all__ = ["level_rules_html", "num", "finite", "esc", "f3", "pct", "pct_ci", "eps", "count", "one_in"]
+def ranges(rounds: list[int]) -> str:
+    """Sorted round numbers as runs: [1, 2, 3, 5] -> '1-3, 5'."""
+    out, start = [], None
+    for i, r in enumerate(rounds):
+        if start is None:
+            start = r
+        if i + 1 == len(rounds) or rounds[i + 1] != r + 1:
+            out.append(str(start) if start == r else f"{start}-{r}")
+            start = None
+    return ", ".join(out)
+
+
+__all__ = ["level_rules_html", "num", "finite", "esc", "f3", "pct", "pct_ci", "eps", "count", "one_in", "ranges"]

@@ -10,7 +10,8 @@ import numpy as np
 
 from fedaudit.privacy import ensure_dp, ensure_privacy
 from fedaudit.report import figures as F
-from fedaudit.report.fmt import level_rules_html, count, eps, esc, f3, finite, num, pct, pct_ci
+from fedaudit.report.console import audit_errors_text
+from fedaudit.report.fmt import level_rules_html, count, eps, esc, f3, finite, num, pct, pct_ci, ranges
 from fedaudit.report.html import figure, kv_table, missing, page, section, table, toc
 from fedaudit.report.deviation import deviation_paragraphs, deviation_section
 from fedaudit.report.inferences import beyond_membership_section
@@ -171,17 +172,6 @@ def dp_section(run: RunData) -> str:
     return section("dp", "Differential privacy: guaranteed vs measured", body)
 
 
-def _ranges(rounds: list[int]) -> str:
-    out, start = [], None
-    for i, r in enumerate(rounds):
-        if start is None:
-            start = r
-        if i + 1 == len(rounds) or rounds[i + 1] != r + 1:
-            out.append(str(start) if start == r else f"{start}-{r}")
-            start = None
-    return ", ".join(out)
-
-
 def rounds_text(run: RunData) -> str:
     """'5 configured, 4 recorded (round 2 missing)', and how the run ended when it did not finish."""
     f = run.scenario.federation
@@ -189,13 +179,14 @@ def rounds_text(run: RunData) -> str:
     text = f"{f.rounds} configured, {len(recorded)} recorded"
     missing = run.missing_rounds()
     if missing:
-        text += f" (round{'s' if len(missing) > 1 else ''} {_ranges(missing)} missing)"
+        text += f" (round{'s' if len(missing) > 1 else ''} {ranges(missing)} missing)"
     st = run.status
     if st.state == "interrupted":
         where = f" in round {st.interrupted_in_round}" if st.interrupted_in_round else ""
         text += f"; the run was interrupted by {st.signal or 'a signal'}{where}"
     elif st.state in ("running", "failed"):
         text += "; the run " + ("failed" if st.state == "failed" else "did not finish (still running, or killed)")
+    text += audit_errors_text(run, "; ")
     resumed = st.resumes
     if resumed:
         text += f"; resumed {resumed} time{'s' if resumed > 1 else ''}"

@@ -169,6 +169,11 @@ class RunData:
     def audited(self) -> bool:
         return bool(self.threat_models())
 
+    def audit_errors(self) -> list[tuple[int, str]]:
+        """[(round, error)] of the rounds whose audit failed (rounds.jsonl's ``audit_error``: the round trained,
+        the auditor raised)."""
+        return [(line.round, str(line.extra["audit_error"])) for line in self.rounds if line.extra.get("audit_error")]
+
     def configured_threat_models(self) -> list[str]:
         if self.scenario is not None and self.scenario.audit.enabled:
             return list(self.scenario.audit.threat_models)

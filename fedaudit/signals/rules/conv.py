@@ -45,12 +45,13 @@ class ConvRule(LayerRule):
         return tf.reshape(grad, [tf.shape(grad)[0], *layer.kernel.shape])
 
     def norms(self, layer, saved, dz, grads=None):
-        if grads is not None:
-            return flat_norms(grads)
+        spatial = dz.shape[1:-1]
+        positions = int(np.prod(spatial)) if None not in spatial else None
+        if grads is not None or not ghost_norms_cheaper(positions, int(np.prod(layer.kernel.shape[:-1])),
+                                                        int(layer.kernel.shape[-1])):
+            return flat_norms(self.gradients(layer, saved, dz) if grads is None else grads)
         p = patches(layer, saved)
         d2 = tf.reshape(dz, [tf.shape(dz)[0], -1, dz.shape[-1]])
-        if not ghost_norms_cheaper(p.shape[1], p.shape[2], d2.shape[2]):
-            return flat_norms(tf.einsum("bpk,bpo->bko", p, d2))
         gram_p = tf.einsum("btk,bsk->bts", p, p)
         gram_d = tf.einsum("bto,bso->bts", d2, d2)
         return tf.sqrt(tf.maximum(tf.reduce_sum(gram_p * gram_d, axis=[1, 2]), 0.0))

@@ -63,7 +63,10 @@ def cmd_run(args) -> int:
     report = run_dir / "report.html"
     _tell(run_summary_lines(run_dir, report if report.is_file() else None))
     print(run_dir)
-    return 0
+    from fedaudit.run import audit_failed_everywhere
+
+    # trained and reported, but the audit raised in every round: no risk was measured, which a script must see
+    return 1 if scenario.audit.enabled and audit_failed_everywhere(run_dir) else 0
 
 
 def run_summary_lines(run_dir, report) -> list[str]:

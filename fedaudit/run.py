@@ -203,6 +203,15 @@ def summary_lines(run_dir, report: Path | None = None) -> list[str]:
     return run_summary(run_dir, report)
 
 
+def audit_failed_everywhere(run_dir) -> bool:
+    """Whether the run recorded rounds and the audit of every one of them raised (rounds.jsonl's ``audit_error``):
+    trained and reported, but audited nowhere."""
+    from fedaudit.schema import read_rounds
+
+    rounds = read_rounds(Path(run_dir))
+    return bool(rounds) and all(line.extra.get("audit_error") for line in rounds)
+
+
 def finish_run(run_dir, *, report: bool = True) -> list[str]:
     """What a run does once its rounds are done and aggregated (here, or in a Flower app's strategy): fill
     summary.json's ``dp`` and ``privacy`` objects, write the report when asked; return the lines to print."""

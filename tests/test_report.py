@@ -559,9 +559,10 @@ def test_rounds_row_states_how_the_run_ended(tmp_path, state):
 
 def test_rounds_whose_audit_failed_are_named_in_the_report_and_the_console(tmp_path):
     """A round whose audit raised keeps its training line with ``audit_error``: the report's rounds row and the
-    lines a finished run prints name those rounds and the error; a run without one says nothing of it."""
+    lines a finished run prints name those rounds and the error; a run without one says nothing of it; a run
+    audited in no round is one `fedaudit run` ends with exit code 1."""
     from fedaudit.report import build_report
-    from fedaudit.run import summary_lines
+    from fedaudit.run import audit_failed_everywhere, summary_lines
     from fedaudit.rundir import upsert_jsonl
 
     run = write_fake_run(tmp_path / "failed", rounds=4, records=400)
@@ -577,6 +578,11 @@ def test_rounds_whose_audit_failed_are_named_in_the_report_and_the_console(tmp_p
     assert any(s.startswith(said) for s in summary_lines(run))
     html = build_report(run, tensorboard=False).read_text(encoding="utf-8")
     assert "4 configured, 4 recorded; the audit failed in rounds 2-4 (InvalidArgumentError(&#x27;Incompatible" in html
+    assert not audit_failed_everywhere(run)         # round 1 was audited: `fedaudit run` exits 0
+    row = lines[0].to_dict()
+    row["audit_error"] = "ValueError()"
+    upsert_jsonl(run / "rounds.jsonl", row)
+    assert audit_failed_everywhere(run)             # audited nowhere: it exits 1
 
 
 def test_the_report_of_a_run_is_built_after_its_final_status(tmp_path, monkeypatch):

@@ -209,7 +209,7 @@ def audit_failed_everywhere(run_dir) -> bool:
     from fedaudit.schema import read_rounds
 
     rounds = read_rounds(Path(run_dir))
-    return bool(rounds) and all(line.extra.get("audit_error") for line in rounds)
+    return bool(rounds) and all(line.audit_failed for line in rounds)
 
 
 def finish_run(run_dir, *, report: bool = True) -> list[str]:

@@ -209,6 +209,12 @@ class RoundLine:
     schema_version: int = SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
 
+    @property
+    def audit_failed(self) -> bool:
+        """Whether the round's audit raised (``audit_error``, written by the auditor) and no audit of it is
+        recorded (a later attempt, after ``--resume``, would have written its threat models' results)."""
+        return bool(self.extra.get("audit_error")) and not self.views
+
     @classmethod
     def from_dict(cls, data: dict, view_names=None) -> "RoundLine":
         """A line as read. The entries of the threat models named in ``view_names`` (default: the registered ones,

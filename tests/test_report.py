@@ -562,6 +562,7 @@ def test_rounds_whose_audit_failed_are_named_in_the_report_and_the_console(tmp_p
     lines a finished run prints name those rounds and the error; a run without one says nothing of it; a run
     audited in no round is one `fedaudit run` ends with exit code 1."""
     from fedaudit.report import build_report
+    from fedaudit.report.rundata import load_run
     from fedaudit.run import audit_failed_everywhere, summary_lines
     from fedaudit.rundir import upsert_jsonl
 
@@ -569,20 +570,23 @@ def test_rounds_whose_audit_failed_are_named_in_the_report_and_the_console(tmp_p
     clean = build_report(run, tensorboard=False).read_text(encoding="utf-8")
     assert "audit failed" not in clean and not any("audit failed" in s for s in summary_lines(run))
     lines = schema.read_rounds(run / "rounds.jsonl")
-    for line in lines:
-        row = line.to_dict()
-        if line.round in (2, 3, 4):
-            row["audit_error"] = "InvalidArgumentError('Incompatible shapes')"
-        upsert_jsonl(run / "rounds.jsonl", row)
+
+    def fail(line, error):      # the round's training line and the auditor's error, without its results
+        row = {k: v for k, v in line.to_dict().items() if k not in line.views}
+        upsert_jsonl(run / "rounds.jsonl", {**row, "audit_error": error})
+
+    for line in lines[1:]:
+        fail(line, "InvalidArgumentError('Incompatible shapes')")
     said = "the audit failed in rounds 2-4 (InvalidArgumentError('Incompatible shapes')"
     assert any(s.startswith(said) for s in summary_lines(run))
     html = build_report(run, tensorboard=False).read_text(encoding="utf-8")
     assert "4 configured, 4 recorded; the audit failed in rounds 2-4 (InvalidArgumentError(&#x27;Incompatible" in html
     assert not audit_failed_everywhere(run)         # round 1 was audited: `fedaudit run` exits 0
-    row = lines[0].to_dict()
-    row["audit_error"] = "ValueError()"
-    upsert_jsonl(run / "rounds.jsonl", row)
+    fail(lines[0], "ValueError()")
     assert audit_failed_everywhere(run)             # audited nowhere: it exits 1
+    upsert_jsonl(run / "rounds.jsonl", {**lines[1].to_dict(), "audit_error": "ValueError()"})
+    # round 2 audited by a later attempt (--resume) after its error: not a failed round
+    assert [r for r, _ in load_run(run).audit_errors()] == [1, 3, 4] and not audit_failed_everywhere(run)
 
 
 def test_the_report_of_a_run_is_built_after_its_final_status(tmp_path, monkeypatch):

@@ -171,8 +171,8 @@ class RunData:
 
     def audit_errors(self) -> list[tuple[int, str]]:
         """[(round, error)] of the rounds whose audit failed (rounds.jsonl's ``audit_error``: the round trained,
-        the auditor raised)."""
-        return [(line.round, str(line.extra["audit_error"])) for line in self.rounds if line.extra.get("audit_error")]
+        the auditor raised, and no later attempt audited it)."""
+        return [(line.round, str(line.extra["audit_error"])) for line in self.rounds if line.audit_failed]
 
     def configured_threat_models(self) -> list[str]:
         if self.scenario is not None and self.scenario.audit.enabled:

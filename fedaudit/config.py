@@ -89,7 +89,7 @@ class ActiveConfig:
 
 
 #: ``[audit] source_gradients``: the gradient norms among the source sample's features: those of the dense layers
-#: (they factorise: cheap) or of every gradient layer (convolutions too: about 5 times the cost of a forward pass)
+#: (they factorise: cheap) or of every gradient layer (convolutions too: several times the cost of a forward pass)
 SOURCE_GRADIENTS = ("dense", "all")
 
 

@@ -191,8 +191,11 @@ class ModelProbe(ProbeViews):
         if not gradients:
             return extract(self.model, x, y, gradient_norms=False, from_logits=True)
         return extract(self.model, x, y, layers=self.outputs, gradients=self.dense, factorize=True,
-                       gradient_norms=self.layers if norms is None else (norms or False), from_logits=True,
-                       layers_option="audit.layers")
+                       gradient_norms=self._norm_layers(norms), from_logits=True, layers_option="audit.layers")
+
+    def _norm_layers(self, norms):
+        """``extract``'s ``gradient_norms`` for ``norms``: None, every gradient layer; an empty list, none."""
+        return self.layers if norms is None else (norms or False)
 
     def _acts(self, s) -> dict:
         return {name: activation_stats(s.layer_outputs[name].reshape(len(s), -1)) for name in self.outputs}
@@ -224,7 +227,7 @@ class ModelProbe(ProbeViews):
     def source_view(self, weights, base: BaseSignals | None, previous, x, y) -> ViewSignals:
         """:meth:`view` with the gradient norms of ``[audit] source_gradients``: by default ("dense") not those of
         layers that do not factorise (convolutions), whose columns and ``log_gnorm/total`` are then NaN. A
-        convolution's per-example gradient norms take a backward pass through it for every record, about 5 times
+        convolution's per-example gradient norms take a backward pass through it for every record, several times
         the cost of the forward pass and the dense layers' norms, and every client's model scores the source sample;
         the source attribution reads the columns that are there (``simulations/source_inference_cnn.py`` measures
         what that costs it). For a model of dense layers only, or with "all", every feature."""
@@ -257,8 +260,7 @@ class ModelProbe(ProbeViews):
         if not weights_list:
             return []
         return extract_many(self.model, weights_list, x, y, layers=self.outputs,
-                            gradient_norms=self.layers if norms is None else (norms or False), from_logits=True,
-                            layers_option="audit.layers")
+                            gradient_norms=self._norm_layers(norms), from_logits=True, layers_option="audit.layers")
 
     def _view_of(self, s, weights, base: BaseSignals | None, previous, y) -> ViewSignals:
         """A model's :class:`ViewSignals` from its :class:`~fedaudit.signals.extract.Signals` on the rows (NaN

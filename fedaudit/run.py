@@ -124,17 +124,52 @@ def _resume_point(run_dir: Path, scenario: Scenario) -> tuple[int, list | None, 
             raise FedAuditError(f"{records}: unreadable ({exc}); it lists the audited records, so the run cannot "
                                 f"be resumed without it being intact") from None
     start = resume_round(run_dir, scenario)
+    weights = state = None
     while start > 0:
         try:
             round_, weights, state = load_checkpoint(checkpoint_path(run_dir, start))
             if round_ != start:
                 raise FedAuditError(f"{checkpoint_path(run_dir, start)}: holds round {round_}, not {start}")
-            return start, weights, state
+            break
         except FedAuditError as exc:
             moved = move_aside(checkpoint_path(run_dir, start))
             log.warning("%s; set aside as %s", exc, moved.name)
             start = max([r for r in checkpoint_rounds(run_dir) if r < start], default=0)
-    return 0, None, None
+    _set_aside_later_rounds(run_dir, start)
+    return start, weights, state
+
+
+def _set_aside_later_rounds(run_dir: Path, start: int) -> None:
+    """What an earlier attempt wrote for the rounds after ``start``, which the resumed run trains and audits again
+    from round ``start``'s model: their lines of rounds.jsonl go to rounds.jsonl.abandoned and their audit arrays
+    to audit/round_NNNN.npz.abandoned. Otherwise a new round's line would be merged into the old one (keeping, say,
+    a deviation or a failed client of the attempt that was given up) and a round the old attempt audited would not
+    be audited again."""
+    import json
+
+    from fedaudit.auditor.state import round_path, saved_rounds
+    from fedaudit.rundir import atomic_write_bytes, scan_jsonl
+    from fedaudit.runstate import ABANDONED_SUFFIX, move_aside
+
+    from fedaudit.report.fmt import ranges
+
+    path = run_dir / "rounds.jsonl"
+    rows, _ = scan_jsonl(path)          # damaged lines are already set aside (_set_aside_damaged_lines)
+
+    def is_later(row) -> bool:
+        return isinstance(row.get("round"), int) and row["round"] > start
+
+    later = [r for r in rows if is_later(r)]
+    if later:
+        aside = path.with_name(path.name + ABANDONED_SUFFIX)
+        old = aside.read_bytes() if aside.exists() else b""
+        atomic_write_bytes(aside, old + "".join(json.dumps(r) + "\n" for r in later).encode("utf-8"))
+        atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows if not is_later(r)).encode("utf-8"))
+        log.warning("%s: rounds %s of the interrupted attempt are done again from round %d's model; their lines "
+                    "are kept in %s", run_dir, ranges(sorted(r["round"] for r in later)), start, aside.name)
+    for r in saved_rounds(run_dir):
+        if r > start:
+            move_aside(round_path(run_dir, r), ABANDONED_SUFFIX)
 
 
 def _set_aside_damaged_lines(path: Path) -> None:

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".fedaudit.lock"
 DAMAGED_SUFFIX = ".damaged"
+ABANDONED_SUFFIX = ".abandoned"     # what an interrupted attempt wrote for rounds that a resumed run does again
 WEIGHT = "weight__"
 STATE = "state__"
 
@@ -222,13 +223,14 @@ def progress(run_dir, scenario) -> dict:
             "resume_after_round": resume_round(run_dir, scenario, rows)}
 
 
-def move_aside(path: Path) -> Path:
-    """Rename a damaged file to ``<name>.damaged`` (numbered if that exists): kept, but no longer read."""
-    target = path.with_name(path.name + DAMAGED_SUFFIX)
+def move_aside(path: Path, suffix: str = DAMAGED_SUFFIX) -> Path:
+    """Rename a damaged file to ``<name>.damaged`` (or another ``suffix``; numbered if that exists): kept, but no
+    longer read."""
+    target = path.with_name(path.name + suffix)
     n = 1
     while target.exists():
         n += 1
-        target = path.with_name(f"{path.name}{DAMAGED_SUFFIX}{n}")
+        target = path.with_name(f"{path.name}{suffix}{n}")
     os.replace(path, target)
     return target
 

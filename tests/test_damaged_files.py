@@ -147,9 +147,41 @@ def test_resume_sets_damaged_files_aside_and_starts_before_them(tmp_path, caplog
     assert (run / "audit" / "round_0003.npz.damaged").exists() and not p3.exists()
     assert (run / "checkpoints" / "round_0002.npz.damaged").exists()
     assert '"round": 4' in (run / "rounds.jsonl.damaged").read_text()
-    assert [r["round"] for r in read_jsonl(run / "rounds.jsonl")] == [1, 2, 3]
+    assert [r["round"] for r in read_jsonl(run / "rounds.jsonl")] == [1]      # 2 and 3 are done again
+    assert [r["round"] for r in read_jsonl(run / "rounds.jsonl.abandoned")] == [2, 3]
     for needle in ("round_0003.npz: unreadable", "rounds.jsonl line 4", "round_0002.npz: unreadable checkpoint"):
         assert needle in caplog.text, needle
+
+
+def test_resume_sets_aside_what_the_interrupted_attempt_wrote_after_its_resume_point(tmp_path, caplog):
+    """Rounds after the checkpoint a run resumes from are trained again from another model: the interrupted
+    attempt's lines and arrays of those rounds are kept aside, not merged into the new rounds (a deviation, a failed
+    client) and not taken for their audit (a round audited then would be skipped)."""
+    from fedaudit.auditor.state import audited_rounds, merge_round
+    from fedaudit.config import load_scenario
+    from fedaudit.run import _resume_point
+    from fedaudit.runstate import complete_rounds
+
+    run = audited_run_dir(tmp_path, rounds=5)
+    scenario = load_scenario(run / "scenario.toml", run_dir_file=True)
+    (run / "audit" / "round_0003.npz").unlink()          # round 3's audit failed, 4 and 5 did not
+    merge_round(run, 3, {"audit_error": "InvalidArgumentError()"})
+    for r in (3, 4, 5):
+        merge_round(run, r, {"deviation": {"isolated_client": 1}, "failed": [2]})
+    done_before = audited_rounds(run, scenario.audit.threat_models)
+    assert {4, 5} <= done_before                  # the old attempt audited rounds after the gap
+    with caplog.at_level(logging.WARNING):
+        start, weights, _ = _resume_point(run, scenario)
+    assert start == 2 and weights[0][0, 0] == 2.0
+    assert [r["round"] for r in read_jsonl(run / "rounds.jsonl")] == [1, 2]
+    assert [r["round"] for r in read_jsonl(run / "rounds.jsonl.abandoned")] == [3, 4, 5]
+    assert not (run / "audit" / "round_0004.npz").exists() and (run / "audit" / "round_0004.npz.abandoned").exists()
+    assert audited_rounds(run, scenario.audit.threat_models) == {1, 2}
+    assert complete_rounds(run, scenario) == {1, 2}
+    merge_round(run, 4, {"round": 4, "accuracy": 0.5})                   # the new attempt's round 4
+    new4 = next(r for r in read_jsonl(run / "rounds.jsonl") if r["round"] == 4)
+    assert "deviation" not in new4 and "failed" not in new4
+    assert "rounds 3-5 of the interrupted attempt are done again from round 2" in caplog.text
 
 
 def test_resume_stops_on_damaged_audit_records(tmp_path):

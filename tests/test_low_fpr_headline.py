@@ -102,6 +102,22 @@ def test_the_report_sentence_takes_the_rate_from_the_chosen_attack_and_names_it(
     assert "2.0%" in _tm_sentence("server", headline, True)          # older runs: the headline's
 
 
+def test_the_rate_at_0_1pct_says_whose_it_is_where_1pct_names_another_attack():
+    from types import SimpleNamespace
+
+    from fedaudit.report.narrative import _tm_sentence
+    from fedaudit.report.run_report import _headline_note
+
+    headline = {"auc": 0.8, "tpr_at_1pct": 0.02, "tpr_at_0_1pct": 0.004, "n_nonmembers": 4000}
+    chosen = _tm_sentence("server", headline, True, low=({"tpr_at_1pct": 0.15}, "loss"))
+    assert "the headline attack, on every audited record, identifies 0.40%" in chosen
+    assert "it still identifies 0.40%" in _tm_sentence("server", headline, True)
+    run = lambda low: SimpleNamespace(low_fpr=lambda tm: low)           # noqa: E731
+    assert "by the headline attack" in _headline_note(run(({"tpr_at_1pct": 0.15}, "loss")), "server", headline)
+    assert _headline_note(run((None, None)), "server", headline) == ""
+    assert _headline_note(run(({"tpr_at_1pct": 0.15}, "loss")), "server", {"tpr_at_0_1pct": None}) == ""
+
+
 def test_the_console_line_states_the_rate_the_report_states():
     from fedaudit.report.console import _risk_line
 

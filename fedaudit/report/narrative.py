@@ -55,7 +55,10 @@ def _tm_sentence(tm: str, summ: dict, first: bool, who: str | None = None, low: 
     n0 = num(summ.get("n_nonmembers"))
     if math.isfinite(tpr01):
         ci = pct_ci(summ.get("tpr_at_0_1pct_ci"))
-        parts.append(f"At {one_in(0.001)} false accusations it still identifies {pct(tpr01)}"
+        # the rate at 0.1% is the headline attack's on every audited record: the attack chosen for 1% is measured
+        # on the records the adversary did not know, too few non-members for 0.1%
+        who01 = "the headline attack, on every audited record," if low_attack else "it still"
+        parts.append(f"At {one_in(0.001)} false accusations {who01} identifies {pct(tpr01)}"
                      + (f" ({ci})" if ci else "") + ".")
     elif math.isfinite(n0) and first:
         parts.append(f"The audit had {count(n0)} non-member records, too few to measure the rate at "

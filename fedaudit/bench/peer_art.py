@@ -134,12 +134,12 @@ def art_scores(kind: str, num_classes: int, input_shape, known_probs, known_y, k
     return p[:, 1] if p.ndim == 2 and p.shape[1] == 2 else p.ravel()
 
 
-def one_target(w: dict, t: int, timings: dict, logs) -> dict:
-    """Scores of every attack on target ``t``'s held-out records: {attack: (member scores, non-member scores)}."""
-    from fedaudit.attacks.audit import prepare_audit, score_all
-    from fedaudit.attacks.reference_models import logits_function
-    from fedaudit.attacks.threshold import loss_scores
-    from fedaudit.attacks.whitebox import WhiteBoxAttack
+#: the tutorial's whitebox attack: layers_to_exploit and gradients_to_exploit of purchase-fcn
+WHITEBOX = ([5], [3, 4, 5])
+
+
+def train_target(w: dict, t: int, timings: dict | None = None):
+    """Target ``t`` of the workload ``w``, trained: (dataset, model, its attack_data handler, model options)."""
     from fedaudit.data import load_dataset
     from fedaudit.data.handler import attack_data
     from fedaudit.models import build_model, train_model
@@ -151,9 +151,33 @@ def one_target(w: dict, t: int, timings: dict, logs) -> dict:
     t0 = time.perf_counter()
     model = build_model("purchase-fcn", d.input_shape, d.num_classes, seed=t, **model_options)
     train_model(model, d.x[:nm], d.y[:nm], epochs=w["epochs"], batch_size=64, seed=t)
-    timings.setdefault("target training", []).append(time.perf_counter() - t0)
+    if timings is not None:
+        timings.setdefault("target training", []).append(time.perf_counter() - t0)
     handler = attack_data.from_arrays(d.x[:nm], d.y[:nm], d.x[nm:], d.y[nm:], batch_size=64, attack_percentage=50,
                                       seed=t)
+    return d, model, handler, model_options
+
+
+def meminf_attack(model, handler, w: dict, seed: int, logs, layers, gradients, stack: str | None = "boosting"):
+    """The meminf attack as the tutorial sets it up (learning rate 1e-4, batch 64, the workload's epochs),
+    trained on the handler's known records."""
+    from fedaudit.attacks.whitebox import WhiteBoxAttack
+
+    attack = WhiteBoxAttack(model, model, handler, handler, layers_to_exploit=layers, gradients_to_exploit=gradients,
+                            learning_rate=1e-4, epochs=w["attack_epochs"], batch_size=64,
+                            min_steps=w["attack_min_steps"], seed=seed, log_dir=logs, stack=stack)
+    attack.train_attack()
+    return attack
+
+
+def one_target(w: dict, t: int, timings: dict, logs) -> dict:
+    """Scores of every attack on target ``t``'s held-out records: {attack: (member scores, non-member scores)}."""
+    from fedaudit.attacks.audit import prepare_audit, score_all
+    from fedaudit.attacks.reference_models import logits_function
+    from fedaudit.attacks.threshold import loss_scores
+
+    d, model, handler, model_options = train_target(w, t, timings)
+    nm = w["members"]
     known, held = handler.train_split(), handler.test_split()
     member = held.membership == 1
     logits = logits_function(model)
@@ -168,13 +192,9 @@ def one_target(w: dict, t: int, timings: dict, logs) -> dict:
         timings.setdefault(name, []).append(time.perf_counter() - t0)
         return scores
 
-    for name, layers, grads in (("whitebox", [5], [3, 4, 5]), ("blackbox", [len(model.layers)], [])):
+    for name, layers, grads in (("whitebox", *WHITEBOX), ("blackbox", [len(model.layers)], [])):
         def run_meminf(layers=layers, grads=grads):
-            attack = WhiteBoxAttack(model, model, handler, handler, layers_to_exploit=layers,
-                                    gradients_to_exploit=grads, learning_rate=1e-4, epochs=w["attack_epochs"],
-                                    batch_size=64, min_steps=w["attack_min_steps"], seed=t, log_dir=logs,
-                                    stack="boosting")
-            attack.train_attack()
+            attack = meminf_attack(model, handler, w, t, logs, layers, grads)
             feats = attack.features(model, held.x, held.y, "attack_datahandler")
             return attack.predict(feats), attack.fitted.predict(feats)
 

@@ -8,7 +8,9 @@ Columns: the best single attack on those records (which attack that is, is only 
 the scored records' membership), the attack :func:`fedaudit.auditor.results.low_fpr_choice` chose on the known
 records (the report's figure: a smoothed TPR at 2% FPR), the one a smoothed TPR at 1% FPR would choose, and the
 attack the former rule chose (the highest TPR at 1% FPR on the known
-records, at one false positive below 100 known non-members). Per round the candidates are the view's attacks;
+records, at one false positive below 100 known non-members), and three mixes of every candidate's scores, each
+made rank-normal over the scored records (no membership read): their mean, the mean of the two with the highest
+smoothed TPR at 2% FPR on the known records, and their maximum. Per round the candidates are the view's attacks;
 across rounds the stacked attack and each attack's mean over the rounds. The last lines count how often each
 rule is at least the best single attack, and its mean shortfall in percentage points. Runs already finished
 under ``--out`` are not run again.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +49,35 @@ def _tpr(score, on_m, on_n) -> float:
     return float("nan") if s is None else float(np.nan_to_num(s.tpr_at_1pct, nan=0.0))
 
 
+def rank_normal(score, eligible) -> np.ndarray:
+    """The score's ranks among the eligible records as standard-normal quantiles (NaN elsewhere)."""
+    from scipy.stats import norm, rankdata
+
+    score = np.asarray(score, np.float64)
+    ok = np.isfinite(score) & eligible
+    out = np.full(score.shape, np.nan)
+    out[ok] = norm.ppf(rankdata(score[ok]) / (ok.sum() + 1.0))
+    return out
+
+
+def mixes(scores: dict, member, pool, eligible) -> dict:
+    """{mix: per-record score}: the mean, the mean of the two best on the known records and the maximum of the
+    candidates' rank-normal scores."""
+    from fedaudit.auditor.results import tail_rate
+
+    z = {a: rank_normal(s, eligible) for a, s in scores.items()}
+    rate = {a: tail_rate(np.asarray(s, np.float64), member, pool) for a, s in scores.items()}
+    top = sorted(z, key=lambda a: -rate[a])[:2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)         # all-NaN rows: records that no model scored
+        return {"mean": np.nanmean(np.stack(list(z.values())), axis=0),
+                "mean of best 2": np.nanmean(np.stack([z[a] for a in top]), axis=0),
+                "max": np.nanmax(np.stack(list(z.values())), axis=0)}
+
+
 def compare(scores: dict, member, known, eligible) -> dict:
-    """{rule: (attack, TPR at 1% FPR on the unknown records)} for the best single attack, the choice and the
-    former choice; ``scores`` in headline-rank order."""
+    """{rule: (attack, TPR at 1% FPR on the unknown records)} for the best single attack, the choice, the
+    former choice and the mixes; ``scores`` in headline-rank order."""
     from fedaudit.auditor.results import MIN_KNOWN_NONMEMBERS, low_fpr_choice, tail_rate
 
     name, unknown = low_fpr_choice(scores, member, known, eligible)
@@ -64,6 +93,8 @@ def compare(scores: dict, member, known, eligible) -> dict:
             values = {a: rate(np.asarray(s, np.float64)) for a, s in scores.items()}
             chosen = max(scores, key=lambda a: values[a])
         out[rule] = (chosen, tpr[chosen])
+    for mix, score in mixes(scores, member, pool, eligible).items():
+        out[mix] = ("mix", _tpr(score, mu, nu))
     best = max(tpr, key=lambda a: tpr[a] if np.isfinite(tpr[a]) else -1.0)
     return {"best single": (best, tpr[best]), **out, "unknown": (int(mu.sum()), int(nu.sum()))}
 
@@ -116,15 +147,15 @@ def pct(value: float) -> str:
 
 def table(run_dirs) -> dict:
     """Print the comparison of every run; returns {rule: (at least the best single, comparisons, mean gap)}."""
-    gaps = {"choice": [], "smoothed at 1%": [], "former": []}
+    gaps = {"choice": [], "smoothed at 1%": [], "former": [], "mean": [], "mean of best 2": [], "max": []}
     for run_dir in run_dirs:
         print(f"\n{run_dir}\n| where | threat model | best single attack | choice (2%) | smoothed at 1% | "
-              "former choice | unknown m/n |\n|---|---|---|---|---|---|---|")
+              "former choice | mean | mean of best 2 | max | unknown m/n |\n|---|---|---|---|---|---|---|---|---|---|")
         for where, tm, c in rows_of(Path(run_dir)):
             best = c["best single"][1]
             for rule in gaps:
                 gaps[rule].append(c[rule][1] - best)
-            cells = " | ".join(f"{c[k][0]} {pct(c[k][1])}" for k in ("best single", *gaps))
+            cells = " | ".join(f"{c[k][0]} {pct(c[k][1])}".removeprefix("mix ") for k in ("best single", *gaps))
             print(f"| {where} | {tm} | {cells} | {c['unknown'][0]}/{c['unknown'][1]} |")
     print("\n| rule | >= best single attack | mean difference (points) |\n|---|---|---|")
     summary = {}

@@ -148,10 +148,9 @@ def _set_aside_later_rounds(run_dir: Path, start: int) -> None:
     import json
 
     from fedaudit.auditor.state import round_path, saved_rounds
+    from fedaudit.report.fmt import ranges
     from fedaudit.rundir import atomic_write_bytes, scan_jsonl
     from fedaudit.runstate import ABANDONED_SUFFIX, move_aside
-
-    from fedaudit.report.fmt import ranges
 
     path = run_dir / "rounds.jsonl"
     rows, _ = scan_jsonl(path)          # damaged lines are already set aside (_set_aside_damaged_lines)

@@ -213,7 +213,7 @@ def test_reference_models_are_cached_and_reused(tmp_path):
     rng = np.random.default_rng(7)
     x, y = rng.normal(size=(80, 6)).astype(np.float32), rng.integers(0, 3, 80)
     args = ("mlp", {"hidden": [8]}, x, y, 3, 2)
-    kw = dict(epochs=2, batch_size=32, seed=0, cache_dir=tmp_path, parallel=False)
+    kw = dict(epochs=2, batch_size=32, seed=0, cache_dir=tmp_path, parallel=False, refit=False)
     first = train_reference_models(*args, **kw)
     assert first.from_cache == [False, False] and len(list(tmp_path.glob("*.npz"))) == 2
     second = train_reference_models(*args, **kw)
@@ -228,12 +228,46 @@ def test_reference_models_are_cached_and_reused(tmp_path):
     for i, changed in ((0, "e" * 64), (2, {"hidden": [9]}), (5, {"epochs": 3}), (6, 1), (7, 1), (8, np.arange(6))):
         keys.add(cache_key(*base[:i], changed, *base[i + 1:]))
     assert len(keys) == 7
+    assert cache_key(*base, 1) not in keys and cache_key(*base, 0) == cache_key(*base)
     # offline logits for an audit: the population trains the models, the audited records are never IN
+    kw.pop("refit")
     refs = prepare_reference_logits("mlp", {"hidden": [8]}, x[:10], y[:10], x[10:], y[10:], 3, 2, **kw)
     assert refs.audit_logits.shape == (2, 10, 3) and refs.audit_in is None
     assert refs.population_logits.shape == (2, 70, 3) and refs.population_in.sum(axis=1).tolist() == [35, 35]
     inputs = refs.inputs(np.zeros((10, 3)), y[:10], np.zeros((70, 3)), y[10:])
     assert run_score_attack("rmia-offline", inputs).shape == (10,)
+
+
+def test_a_reference_model_that_did_not_fit_its_records_is_trained_again(tmp_path, monkeypatch):
+    """One of three reference models comes back untrained (its training stalled): it is trained again with another
+    seed and the attempt that fits its records kept; the others, and a set whose models all fit alike, are left."""
+    import fedaudit.attacks.reference_models as rm
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(240, 6)).astype(np.float32)
+    y = np.argmax(x[:, :3], axis=1)
+    args = ("mlp", {"hidden": [16]}, x, y, 3, 3)
+    kw = dict(epochs=30, batch_size=16, seed=0, cache_dir=tmp_path, parallel=False)
+    stalled = rm.model_seed(0, 1)
+    train = rm._train_one
+
+    def stall_one(model_name, model_options, x_, y_, num_classes, indices, settings, seed, single_thread=False):
+        if seed == stalled:                     # model 1's first attempt: its initial weights
+            return train(model_name, model_options, x_, y_, num_classes, indices, dict(settings, epochs=0), seed)
+        return train(model_name, model_options, x_, y_, num_classes, indices, settings, seed, single_thread)
+
+    monkeypatch.setattr(rm, "_train_one", stall_one)
+    refs = rm.train_reference_models(*args, **kw)
+    assert refs.attempts == [0, 1, 0]
+    assert min(refs.train_accuracy) > max(refs.train_accuracy) - rm.FIT_GAP
+    assert len(list(tmp_path.glob("*.npz"))) == 4                       # both attempts of model 1 are cached
+    again = rm.train_reference_models(*args, **kw)
+    assert again.from_cache == [True, True, True] and again.keys == refs.keys and again.attempts == [0, 1, 0]
+    kept = rm.train_reference_models(*args, **dict(kw, refit=False))
+    assert kept.attempts == [0, 0, 0] and kept.train_accuracy[1] < refs.train_accuracy[1] - rm.FIT_GAP
+    monkeypatch.setattr(rm, "_train_one", train)
+    alike = rm.train_reference_models(*args, **dict(kw, cache_dir=None, seed=5))
+    assert alike.attempts == [0, 0, 0]
 
 
 @pytest.mark.ray

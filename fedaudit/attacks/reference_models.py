@@ -381,7 +381,7 @@ def prepare_reference_logits(model_name: str, model_options: dict | None, x_audi
                              y_population, num_classes: int, n_models: int, *, online: bool = False,
                              train_size: int | None = None, epochs: int = 20, batch_size: int = 64,
                              learning_rate: float = 1e-3, optimizer: str = "adam", seed: int = 0, cache_dir=None,
-                             parallel: bool = True) -> ReferenceLogits:
+                             parallel: bool = True, refit: bool = True) -> ReferenceLogits:
     """Train (or load) reference models and compute their logits on the audited and population records.
 
     Offline: the models train on ``train_size`` random population records each (default: half of them) and
@@ -393,7 +393,7 @@ def prepare_reference_logits(model_name: str, model_options: dict | None, x_audi
     x_population = np.asarray(x_population, dtype=np.float32)
     y_audit, y_population = np.asarray(y_audit, dtype=np.int64), np.asarray(y_population, dtype=np.int64)
     common = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer,
-                  seed=seed, cache_dir=cache_dir, parallel=parallel)
+                  seed=seed, cache_dir=cache_dir, parallel=parallel, refit=refit)
     shape = x_audit.shape[1:]
     if not online:
         refs = train_reference_models(model_name, model_options, x_population, y_population, num_classes,

@@ -62,8 +62,10 @@ def prepare_audit(model, x_members, y_members, x_nonmembers, y_nonmembers, *, x_
                   model_options: dict | None = None, num_classes: int | None = None, epochs: int = 20,
                   batch_size: int = 64, learning_rate: float = 1e-3, optimizer: str = "adam", seed: int = 0,
                   cache_dir=None, parallel: bool = True, train_size: int | None = None,
-                  from_probabilities: bool = False) -> AuditData:
-    """Logits of the target and of the reference models the attacks need, as :class:`AttackInputs`."""
+                  from_probabilities: bool = False, refit: bool = True) -> AuditData:
+    """Logits of the target and of the reference models the attacks need, as :class:`AttackInputs`
+    (``refit``: train a reference model that did not fit its records again, see
+    :data:`fedaudit.attacks.reference_models.FIT_GAP`)."""
     from fedaudit.attacks.reference_models import logits_function, ray_session
 
     xm, ym = _arrays(x_members, y_members, "members")
@@ -104,7 +106,7 @@ def prepare_audit(model, x_members, y_members, x_nonmembers, y_nonmembers, *, x_
         if len(xp) == 0:
             raise AttackError("x_population: reference models train on population records; got none")
     common = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer,
-                  seed=seed, cache_dir=cache_dir, parallel=parallel)
+                  seed=seed, cache_dir=cache_dir, parallel=parallel, refit=refit)
     target_size = int(train_size) if train_size is not None else len(xm)
     with ray_session(parallel and (need_offline or need_online)):
         offline, online = _reference_inputs(

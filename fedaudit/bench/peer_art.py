@@ -170,14 +170,32 @@ def meminf_attack(model, handler, w: dict, seed: int, logs, layers, gradients, s
     return attack
 
 
+#: the attacks with reference models that long-tailed targets run
+REFERENCE_ATTACKS = ("lira-offline", "rmia-offline", "lira-online", "rmia-online")
+
+
+def reference_audit(model, handler, w: dict, t: int, model_options: dict, refit: bool = True):
+    """:func:`fedaudit.attacks.scoring.prepare_audit` of the handler's held-out records for
+    :data:`REFERENCE_ATTACKS`: ``w["reference_models"]`` reference models of each kind,
+    trained as the target was on the population records no attack split uses."""
+    from fedaudit.attacks.scoring import prepare_audit
+
+    held = handler.test_split()
+    spare = handler.population_x[2 * handler.attack_size:], handler.population_y[2 * handler.attack_size:]
+    return prepare_audit(model, held.members_x, held.members_y, held.nonmembers_x, held.nonmembers_y,
+                         x_population=spare[0], y_population=spare[1], attacks=REFERENCE_ATTACKS,
+                         reference_models=w["reference_models"], model_name="purchase-fcn",
+                         model_options=model_options, epochs=w["epochs"], batch_size=64, seed=t, parallel=False,
+                         train_size=w["members"], refit=refit)
+
+
 def one_target(w: dict, t: int, timings: dict, logs) -> dict:
     """Scores of every attack on target ``t``'s held-out records: {attack: (member scores, non-member scores)}."""
-    from fedaudit.attacks.audit import prepare_audit, score_all
+    from fedaudit.attacks.audit import score_all
     from fedaudit.attacks.reference_models import logits_function
     from fedaudit.attacks.threshold import loss_scores
 
     d, model, handler, model_options = train_target(w, t, timings)
-    nm = w["members"]
     known, held = handler.train_split(), handler.test_split()
     member = held.membership == 1
     logits = logits_function(model)
@@ -203,16 +221,8 @@ def one_target(w: dict, t: int, timings: dict, logs) -> dict:
         out[f"meminf {name} (network only)"] = network
     out["loss threshold"] = timed("loss threshold", lambda: loss_scores(zh, held.y))
     if w["reference_models"]:
-        spare = handler.population_x[2 * handler.attack_size:], handler.population_y[2 * handler.attack_size:]
-        names = ("lira-offline", "rmia-offline", "lira-online", "rmia-online")
-
         def reference():
-            data = prepare_audit(model, held.members_x, held.members_y, held.nonmembers_x, held.nonmembers_y,
-                                 x_population=spare[0], y_population=spare[1], attacks=names,
-                                 reference_models=w["reference_models"], model_name="purchase-fcn",
-                                 model_options=model_options,
-                                 epochs=w["epochs"], batch_size=64, seed=t, parallel=False, train_size=nm)
-            return score_all(data, names)
+            return score_all(reference_audit(model, handler, w, t, model_options), REFERENCE_ATTACKS)
 
         ref = timed(f"lira/rmia ({w['reference_models']} + {w['reference_models']} reference models)", reference)
         out.update({f"{k} ({w['reference_models']} refs)": v for k, v in ref.items()})

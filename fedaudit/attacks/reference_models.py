@@ -133,10 +133,10 @@ def model_seed(seed: int, index: int, attempt: int = 0) -> int:
 #: as the audited model learnt its own. One that classifies its own training records correctly more than FIT_GAP
 #: less often than the reference model that fits its own best did not (a training run that stalled: on a 50-class
 #: long-tailed target of ``fedaudit bench attacks --family longtail --seed 90210``, two of four online reference
-#: models reached 0.32 and 0.76 where the other two and the target reached 0.99, and RMIA online, whose p(x)
-#: averages them in, fell from the loss threshold's AUC 0.969 to 0.939). It is trained again with another seed, up
-#: to REFIT_ATTEMPTS more times, and the attempt that fits best is kept. Models that all fit alike (a hard task, a
-#: small model, DP training) are left as they are.
+#: models reached 0.28 and 0.77 where the other two and the target reached 0.99, and RMIA online, whose p(x)
+#: averages them in, fell from the loss threshold's AUC 0.969 to 0.939; ``simulations/reference_fit.py``). It is
+#: trained again with another seed, up to REFIT_ATTEMPTS more times, and the attempt that fits best is kept. Models
+#: that all fit alike (a hard task, a small model, DP training) are left as they are.
 FIT_GAP = 0.1
 REFIT_ATTEMPTS = 2
 

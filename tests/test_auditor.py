@@ -381,6 +381,12 @@ def test_reference_attacks_run_per_round_with_models_trained_once(tmp_path):
     again = new_core(prepared, tmp_path / "run2").observe(*rounds[0])
     assert again["reference_models"]["from_cache"] == 2
     assert again["server"]["attacks"]["lira-offline"]["auc"] == server["lira-offline"]["auc"]
+    # the actor warms its core while the clients train round 1: the reference models are then ready beforehand
+    warmed = new_core(prepared, tmp_path / "run3")
+    warmed.warm()
+    assert warmed.references is not None and warmed.references.info["from_cache"] == 2
+    ready = warmed.observe(*rounds[0])
+    assert ready["server"]["attacks"]["lira-offline"]["auc"] == server["lira-offline"]["auc"]
 
 
 def test_threshold_attacks_score_every_model_that_replied():

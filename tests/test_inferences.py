@@ -90,6 +90,37 @@ def test_labels_find_a_one_class_client_and_nothing_in_an_update_without_signal(
     assert "total variation" in labels.finding(summary)
 
 
+def test_inferences_warmed_and_run_in_a_thread_give_the_numbers_of_a_fresh_run(planted):
+    """An auditor that holds TensorFlow runs the inferences in a thread of its own process (no second process, no
+    Ray needed for it), after warming them (the adversary's model built and traced before round 1): the results
+    equal those of a fresh simulator run inline, and the warm-up built the simulator the round then uses."""
+    import os
+
+    from fedaudit.auditor.executors import RayExecutor
+    from fedaudit.inferences.runner import (_SIMULATORS, InferenceInputs, InferenceRound, run_inferences,
+                                            warm_inferences)
+
+    core, previous, clients = planted
+
+    def inputs(key):
+        return InferenceInputs(core.scenario, core.records, core.inference_data(), 10, 0, (64,), key=key)
+
+    ctx = InferenceRound(round=1, previous=previous, clients=clients, new=None, aggregate=None,
+                         record={"clients": [0, 1, 2]}, ids=[0, 1, 2], secure_aggregation=False)
+    warm = inputs("warm-thread")
+    executor = RayExecutor(inferences_here=True)
+    executor.warm_inferences(warm)
+    done = executor.inferences(warm, ctx, ["labels"])()
+    sim = _SIMULATORS["warm-thread"]
+    assert done["pid"] == os.getpid() and done["results"]["labels"]["clients"]
+    fresh = run_inferences(inputs("fresh-inline"), ctx, ["labels"])["results"]["labels"]
+    assert _SIMULATORS["fresh-inline"] is not sim
+    for a, b in zip(done["results"]["labels"]["clients"], fresh["clients"]):
+        assert a["client"] == b["client"] and a["estimate"] == pytest.approx(b["estimate"], abs=1e-6)
+    warm_inferences(warm)                       # warming again reuses the process's simulator
+    assert _SIMULATORS["warm-thread"] is sim
+
+
 def test_histogram_and_tv():
     assert tv_distance(histogram([0, 0, 1, 1], 2), [0.5, 0.5]) == 0
     assert tv_distance([1, 0], [0, 1]) == 1

@@ -291,6 +291,44 @@ def test_batched_tensorflow_signals_equal_one_model_at_a_time(monkeypatch):
                                        rtol=1e-6, atol=1e-6)
 
 
+def test_a_warmed_probe_is_traced_and_computes_what_a_fresh_one_does():
+    """The auditor traces its TensorFlow steps while the clients train round 1 (:func:`warm_probe`): afterwards the
+    process's probe holds the traced batched steps (own rows and population sample; the source sample) and the
+    one-model step, and its views equal those of a probe built anew."""
+    import importlib
+
+    from fedaudit.auditor.dense import describe_dense
+    from fedaudit.auditor.features import ModelProbe
+    from fedaudit.auditor.shard import ProbeSpec, probe_for, warm_probe
+    from fedaudit.models import build_model
+
+    steps = importlib.import_module("fedaudit.signals.extract")._STEPS
+    spec = ProbeSpec("cnn", {"filters": [4], "dense": 8}, (8, 8, 1), 4, seed=0, layers=(2,))
+    rng = np.random.default_rng(4)
+    x, y = rng.random((40, 8, 8, 1)).astype(np.float32), rng.integers(0, 4, 40)
+    warm_probe(spec, x, y)
+    probe = probe_for(spec)
+    traced = steps[probe.model]
+    assert sum(k[-1] for k in traced) == 2 and sum(not k[-1] for k in traced) >= 1   # batched: own/pop, source
+    w0 = probe.model.get_weights()
+    ws = [[a + 0.05 * rng.standard_normal(a.shape).astype(np.float32) for a in w0] for _ in range(2)]
+    fresh = ModelProbe("cnn", {"filters": [4], "dense": 8}, (8, 8, 1), 4, seed=0, layers=(2,))
+    views = []
+    for p in (probe, fresh):
+        base = p.base(w0, x, y)
+        items = [(w, x[:k], y[:k], base.take(np.arange(k)), True) for w, k in zip(ws, (3, 6))]
+        views.append(p.views(items, w0, (x[20:], y[20:], base.take(np.arange(20, 40))),
+                             (x[10:20], y[10:20], base.take(np.arange(10, 20)))))
+    assert len(steps[probe.model]) == len(traced)                 # nothing traced again
+    for (v, sv), (ref, sref) in zip(*views):
+        np.testing.assert_allclose(v.features, ref.features, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(sv.features, sref.features, rtol=1e-5, atol=1e-6)
+    stack = describe_dense(build_model("mlp", (20,), 4, seed=0, hidden=[8]), (), ())
+    mlp = ProbeSpec("mlp", {"hidden": [8]}, (20,), 4, seed=0, dense=stack)
+    warm_probe(mlp, rng.random((4, 20)).astype(np.float32), y[:4])           # the NumPy probe: built, no TensorFlow
+    assert type(probe_for(mlp)).__name__ == "DenseProbe"
+
+
 def test_activation_features_of_a_conv_model_and_of_the_input():
     """The TensorFlow probe's activation features of any layer (a convolution's output is flattened); a Flatten
     before the Dense stack passes the input through, as the NumPy probe takes it."""
@@ -375,6 +413,32 @@ def test_multinode_audit_tasks_run_on_both_nodes_and_match_one_node(tmp_path):
         assert s2["threat_models"][tm]["auc"] == pytest.approx(s1["threat_models"][tm]["auc"], abs=1e-4)
     r1, r2 = (np.genfromtxt(d / "records.csv", delimiter=",", skip_header=1) for d in (one, two))
     np.testing.assert_allclose(r2[:, 6], r1[:, 6], atol=1e-4)
+
+
+def test_a_convolutional_federation_is_audited_with_its_inferences_in_the_auditors_process(tmp_path):
+    """A CNN's signals need TensorFlow in the auditor: the auditor prepares them (and the label inference) while
+    round 1 trains, and runs the inferences in a thread of its own process rather than in a second one; every
+    round has its membership results and its label inference."""
+    from fedaudit.run import run_scenario
+
+    scenario = scenario_from_dict({
+        "name": "cnn-audit", "data": {"dataset": "digits", "image": True},
+        "model": {"name": "cnn", "filters": [4], "dense": 8},
+        "federation": {"clients": 3, "rounds": 2, "local_epochs": 1, "seed": 0},
+        "audit": {"enabled": True, "folds": 3, "population_sample": 100, "source_sample": 60,
+                  "attacks": ["whitebox", "loss"], "label_clients": 3},
+        "ray": {"num_cpus": 2}})
+    run = run_scenario(scenario, out=tmp_path / "run", progress=False, report=False)
+    auditor = [row["pid"] for row in read_jsonl(run / "audit" / "starts.jsonl")]
+    timing = read_jsonl(run / "audit" / "timing.jsonl")
+    assert len(auditor) == 1 and len(timing) == 2
+    for row in timing:
+        assert [t["pid"] for t in row["tasks"]] == auditor and row["inference_task"]["pid"] == auditor[0]
+    for line in read_jsonl(run / "rounds.jsonl"):
+        assert 0.0 <= line["server"]["auc"] <= 1.0 and "audit_error" not in line
+        labels = line["inferences"]["labels"]
+        assert "error" not in labels and [c["client"] for c in labels["clients"]] == [0, 1, 2]
+        assert all(np.isfinite(c["tv"]) for c in labels["clients"])
 
 
 def _sampled_rounds_without_signal(rounds=10, clients=50, per_round=5, seed=0):

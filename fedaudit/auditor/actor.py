@@ -86,10 +86,19 @@ class Auditor:
             x, y = ray.get(data[0])
             records = AuditRecords.load(self.run_dir / AUDIT_DIR / "records.npz")
             r = self.scenario.ray
-            executor = RayExecutor(tasks=r.audit_tasks, cpus=r.audit_cpus, gpus=r.auditor_gpus)
+            executor = RayExecutor(tasks=r.audit_tasks, cpus=r.audit_cpus, gpus=r.auditor_gpus,
+                                   inferences_here=self.dense is None)
             self.core = AuditCore(self.run_dir, self.scenario, records, x, y, num_classes=self.num_classes,
                                   executor=executor, data=data[0], threads=self.threads, dense=self.dense)
         return self.core
+
+    def prepare(self, data: list) -> None:
+        """Build the core and do a first round's one-time work now (:meth:`AuditCore.warm`), while the clients
+        train round 1. ``data`` as for :meth:`observe`; a failure is logged and left to the rounds to meet."""
+        try:
+            self._core(data).warm()
+        except Exception:  # noqa: BLE001 - the rounds build what they need themselves
+            log.warning("preparing the audit failed", exc_info=True)
 
     def observe(self, round_: int, record: dict, data: list, previous, new: list, client_ids,
                 client_weights: list, aggregate: list | None = None) -> str:
@@ -172,6 +181,7 @@ class AuditorSink:
         # TensorFlow probe runs there instead
         dense = describe_scenario_model(s, data.input_shape, data.num_classes) if not gpus else None
         self.actor = actor_cls.remote(str(self.run_dir), s, data.num_classes, auditor_threads(), dense)
+        self.actor.prepare.remote([self.data_ref])       # while the clients train round 1
         self.refs: list = []
 
     def __call__(self, update, record: dict) -> None:

@@ -24,9 +24,11 @@ client simply is not among the replies.
 
 Beside the membership attacks, the inferences beyond membership named in ``[audit] inferences``
 (:mod:`fedaudit.inferences`: labels, reconstruction, attributes) run on the same round, on the executor (an actor
-of the auditor's under Ray, so that the TensorFlow they need stays out of this process:
-:mod:`fedaudit.inferences.runner`), and their results go into the round's line under ``inferences`` (an inference
-that fails records its error there).
+of the auditor's under Ray, so that the TensorFlow they need stays out of this process, or a thread of this process
+when its own signals need TensorFlow anyway: :mod:`fedaudit.inferences.runner`), and their results go into the
+round's line under ``inferences`` (an inference that fails records its error there). What every first round would
+pay once (the inferences' model built and traced, the reference models, the TensorFlow probe's tracing) is done by
+:meth:`AuditCore.warm`, which the actor calls while the clients train round 1.
 """
 
 from __future__ import annotations
@@ -164,6 +166,22 @@ class AuditCore:
         """The score attacks every shard job computes (those of any audited view)."""
         names = dict.fromkeys(a for tm in self.threat_models for a in self.view_attacks[tm])
         return job_attacks(list(names))
+
+    def warm(self) -> None:
+        """The one-time work of a first round, done before it arrives (the actor calls this while the clients
+        train round 1): the inferences' worker started (TensorFlow imported, the adversary's model built and
+        traced; it runs on while this returns), the reference models trained or loaded, and the TensorFlow probe
+        built and its steps traced."""
+        from fedaudit.auditor.runtime import materialize
+        from fedaudit.auditor.shard import warm_probe
+
+        if self.inferences and hasattr(self.executor, "warm_inferences"):
+            self.executor.warm_inferences(self._inference_inputs)
+        if self.reference_attacks and self.references is None:
+            self._prepare_references()
+        if self.spec.dense is None:
+            x, y = materialize(self.data)
+            warm_probe(self.spec, x, y)
 
     def done(self) -> set[int]:
         return audited_rounds(self.run_dir, self.threat_models)

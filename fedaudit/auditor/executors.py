@@ -40,10 +40,17 @@ class RayExecutor:
     and for ``gpus`` GPUs when the cluster has them.
     """
 
-    def __init__(self, tasks: int = 0, cpus: float = 0.0, gpus: float = 0.0):
+    def __init__(self, tasks: int = 0, cpus: float = 0.0, gpus: float = 0.0, inferences_here: bool = False):
         self.tasks, self.cpus, self.gpus = int(tasks), float(cpus), float(gpus)
         self._refs: dict = {}
         self._inference_worker = None
+        # an auditor that loaded TensorFlow for its own signals runs the inferences in a thread of its own
+        # process (beside the round's attacks all the same) rather than in a second process that loads it again
+        self._thread = None
+        if inferences_here:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="fedaudit-inferences")
 
     def nodes(self) -> list:
         import ray
@@ -85,11 +92,8 @@ class RayExecutor:
                                                           refs_ref, *[weights[j] for j in group]))
         return ray.get(pending)
 
-    def inferences(self, inputs, ctx, names):
-        """The inferences start now in the run's :class:`~fedaudit.inferences.runner.InferenceWorker` actor (beside
-        the round's attacks; TensorFlow, which they need, stays out of the auditor's process); the returned
-        function waits for them. The actor, started on first use and restarted once if it dies, asks for no CPU,
-        as the audit tasks beside the client pool do; ``inputs`` goes to the object store once per run."""
+    def _worker(self):
+        """The run's :class:`~fedaudit.inferences.runner.InferenceWorker` actor, started on first use."""
         import ray
 
         from fedaudit.inferences.runner import InferenceWorker
@@ -97,7 +101,32 @@ class RayExecutor:
         if self._inference_worker is None:
             self._inference_worker = ray.remote(InferenceWorker).options(
                 num_cpus=0, max_restarts=1, max_task_retries=1).remote()
-        ref = self._inference_worker.run.remote(self._put_once("inferences", inputs), ctx, list(names))
+        return self._inference_worker
+
+    def warm_inferences(self, inputs) -> None:
+        """Start the inferences' worker now and let it load TensorFlow and build and trace the adversary's model
+        (:func:`fedaudit.inferences.runner.warm_inferences`) without waiting for it: the first round's inferences
+        then find it ready."""
+        if self._thread is not None:
+            from fedaudit.inferences.runner import warm_inferences
+
+            self._thread.submit(warm_inferences, inputs)
+            return
+        self._worker().warm.remote(self._put_once("inferences", inputs))
+
+    def inferences(self, inputs, ctx, names):
+        """The inferences start now in the run's :class:`~fedaudit.inferences.runner.InferenceWorker` actor (beside
+        the round's attacks; TensorFlow, which they need, stays out of the auditor's process), or in this process's
+        inference thread when the executor was made with ``inferences_here``; the returned
+        function waits for them. The actor, started on first use and restarted once if it dies, asks for no CPU,
+        as the audit tasks beside the client pool do; ``inputs`` goes to the object store once per run."""
+        import ray
+
+        if self._thread is not None:
+            from fedaudit.inferences.runner import run_inferences
+
+            return self._thread.submit(run_inferences, inputs, ctx, list(names)).result
+        ref = self._worker().run.remote(self._put_once("inferences", inputs), ctx, list(names))
         return lambda: ray.get(ref)
 
 

@@ -118,6 +118,21 @@ def probe_for(spec: ProbeSpec):
     return probe
 
 
+def warm_probe(spec: ProbeSpec, x, y) -> None:
+    """Build this process's probe for ``spec`` and trace its TensorFlow steps (the batched views of own rows, the
+    population and the source samples, theta_prev's base signals, forward losses) on two of the records ``x``,
+    ``y``, so that the first round does not pay them. A Dense stack's NumPy probe has nothing to trace."""
+    probe = probe_for(spec)
+    if spec.dense is not None:
+        return
+    w = probe.model.get_weights()
+    x, y = np.asarray(x[:2], dtype=np.float32), np.asarray(y[:2], dtype=np.int64)
+    base = probe.base(w, x, y)
+    probe.views([(w, x[:1], y[:1], base.take(np.arange(1)), True), (w, x[:1], y[:1], None, False)], w,
+                (x, y, base), (x, y, base))
+    probe.losses(w, x, y)
+
+
 _BLAS_LIMITS: list = []
 
 
@@ -263,4 +278,4 @@ def shard_task(spec: ProbeSpec, plan: ShardPlan, data, previous, jobs: list, ref
 
 
 __all__ = ["Job", "JobResult", "ProbeSpec", "ShardPlan", "ShardResult", "job_scores", "population_rows",
-           "probe_for", "run_shard", "shard_task"]
+           "probe_for", "run_shard", "shard_task", "warm_probe"]

@@ -6,8 +6,11 @@ round) although the membership audit of a Dense model needs NumPy only. So the a
 :class:`InferenceInputs` (the scenario, the audited records and their data; the same object every round) and an
 :class:`InferenceRound` (what the adversary was handed this round), and its executor runs :func:`run_inferences`
 beside the round's other work in an :class:`InferenceWorker` actor of its own, kept for the run
-(:class:`fedaudit.auditor.executors.RayExecutor`), or in its own process
-(:class:`~fedaudit.auditor.executors.InlineExecutor`). Either way the same function computes the same numbers.
+(:class:`fedaudit.auditor.executors.RayExecutor`); or, when the auditor loaded TensorFlow for its own signals (a
+model that is not a Dense stack), in a thread of the auditor's process, which then pays for TensorFlow once, not
+twice; or in its own process, when asked (:class:`~fedaudit.auditor.executors.InlineExecutor`). Whichever, the
+same function computes the same numbers. :func:`warm_inferences` builds and traces their model before the first
+round (the auditor starts it while the clients train round 1).
 
 TensorFlow-free at import.
 """
@@ -98,6 +101,24 @@ class InferenceWorker:
     def run(self, inputs: InferenceInputs, ctx: InferenceRound, names) -> dict:
         return run_inferences(inputs, ctx, names)
 
+    def warm(self, inputs: InferenceInputs) -> None:
+        warm_inferences(inputs)
+
+
+def warm_inferences(inputs: InferenceInputs) -> None:
+    """Load TensorFlow, build the adversary's model and trace its training and prediction steps on two records, so
+    that the first round's inferences do not pay them (a failure here is left for that round to report)."""
+    import logging
+
+    try:
+        sim = inputs.inference_simulator()
+        x, y = inputs.inference_data()
+        w = sim.trainer.get_weights()
+        sim.train(w, x[:2], y[:2], seed=0)
+        sim.probs(w, x[:2])
+    except Exception:  # noqa: BLE001 - the round that needs them reports what failed
+        logging.getLogger(__name__).warning("warming the inferences failed", exc_info=True)
+
 
 def _node() -> str | None:
     try:
@@ -108,4 +129,4 @@ def _node() -> str | None:
         return None
 
 
-__all__ = ["InferenceInputs", "InferenceRound", "InferenceWorker", "run_inferences"]
+__all__ = ["InferenceInputs", "InferenceRound", "InferenceWorker", "run_inferences", "warm_inferences"]

@@ -149,7 +149,7 @@ def _set_aside_later_rounds(run_dir: Path, start: int) -> None:
 
     from fedaudit.auditor.state import round_path, saved_rounds
     from fedaudit.report.fmt import ranges
-    from fedaudit.rundir import atomic_write_bytes, scan_jsonl
+    from fedaudit.rundir import scan_jsonl
     from fedaudit.runstate import ABANDONED_SUFFIX, move_aside
 
     path = run_dir / "rounds.jsonl"
@@ -160,10 +160,8 @@ def _set_aside_later_rounds(run_dir: Path, start: int) -> None:
 
     later = [r for r in rows if is_later(r)]
     if later:
-        aside = path.with_name(path.name + ABANDONED_SUFFIX)
-        old = aside.read_bytes() if aside.exists() else b""
-        atomic_write_bytes(aside, old + "".join(json.dumps(r) + "\n" for r in later).encode("utf-8"))
-        atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows if not is_later(r)).encode("utf-8"))
+        aside = _move_lines_aside(path, [r for r in rows if not is_later(r)],
+                                  "".join(json.dumps(r) + "\n" for r in later).encode("utf-8"), ABANDONED_SUFFIX)
         log.warning("%s: rounds %s of the interrupted attempt are done again from round %d's model; their lines "
                     "are kept in %s", run_dir, ranges(sorted(r["round"] for r in later)), start, aside.name)
     for r in saved_rounds(run_dir):
@@ -171,18 +169,29 @@ def _set_aside_later_rounds(run_dir: Path, start: int) -> None:
             move_aside(round_path(run_dir, r), ABANDONED_SUFFIX)
 
 
+def _move_lines_aside(path: Path, keep: list, aside: bytes, suffix: str) -> Path:
+    """Append the lines ``aside`` to ``<path><suffix>`` (kept, no longer read), then rewrite the JSON-lines file
+    ``path`` with the rows ``keep``; returns the side file."""
+    import json
+
+    from fedaudit.rundir import atomic_write_bytes
+
+    side = path.with_name(path.name + suffix)
+    old = side.read_bytes() if side.exists() else b""
+    atomic_write_bytes(side, old + aside)
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in keep).encode("utf-8"))
+    return side
+
+
 def _set_aside_damaged_lines(path: Path) -> None:
     """Lines of rounds.jsonl that are not JSON objects go to rounds.jsonl.damaged (their rounds are redone)."""
-    from fedaudit.rundir import atomic_write_bytes, scan_jsonl
-    import json
+    from fedaudit.rundir import scan_jsonl
+    from fedaudit.runstate import DAMAGED_SUFFIX
 
     rows, bad = scan_jsonl(path)
     if not bad:
         return
-    damaged = path.with_name(path.name + ".damaged")
-    old = damaged.read_bytes() if damaged.exists() else b""
-    atomic_write_bytes(damaged, old + b"".join(raw + b"\n" for _, _, raw in bad))
-    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
+    damaged = _move_lines_aside(path, rows, b"".join(raw + b"\n" for _, _, raw in bad), DAMAGED_SUFFIX)
     for number, reason, _ in bad:
         log.warning("%s line %d: %s; moved to %s (the rounds it held are redone)", path, number, reason,
                     damaged.name)

@@ -227,27 +227,18 @@ def train_reference_models(model_name: str, model_options: dict | None, x_pool, 
     settings = {"epochs": int(epochs), "batch_size": int(batch_size), "learning_rate": float(learning_rate),
                 "optimizer": str(optimizer)}
     data_digest = _digest(x_pool, y_pool)
-    keys = [cache_key(data_digest, model_name, model_options, x_pool.shape[1:], num_classes, settings, seed, r,
-                      np.flatnonzero(in_mask[r])) for r in range(n_models)]
+
+    def key(r: int, attempt: int = 0) -> str:
+        return cache_key(data_digest, model_name, model_options, x_pool.shape[1:], num_classes, settings, seed, r,
+                         np.flatnonzero(in_mask[r]), attempt)
+
     cache = Path(cache_dir) if cache_dir is not None else None
-    weights: list = [None] * n_models
-    if cache is not None:
-        for r, key in enumerate(keys):
-            path = cache / f"{key}.npz"
-            if path.exists():
-                weights[r] = _load_cached(path)
-    todo = [r for r in range(n_models) if weights[r] is None]
-    from_cache = [weights[r] is not None for r in range(n_models)]
-    log.info("reference models: %d cached, %d to train (%s)", n_models - len(todo), len(todo),
-             "Ray tasks" if parallel and len(todo) > 1 else "in process")
     args = (model_name, model_options, x_pool, y_pool, num_classes, in_mask, settings, parallel)
-    start = time.perf_counter()
-    for r, w in _train_models({r: model_seed(seed, r) for r in todo}, *args).items():
-        weights[r] = w
-    elapsed = time.perf_counter() - start if todo else 0.0
-    if cache is not None:
-        for r in todo:
-            _save_cached(cache / f"{keys[r]}.npz", weights[r])
+    keys = [key(r) for r in range(n_models)]
+    got, cached, elapsed = _load_or_train(dict(enumerate(keys)), {r: model_seed(seed, r) for r in range(n_models)},
+                                          cache, args)
+    weights = [got[r] for r in range(n_models)]
+    from_cache = [r in cached for r in range(n_models)]
     fit = training_accuracy(model_name, model_options, x_pool, y_pool, num_classes, weights, in_mask)
     attempts = [0] * n_models
     for attempt in range(1, REFIT_ATTEMPTS + 1 if refit else 1):
@@ -256,26 +247,41 @@ def train_reference_models(model_name: str, model_options: dict | None, x_pool, 
             break
         log.info("reference models %s fit %s of their training records against %.2f: trained again with another "
                  "seed (attempt %d)", poor, ", ".join(f"{fit[r]:.2f}" for r in poor), max(fit), attempt + 1)
-        retry_keys = {r: cache_key(data_digest, model_name, model_options, x_pool.shape[1:], num_classes, settings,
-                                   seed, r, np.flatnonzero(in_mask[r]), attempt) for r in poor}
-        cached = {r: _load_cached(cache / f"{k}.npz") for r, k in retry_keys.items()
-                  if cache is not None and (cache / f"{k}.npz").exists()}
-        cached = {r: w for r, w in cached.items() if w is not None}
-        t0 = time.perf_counter()
-        trained = _train_models({r: model_seed(seed, r, attempt) for r in poor if r not in cached}, *args)
-        elapsed += time.perf_counter() - t0 if trained else 0.0
-        if cache is not None:
-            for r, w in trained.items():
-                _save_cached(cache / f"{retry_keys[r]}.npz", w)
-        new = {**cached, **trained}
-        order = sorted(new)
+        retry_keys = {r: key(r, attempt) for r in poor}
+        new, cached, seconds = _load_or_train(retry_keys, {r: model_seed(seed, r, attempt) for r in poor}, cache, args)
+        elapsed += seconds
         new_fit = training_accuracy(model_name, model_options, x_pool, y_pool, num_classes,
-                                    [new[r] for r in order], in_mask[order])
-        for r, f in zip(order, new_fit):
+                                    [new[r] for r in poor], in_mask[poor])
+        for r, f in zip(poor, new_fit):
             if f > fit[r]:
                 weights[r], keys[r], from_cache[r], fit[r], attempts[r] = new[r], retry_keys[r], r in cached, f, attempt
     return ReferenceSet(weights=weights, in_mask=in_mask, keys=keys, from_cache=from_cache, train_seconds=elapsed,
                         train_accuracy=[float(f) for f in fit], attempts=attempts)
+
+
+def _load_or_train(keys: dict, seeds: dict, cache: Path | None, args: tuple) -> tuple[dict, set, float]:
+    """The reference models ``keys`` names ({index: cache key}): each loaded from ``cache`` where it holds it, the
+    others trained (:func:`_train_models` with ``args``, seeded by ``seeds``) and cached. Returns ({index: weights},
+    the indices that came from the cache, the seconds spent training)."""
+    got = {}
+    if cache is not None:
+        for r, k in keys.items():
+            path = cache / f"{k}.npz"
+            if path.exists():
+                w = _load_cached(path)
+                if w is not None:
+                    got[r] = w
+    cached = set(got)
+    todo = [r for r in keys if r not in cached]
+    log.info("reference models: %d cached, %d to train (%s)", len(cached), len(todo),
+             "Ray tasks" if args[-1] and len(todo) > 1 else "in process")     # args ends with parallel
+    start = time.perf_counter()
+    trained = _train_models({r: seeds[r] for r in todo}, *args)
+    seconds = time.perf_counter() - start if todo else 0.0
+    if cache is not None:
+        for r, w in trained.items():
+            _save_cached(cache / f"{keys[r]}.npz", w)
+    return {**got, **trained}, cached, seconds
 
 
 def _train_models(seeds: dict, model_name, model_options, x_pool, y_pool, num_classes, in_mask, settings,

@@ -175,7 +175,7 @@ class AuditCore:
         from fedaudit.auditor.runtime import materialize
         from fedaudit.auditor.shard import warm_probe
 
-        if self.inferences and hasattr(self.executor, "warm_inferences"):
+        if self.inferences:
             self.executor.warm_inferences(self._inference_inputs)
         if self.reference_attacks and self.references is None:
             self._prepare_references()

@@ -2,7 +2,7 @@
 cluster's nodes. Each is called as ``executor(spec, plan, data, previous, jobs, weights, references)`` and returns
 the shards' :class:`~fedaudit.auditor.shard.ShardResult` list; ``executor.inferences(inputs, ctx, names)`` starts
 the round's inferences beyond membership (:func:`fedaudit.inferences.runner.run_inferences`) and returns a function
-that waits for their result."""
+that waits for their result; ``executor.warm_inferences(inputs)`` readies them before the first round."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ class InlineExecutor:
 
     def __call__(self, spec, plan, data, previous, jobs, weights, references) -> list:
         return [run_shard(spec, plan, data, previous, jobs, [materialize(w) for w in weights], references)]
+
+    def warm_inferences(self, inputs) -> None:
+        """Nothing to start ahead: the inferences run here, when their result is asked for."""
 
     def inferences(self, inputs, ctx, names):
         """The inferences run here, when their result is asked for."""

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import tomllib
+from pathlib import Path
 
 from fedaudit.errors import ConfigError, FedAuditError
 from fedaudit.federation.runtime import quiet_environment
@@ -43,8 +44,9 @@ def cmd_run(args) -> int:
                               f"(RUN_DIR/scenario.toml); drop {', '.join(given)}")
         from fedaudit.run import resume_run
 
-        print(resume_run(args.resume, progress=not args.quiet))
-        return 0
+        run_dir = resume_run(args.resume, progress=not args.quiet)
+        scenario = load_scenario(run_dir / "scenario.toml", run_dir_file=True)
+        return _end_of_run(run_dir, scenario.audit.enabled, args.strict)
     if not args.scenario:
         raise ConfigError("run: name a scenario or suite TOML file (or --resume RUN_DIR)")
     overrides = {"federation.rounds": args.rounds, "federation.clients": args.clients,
@@ -55,18 +57,36 @@ def cmd_run(args) -> int:
 
         out = run_suite(args.scenario, out=args.out, overrides=overrides, progress=not args.quiet)
         print(out)
-        return 0
+        return 1 if args.strict and _suite_incomplete(out) else 0
     from fedaudit.run import run_scenario
 
     scenario = load_scenario(args.scenario, overrides)
     run_dir = run_scenario(scenario, out=args.out, progress=not args.quiet)
+    return _end_of_run(run_dir, scenario.audit.enabled, args.strict)
+
+
+def _end_of_run(run_dir: Path, audited: bool, strict: bool) -> int:
+    """A run's (or a resumed run's) last lines and exit status: 1 when the audit raised in every round (trained
+    and reported, but no risk measured, which a script must see), or, with ``--strict``, in any round."""
+    from fedaudit.run import audit_failed_everywhere, audit_failed_rounds
+
     report = run_dir / "report.html"
     _tell(run_summary_lines(run_dir, report if report.is_file() else None))
     print(run_dir)
-    from fedaudit.run import audit_failed_everywhere
+    if not audited:
+        return 0
+    return 1 if audit_failed_everywhere(run_dir) or (strict and audit_failed_rounds(run_dir)) else 0
 
-    # trained and reported, but the audit raised in every round: no risk was measured, which a script must see
-    return 1 if scenario.audit.enabled and audit_failed_everywhere(run_dir) else 0
+
+def _suite_incomplete(out: Path) -> bool:
+    """Whether a combination of the suite in ``out`` did not finish, or its audit raised in some round."""
+    import json
+
+    from fedaudit.run import audit_failed_rounds
+
+    cases = json.loads((out / "suite.json").read_text(encoding="utf-8")).get("cases", [])
+    return any(case.get("status") not in ("done", "reused") or audit_failed_rounds(out / case["dir"])
+               for case in cases)
 
 
 def run_summary_lines(run_dir, report) -> list[str]:
@@ -169,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", help="join the Ray cluster at this address instead of starting a local Ray")
     r.add_argument("--out", help="the run directory (default: runs/<scenario>-<timestamp>)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any key, e.g. audit.enabled=true")
+    r.add_argument("--strict", action="store_true", help="exit with 1 when the audit raised in any round (or, for "
+                                                         "a suite, any combination failed), not only in every one")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 

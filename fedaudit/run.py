@@ -246,6 +246,13 @@ def summary_lines(run_dir, report: Path | None = None) -> list[str]:
     return run_summary(run_dir, report)
 
 
+def audit_failed_rounds(run_dir) -> list[int]:
+    """The rounds whose audit raised (rounds.jsonl's ``audit_error``)."""
+    from fedaudit.schema import read_rounds
+
+    return [line.round for line in read_rounds(Path(run_dir)) if line.audit_failed]
+
+
 def audit_failed_everywhere(run_dir) -> bool:
     """Whether the run recorded rounds and the audit of every one of them raised (rounds.jsonl's ``audit_error``):
     trained and reported, but audited nowhere."""

@@ -589,6 +589,38 @@ def test_rounds_whose_audit_failed_are_named_in_the_report_and_the_console(tmp_p
     assert [r for r, _ in load_run(run).audit_errors()] == [1, 3, 4] and not audit_failed_everywhere(run)
 
 
+def test_a_run_whose_audit_failed_somewhere_exits_1_only_when_strict(tmp_path, capsys):
+    """`fedaudit run` (and `--resume`) ends with the run's lines and exit status 0 when some rounds were audited,
+    1 when none was; with ``--strict``, 1 as soon as one round's audit raised. A suite with ``--strict``: 1 when a
+    combination did not finish or its audit raised somewhere."""
+    import json
+
+    from fedaudit.cli import _end_of_run, _suite_incomplete
+    from fedaudit.rundir import upsert_jsonl
+
+    run = write_fake_run(tmp_path / "suite" / "00-a", rounds=3, records=300)
+    assert _end_of_run(run, True, strict=False) == 0 and _end_of_run(run, True, strict=True) == 0
+    out = capsys.readouterr()
+    assert out.out.strip().splitlines()[-1] == str(run) and "test accuracy" in out.err
+    line = schema.read_rounds(run / "rounds.jsonl")[1]
+    row = {k: v for k, v in line.to_dict().items() if k not in line.views}
+    upsert_jsonl(run / "rounds.jsonl", {**row, "audit_error": "ValueError()"})
+    assert _end_of_run(run, True, strict=False) == 0
+    assert _end_of_run(run, True, strict=True) == 1
+    assert _end_of_run(run, False, strict=True) == 0       # not audited: nothing failed
+    assert "the audit failed in round 2" in capsys.readouterr().err
+
+    other = write_fake_run(tmp_path / "suite" / "01-b", rounds=3, records=300)
+    cases = [{"dir": "00-a", "status": "done"}, {"dir": "01-b", "status": "done"}]
+    (tmp_path / "suite" / "suite.json").write_text(json.dumps({"name": "s", "cases": cases}))
+    assert _suite_incomplete(tmp_path / "suite")           # 00-a's round 2
+    upsert_jsonl(run / "rounds.jsonl", line.to_dict())     # round 2 audited by a later attempt
+    assert not _suite_incomplete(tmp_path / "suite")
+    cases[1]["status"] = "failed"
+    (tmp_path / "suite" / "suite.json").write_text(json.dumps({"name": "s", "cases": cases}))
+    assert _suite_incomplete(tmp_path / "suite") and other.is_dir()
+
+
 def test_the_report_of_a_run_is_built_after_its_final_status(tmp_path, monkeypatch):
     """`fedaudit run` writes status.json's final state, then the report, which says the run finished."""
     import types

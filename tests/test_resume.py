@@ -202,6 +202,11 @@ def test_interrupt_resume_and_a_killed_client_end_where_an_uninterrupted_run_end
         proc = start(["--resume", run_dir], Path(ray_tmp))
         out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, out[-3000:]
+        # a resumed run ends as a run does: the headline per threat model, the accuracy, the report, the folder
+        tail = out.strip().splitlines()
+        assert tail[-1] == str(run_dir), out[-3000:]
+        for said in ("fedaudit: honest-but-curious server: AUC ", "fedaudit: test accuracy ", "fedaudit: report: "):
+            assert any(line.startswith(said) for line in tail), (said, out[-3000:])
 
     st = status(run_dir)
     assert st["state"] == "finished" and st["rounds_complete"] == ROUNDS

@@ -12,10 +12,13 @@ and on how many targets each mix names at least as many members at 1% FPR as one
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
 import numpy as np
+
+
+def log_odds(fitted, features) -> np.ndarray:
+    p = np.clip(fitted.predict(features), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
 
 
 def target_log_odds(cfg: dict, networks: int, logs) -> tuple[list, np.ndarray]:
@@ -28,15 +31,12 @@ def target_log_odds(cfg: dict, networks: int, logs) -> tuple[list, np.ndarray]:
     out = []
     for k in range(networks):
         attack = meminf_attack(model, handler, cfg, t + 1000 * k, logs, *WHITEBOX, stack=None)
-        p = np.clip(attack.fitted.predict(attack.features(model, held.x, held.y, "attack_datahandler")), 1e-7, 1 - 1e-7)
-        out.append(np.log(p / (1 - p)))
+        out.append(log_odds(attack.fitted, attack.features(model, held.x, held.y, "attack_datahandler")))
     return out, held.membership == 1
 
 
 def main(argv=None) -> dict:
-    from fedaudit.bench.common import report
-    from fedaudit.bench.peer_art import FAMILIES, _pooled_rows, describe, draw_targets
-    from fedaudit.metrics import summarize
+    from fedaudit.bench.peer_art import FAMILIES, compare_variants, draw_targets
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=int, default=6)
@@ -47,27 +47,14 @@ def main(argv=None) -> dict:
     if args.networks < 2:
         parser.error(f"--networks: at least 2 (got {args.networks})")
     names = ["one network"] + [f"mean of {k} networks" for k in range(2, args.networks + 1)]
-    pooled = {name: ([], []) for name in names}
-    wins = dict.fromkeys(names[1:], 0)
-    configs = draw_targets(args.targets, args.seed, args.family)
-    for i, cfg in enumerate(configs):
-        with tempfile.TemporaryDirectory() as logs:
-            log_odds, member = target_log_odds(cfg, args.networks, Path(logs))
-        tpr = {}
-        for k, name in enumerate(names, start=1):
-            s = np.mean(log_odds[:k], axis=0)
-            pooled[name][0].append(s[member])
-            pooled[name][1].append(s[~member])
-            tpr[name] = float(np.nan_to_num(summarize(s[member], s[~member]).tpr_at_1pct, nan=0.0))
-        for name in names[1:]:
-            wins[name] += int(tpr[name] >= tpr["one network"])
-        print(f"  target {i + 1}/{len(configs)} {describe(cfg)}: TPR@1% "
-              + ", ".join(f"{k} {100 * v:.1f}%" for k, v in tpr.items()), flush=True)
-    rows, attacks = _pooled_rows(pooled)
-    rows += [(f"TPR@1% per target: {name}", f">= one network on {wins[name]}/{len(configs)}") for name in names[1:]]
-    return report(f"python simulations/attack_network_bagging.py --targets {args.targets} --seed {args.seed} "
-                  f"--family {args.family} --networks {args.networks}", rows, {"attacks": attacks, "wins": wins},
-                  None)
+
+    def scores_of(cfg, logs):
+        each, member = target_log_odds(cfg, args.networks, logs)
+        return {name: np.mean(each[:k], axis=0) for k, name in enumerate(names, start=1)}, member
+
+    return compare_variants(draw_targets(args.targets, args.seed, args.family), scores_of, names,
+                            f"python simulations/attack_network_bagging.py --targets {args.targets} --seed {args.seed} "
+                            f"--family {args.family} --networks {args.networks}")
 
 
 if __name__ == "__main__":

@@ -255,6 +255,34 @@ def _pooled_rows(pooled: dict, label: str = "") -> tuple[list, dict]:
     return rows, attacks
 
 
+def compare_variants(configs: list[dict], scores_of, names: list[str], command: str) -> dict:
+    """Score variants of an attack side by side on drawn targets (``simulations/attack_network_*.py``):
+    ``scores_of(cfg, logs)`` -> ({name: scores of the target's held-out records}, their membership). Prints each
+    target's AUC and TPR at 1% FPR per variant, then the pooled table (:func:`_pooled_rows`) and on how many targets
+    each variant names at least as many members at 1% FPR as the first, ``names[0]``."""
+    from fedaudit.metrics import summarize
+
+    pooled = {name: ([], []) for name in names}
+    wins = dict.fromkeys(names[1:], 0)
+    for i, cfg in enumerate(configs):
+        with tempfile.TemporaryDirectory() as logs:
+            scores, member = scores_of(cfg, Path(logs))
+        got = {}
+        for name in names:
+            s = np.asarray(scores[name], np.float64)
+            pooled[name][0].append(s[member])
+            pooled[name][1].append(s[~member])
+            m = summarize(s[member], s[~member])
+            got[name] = (m.auc, float(np.nan_to_num(m.tpr_at_1pct, nan=0.0)))
+        for name in names[1:]:
+            wins[name] += int(got[name][1] >= got[names[0]][1])
+        print(f"  target {i + 1}/{len(configs)} {describe(cfg)}: AUC / TPR@1% "
+              + ", ".join(f"{k} {auc:.3f} / {100 * tpr:.1f}%" for k, (auc, tpr) in got.items()), flush=True)
+    rows, attacks = _pooled_rows(pooled)
+    rows += [(f"TPR@1% per target: {name}", f">= {names[0]} on {wins[name]}/{len(configs)}") for name in names[1:]]
+    return report(command, rows, {"attacks": attacks, "wins": wins}, None)
+
+
 def _wins(per_target: list[dict]) -> dict:
     """Per attack, on how many targets its TPR at 1% FPR is at least the loss threshold's and at least the best
     ART attack's, and its AUC at least the loss threshold's (each target's own held-out records)."""

@@ -80,6 +80,24 @@ def test_an_active_server_runs_beside_its_passive_twin_and_resumes(tmp_path):
 
 
 @pytest.mark.ray
+def test_an_isolating_server_sends_its_client_its_own_model_from_the_second_round(tmp_path):
+    """The isolating server's own federation: round 1 is honest (it has no model of its client yet); from round 2
+    its client, on whichever node the round's draw puts it, is sent the client's own last model instead of the
+    global one, and only that client is audited."""
+    run_dir = run(tmp_path, **{"audit.threat_models": ["server", "isolating-server"]})
+    twin = run_dir / "active" / "isolating-server"
+    assert read_status(run_dir).state == read_status(twin).state == "finished"
+    first, second = read_jsonl(twin / "rounds.jsonl")
+    assert "deviation" not in first and first["norms"]["honest"] is None
+    iso = second["deviation"]["isolated_client"]
+    assert second["clients"] == [iso] and second["norms"]["sent"] != pytest.approx(second["norms"]["honest"])
+    merged = read_jsonl(run_dir / "rounds.jsonl")
+    assert merged[0]["isolating-server"]["deviation"] is None
+    assert merged[1]["isolating-server"]["deviation"] == {"isolated_client": iso}
+    assert merged[1]["isolating-server"]["clients_audited"] == [iso]
+
+
+@pytest.mark.ray
 def test_model_inconsistency_recovers_the_targets_update_through_secure_aggregation(tmp_path):
     run_dir = run(tmp_path, **{"federation.secure_aggregation": True, "federation.rounds": 3,
                                "audit.threat_models": ["server", "active-server"], "audit.active.inconsistent_client": 1})

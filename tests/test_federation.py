@@ -14,6 +14,7 @@ import pytest
 
 from fedaudit.config import load_scenario, scenario_from_dict
 from fedaudit.data import Ledger
+from fedaudit.errors import FedAuditError
 from fedaudit.federation.strategy import build_strategy
 
 from conftest import REPO, SCENARIOS
@@ -111,6 +112,10 @@ def test_fedprox_run_with_partial_participation(tmp_path):
     rows = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
     assert all(len(r["clients"]) == 2 and r["failed"] == [] for r in rows)
+    # each round's clients are the scenario seed's draw, whichever nodes Flower sampled
+    from fedaudit.federation.strategy import draw_clients
+
+    assert [[int(c) for c in r["clients"]] for r in rows] == [draw_clients(s.federation.seed, r, 4, 2) for r in (1, 2)]
     assert all(0 <= r["model_accuracy"] <= 1 and r["loss"] > 0 for r in rows)
     ledger = Ledger.load(run_dir / "ledger.npz")
     assert ledger.num_clients == 4
@@ -204,6 +209,38 @@ def test_strategy_state_survives_a_checkpoint(tmp_path):
                 assert old.keys() == new.keys() and all(np.array_equal(old[k], new[k]) for k in old)
             elif isinstance(old, list):
                 assert all(np.array_equal(a, b) for a, b in zip(old, new))
+
+
+def test_the_server_draws_each_rounds_clients_with_the_seed_whichever_nodes_flower_samples(in_a_run):
+    """In fedaudit's simulation the strategy names the client each sampled node trains as: the draw depends on the
+    seed and the round only (Flower's node sample and node ids do not enter), each message gets its own config, the
+    round's shared config is left as it was, and a deviating server finds its client's node in the draw."""
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from fedaudit.federation.strategy import AuditedStrategy, draw_clients
+    from fedaudit.federation.task import ASSIGNED_CLIENT_KEY, client_of
+
+    s = scenario_from_dict({"federation": {"clients": 8, "fraction": 0.5, "seed": 5}})
+    draws = []
+    for attempt in range(3):        # Flower samples other nodes each time
+        strategy = AuditedStrategy(build_strategy(s, 4), lambda update: None, round_offset=2, assign=(5, 8))
+        config = ConfigRecord({"lr": 0.1})
+        messages = list(strategy.configure_train(1, ArrayRecord([np.zeros(2, dtype=np.float32)]), config,
+                                                 NodeGrid(8)))
+        assert ASSIGNED_CLIENT_KEY not in config and dict(config) == {"lr": 0.1, "server-round": 3}
+        got = {m.metadata.dst_node_id: client_of(m.content["config"], {}) for m in messages}
+        assert all(m.content["config"]["lr"] == 0.1 for m in messages)
+        assert strategy.node_partitions() == got and len(set(got.values())) == 4
+        draws.append(sorted(got.values()))
+    assert draws[0] == draws[1] == draws[2] == draw_clients(5, 3, 8, 4)
+    assert draw_clients(5, 4, 8, 4) != draws[0] or draw_clients(5, 5, 8, 4) != draws[0]   # rounds differ
+    assert draw_clients(6, 3, 8, 4) != draws[0] or draw_clients(7, 3, 8, 4) != draws[0]   # seeds differ
+    assert client_of({}, {"partition-id": 3}) == 3          # a node not told: its own partition
+    plain = AuditedStrategy(build_strategy(s, 4), lambda update: None)     # a Flower app's: nodes train as themselves
+    msgs = list(plain.configure_train(1, ArrayRecord([np.zeros(2, dtype=np.float32)]), ConfigRecord(), NodeGrid(8)))
+    assert all(ASSIGNED_CLIENT_KEY not in m.content["config"] for m in msgs) and plain.node_partitions() == {}
+    with pytest.raises(FedAuditError, match="9 nodes asked to train, for 8 clients"):
+        draw_clients(5, 1, 8, 9)
 
 
 def test_audited_strategy_numbers_rounds_on_after_a_resume():

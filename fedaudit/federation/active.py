@@ -216,19 +216,22 @@ class ServerMoves:
     def configure(self, strategy, update, arrays, config, grid):
         from flwr.app import ArrayRecord
 
+        from fedaudit.federation.strategy import replace_records
+
         plan, r = self.plan, update.round
         honest = update.previous
         if plan.kind == ACTIVE_SERVER and plan.active_in(r):
             sent, losses = self.ascent(honest, self.x, self.y, plan.ascent_steps, plan.ascent_lr)
             update.honest, update.previous = honest, sent
             update.deviation = {"targets_loss_before": losses[0], "targets_loss_sent": losses[-1]}
-            return strategy.inner.configure_train(r, ArrayRecord(sent), config, grid)
-        messages = list(strategy.inner.configure_train(r, arrays, config, grid))
+            return strategy.train_messages(r, ArrayRecord(sent), config, grid)
+        messages = strategy.train_messages(r, arrays, config, grid)
         if plan.kind == ISOLATING_SERVER and plan.active_in(r) and self.isolated_model is not None:
             iso = plan.isolated[0]
             node = next((n for n, k in strategy.node_partitions().items() if k == iso), None)
             if node is not None:
-                messages = [_with_arrays(m, self.isolated_model) if m.metadata.dst_node_id == node else m
+                isolated = ArrayRecord([np.asarray(w) for w in self.isolated_model])
+                messages = [replace_records(m, arrays=isolated) if m.metadata.dst_node_id == node else m
                             for m in messages]
                 update.honest, update.previous = honest, self.isolated_model
                 update.deviation = {"isolated_client": iso}
@@ -245,16 +248,6 @@ class ServerMoves:
         parts = strategy.node_partitions()
         kept = [m for m in replies if m.has_error() or parts.get(m.metadata.src_node_id) != iso]
         return kept or replies
-
-
-def _with_arrays(message, weights: list):
-    """A copy of a train message with other model weights (the messages of a round share one content)."""
-    from flwr.app import ArrayRecord, Message, RecordDict
-
-    content = RecordDict({k: (ArrayRecord([np.asarray(w) for w in weights]) if isinstance(v, ArrayRecord) else v)
-                          for k, v in message.content.items()})
-    return Message(content=content, dst_node_id=message.metadata.dst_node_id,
-                   message_type=message.metadata.message_type, group_id=message.metadata.group_id)
 
 
 class SecureServerMoves:

@@ -1,4 +1,5 @@
-"""The Flower ClientApp: each virtual client trains and evaluates on its own partition of the ledger."""
+"""The Flower ClientApp: a node trains as the client (partition of the ledger) the server assigns it (else as its own
+partition) and evaluates on its own partition."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedaudit.federation.task import TrainSpec, local_evaluate, local_train
+from fedaudit.federation.task import TrainSpec, client_of, local_evaluate, local_train
 
 
 def make_client_app(spec: TrainSpec, clip_updates: bool = False, local_dp=None) -> ClientApp:
@@ -23,9 +24,9 @@ def make_client_app(spec: TrainSpec, clip_updates: bool = False, local_dp=None) 
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        partition_id = int(context.node_config["partition-id"])
-        weights = msg.content["arrays"].to_numpy_ndarrays()
         config = msg.content["config"]
+        partition_id = client_of(config, context.node_config)
+        weights = msg.content["arrays"].to_numpy_ndarrays()
         new_weights, metrics = local_train(spec, partition_id, weights, int(config["server-round"]),
                                            float(config.get("proximal-mu", 0.0)))
         metrics["uniform-weight"] = 1.0   # lets a DP strategy average updates uniformly (strategy.UNIFORM_WEIGHT_KEY)

@@ -251,7 +251,7 @@ def _run_federation(prepared, run_dir, sink_factory, progress, start_round, star
                         restore_strategy_state(inner, start_state)
                     strategy = AuditedStrategy(inner, observe, round_offset=start_round, stop=stop.event,
                                                num_clients=f.clients if sampled == f.clients else None,
-                                               active=server_moves(plan, s, d))
+                                               active=server_moves(plan, s, d), assign=(f.seed, f.clients))
                     strategy_box["strategy"] = strategy
                     strategy.start(grid=grid, initial_arrays=ArrayRecord([np.asarray(w) for w in weights]),
                                    num_rounds=f.rounds - start_round)

@@ -95,6 +95,35 @@ def wrap_dp(scenario: Scenario, strategy: Strategy, sampled: int) -> Strategy:
                num_sampled_clients=sampled)
 
 
+#: the stream tag that derives each round's draw of clients from the scenario's seed
+_DRAW_TAG = 0xD8A
+
+
+def draw_clients(seed: int, server_round: int, num_clients: int, k: int) -> list[int]:
+    """The ``k`` clients (partition ids, sorted) of round ``server_round``, drawn from ``num_clients`` with the
+    scenario's ``seed``: the same in every run and resume of the scenario (Flower samples *nodes* with an unseeded
+    generator, and a simulation's node ids are random per run)."""
+    if k > num_clients:
+        raise FedAuditError(f"round {server_round}: {k} nodes asked to train, for {num_clients} clients")
+    rng = np.random.default_rng([int(seed), int(server_round), _DRAW_TAG])
+    return sorted(int(p) for p in rng.choice(int(num_clients), size=int(k), replace=False))
+
+
+def replace_records(message: Message, arrays: ArrayRecord | None = None, config: dict | None = None) -> Message:
+    """A copy of a train message with other model weights and/or more config entries (the messages of a round share
+    one content, which stays as it was)."""
+    def record(value):
+        if arrays is not None and isinstance(value, ArrayRecord):
+            return arrays
+        if config is not None and isinstance(value, ConfigRecord):
+            return ConfigRecord({**dict(value), **config})
+        return value
+
+    content = RecordDict({k: record(v) for k, v in message.content.items()})
+    return Message(content=content, dst_node_id=message.metadata.dst_node_id,
+                   message_type=message.metadata.message_type, group_id=message.metadata.group_id)
+
+
 def failed_partitions(nodes: list, node_to_partition: dict, num_clients: int | None) -> list:
     """Partition ids of the failed ``nodes``, given the partition each node that ever replied reported
     (``node_to_partition``). A node that never replied has no known partition; when every client was asked
@@ -255,19 +284,25 @@ class AuditedStrategy(Strategy):
     ``round_offset``: rounds are numbered from ``round_offset + 1`` (a resumed run), for the inner strategy
     and the clients alike. ``stop``: once set, the run stops waiting for replies (:class:`RunStopped`).
     Replies are aggregated in the order of partition ids, not of arrival, so that a run is reproducible.
+    ``assign``: (seed, number of clients) in fedaudit's own simulation, whose nodes train as whichever client the
+    server names: the inner strategy samples the nodes, and each round's clients are drawn with the seed
+    (:func:`draw_clients`), one to a node, so that a run and its resumes train the same clients every round.
     """
 
     def __init__(self, inner: Strategy, observer: Callable[[RoundUpdate], None], *, round_offset: int = 0,
-                 stop: threading.Event | None = None, num_clients: int | None = None, active=None):
+                 stop: threading.Event | None = None, num_clients: int | None = None, active=None,
+                 assign: tuple[int, int] | None = None):
         self.inner = inner
         self.active = active            # a deviating server's ServerMoves (fedaudit.federation.active), or None
         self.num_clients = num_clients
         self.observer = observer
         self.round_offset = int(round_offset)
         self.stop = stop
+        self.assign = assign
         self.current_round: int | None = None
         self._round: RoundUpdate | None = None
         self._node_to_partition: dict[int, int] = {}
+        self._assigned: dict[int, int] = {}     # this round's {node id: client} when the server assigns them
 
     def start(self, grid: Grid, *args, **kwargs):
         return super().start(RoundGrid(grid, self.stop), *args, **kwargs)
@@ -281,12 +316,27 @@ class AuditedStrategy(Strategy):
         self.current_round = server_round
         self._round = RoundUpdate(round=server_round, previous=arrays.to_numpy_ndarrays(), started=time.time())
         if self.active is None:
-            return self.inner.configure_train(server_round, arrays, config, grid)
+            return self.train_messages(server_round, arrays, config, grid)
         return self.active.configure(self, self._round, arrays, config, grid)
 
+    def train_messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list:
+        """The inner strategy's train messages of round ``server_round``, each naming its client when the server
+        assigns them (``assign``)."""
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        if self.assign is None:
+            return messages
+        from fedaudit.federation.task import ASSIGNED_CLIENT_KEY
+
+        seed, num_clients = self.assign
+        messages.sort(key=lambda m: m.metadata.dst_node_id)
+        clients = draw_clients(seed, server_round, num_clients, len(messages))
+        self._assigned = {m.metadata.dst_node_id: k for m, k in zip(messages, clients)}
+        return [replace_records(m, config={ASSIGNED_CLIENT_KEY: k}) for m, k in zip(messages, clients)]
+
     def node_partitions(self) -> dict:
-        """{node id: partition id} of every node that has replied so far."""
-        return dict(self._node_to_partition)
+        """{node id: partition id}: this round's assignment when the server assigns the clients, else every node
+        that has replied so far."""
+        return dict(self._assigned) if self.assign is not None else dict(self._node_to_partition)
 
     def _weight_key(self) -> str:
         return getattr(unwrap_strategy(self.inner)[0], "weighted_by_key", "num-examples")
@@ -323,7 +373,7 @@ class AuditedStrategy(Strategy):
             update.clients[pid] = next(iter(msg.content.array_records.values())).to_numpy_ndarrays()
             update.examples[pid] = int(metrics.get("num-examples", metrics.get(weight_key, 1)))
             update.train_loss[pid] = float(metrics.get("train_loss", float("nan")))
-        update.failed = failed_partitions(failed_nodes, self._node_to_partition, self.num_clients)
+        update.failed = failed_partitions(failed_nodes, self.node_partitions(), self.num_clients)
         if self.active is not None:
             replies = self.active.aggregated_replies(self, update, replies)
         arrays, metrics = self.inner.aggregate_train(server_round, replies)

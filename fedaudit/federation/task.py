@@ -29,6 +29,16 @@ class TrainSpec:
     active: object = None          # fedaudit.federation.active.ActivePlan of a deviating adversary's run, or None
 
 
+#: a train message's config key naming the client (partition) whose records fedaudit's simulated node trains on:
+#: the server draws each round's clients with the scenario's seed (:func:`fedaudit.federation.strategy.draw_clients`)
+ASSIGNED_CLIENT_KEY = "fedaudit-client"
+
+
+def client_of(config, node_config) -> int:
+    """The partition a message asks a node to train as: the server's assignment, else the node's own."""
+    return int(config[ASSIGNED_CLIENT_KEY]) if ASSIGNED_CLIENT_KEY in config else int(node_config["partition-id"])
+
+
 _CACHE: dict = {}
 
 

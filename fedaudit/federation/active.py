@@ -216,7 +216,7 @@ class ServerMoves:
     def configure(self, strategy, update, arrays, config, grid):
         from flwr.app import ArrayRecord
 
-        from fedaudit.federation.strategy import replace_records
+        from fedaudit.federation.messages import replace_records
 
         plan, r = self.plan, update.round
         honest = update.previous

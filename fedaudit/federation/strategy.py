@@ -15,6 +15,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, Strategy
 
 from fedaudit.config import Scenario
 from fedaudit.errors import FedAuditError
+from fedaudit.federation.messages import replace_records
 
 log = logging.getLogger(__name__)
 
@@ -107,21 +108,6 @@ def draw_clients(seed: int, server_round: int, num_clients: int, k: int) -> list
         raise FedAuditError(f"round {server_round}: {k} nodes asked to train, for {num_clients} clients")
     rng = np.random.default_rng([int(seed), int(server_round), _DRAW_TAG])
     return sorted(int(p) for p in rng.choice(int(num_clients), size=int(k), replace=False))
-
-
-def replace_records(message: Message, arrays: ArrayRecord | None = None, config: dict | None = None) -> Message:
-    """A copy of a train message with other model weights and/or more config entries (the messages of a round share
-    one content, which stays as it was)."""
-    def record(value):
-        if arrays is not None and isinstance(value, ArrayRecord):
-            return arrays
-        if config is not None and isinstance(value, ConfigRecord):
-            return ConfigRecord({**dict(value), **config})
-        return value
-
-    content = RecordDict({k: record(v) for k, v in message.content.items()})
-    return Message(content=content, dst_node_id=message.metadata.dst_node_id,
-                   message_type=message.metadata.message_type, group_id=message.metadata.group_id)
 
 
 def failed_partitions(nodes: list, node_to_partition: dict, num_clients: int | None) -> list:

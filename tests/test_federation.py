@@ -243,6 +243,46 @@ def test_the_server_draws_each_rounds_clients_with_the_seed_whichever_nodes_flow
         draw_clients(5, 1, 8, 9)
 
 
+def test_central_dp_noise_comes_from_the_seed_and_the_round_so_a_resume_adds_the_same(in_a_run):
+    """Flower's central DP strategies draw their noise from NumPy's global generator: in fedaudit's simulation the
+    audited strategy seeds it for each round from the scenario's seed, so round 3 gets the same noise after rounds 1
+    and 2 as in a run resumed at round 3, whatever drew from the generator before, and other noise than round 2."""
+    import time
+
+    from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+
+    from fedaudit.federation.strategy import AuditedStrategy
+    from fedaudit.federation.task import client_of
+
+    s = scenario_from_dict({"federation": {"clients": 2, "seed": 5},
+                            "dp": {"mode": "server", "noise_multiplier": 1.0, "clipping_norm": 1.0}})
+
+    def reply(node: int, client: int) -> Message:
+        md = Metadata(run_id=1, message_id="", src_node_id=node, dst_node_id=0, reply_to_message_id="", group_id="",
+                      created_at=time.time(), ttl=60.0, message_type="train")
+        metrics = {"num-examples": 5, "train_loss": 0.5, "uniform-weight": 1.0, "partition-id": client}
+        return Message(content=RecordDict({"arrays": ArrayRecord([np.full(3, 0.1 * (client + 1), np.float32)]),
+                                           "metrics": MetricRecord(metrics)}), metadata=md)
+
+    def new_models(offset: int, rounds: int, seed: int = 5) -> list:
+        updates = []
+        strategy = AuditedStrategy(build_strategy(s, 2), updates.append, round_offset=offset, assign=(seed, 2),
+                                   noise_seed=seed)
+        for r in range(1, rounds + 1):
+            sent = strategy.configure_train(r, ArrayRecord([np.zeros(3, np.float32)]), ConfigRecord(), NodeGrid(2))
+            replies = [reply(m.metadata.dst_node_id, client_of(m.content["config"], {})) for m in sent]
+            np.random.seed(100 + r)       # whatever drew from the global generator before: not the same
+            strategy.aggregate_train(r, replies)
+        return [u.new[0] for u in updates]
+
+    uninterrupted, resumed = new_models(0, 3), new_models(2, 1)
+    assert len(uninterrupted) == 3 and len(resumed) == 1
+    np.testing.assert_array_equal(uninterrupted[2], resumed[0])
+    noise = [m - 0.15 for m in uninterrupted]          # the clients' mean is 0.15 in every round
+    assert np.abs(noise[1]).max() > 0.01 and not np.allclose(noise[1], noise[2])
+    assert not np.allclose(new_models(2, 1, seed=6)[0], resumed[0])
+
+
 def test_audited_strategy_numbers_rounds_on_after_a_resume():
     from flwr.app import ArrayRecord, ConfigRecord
 

@@ -231,7 +231,8 @@ def _run_federation(prepared, run_dir, sink_factory, progress, start_round, star
                 moves = SecureServerMoves(plan, secagg.uniform_weights(s))
             strategy = secagg.AuditedLegacyStrategy(
                 secagg.build_legacy_strategy(s, sampled, weights), observe, round_offset=start_round,
-                stop=stop.event, num_clients=f.clients if sampled == f.clients else None, active=moves)
+                stop=stop.event, num_clients=f.clients if sampled == f.clients else None, active=moves,
+                noise_seed=f.seed)
             strategy_box["strategy"] = strategy
             secagg.run_secure(grid, context, strategy, s, sampled, f.rounds - start_round,
                               secagg.max_weight(s, prepared.ledger.owner))
@@ -251,7 +252,8 @@ def _run_federation(prepared, run_dir, sink_factory, progress, start_round, star
                         restore_strategy_state(inner, start_state)
                     strategy = AuditedStrategy(inner, observe, round_offset=start_round, stop=stop.event,
                                                num_clients=f.clients if sampled == f.clients else None,
-                                               active=server_moves(plan, s, d), assign=(f.seed, f.clients))
+                                               active=server_moves(plan, s, d), assign=(f.seed, f.clients),
+                                               noise_seed=f.seed)
                     strategy_box["strategy"] = strategy
                     strategy.start(grid=grid, initial_arrays=ArrayRecord([np.asarray(w) for w in weights]),
                                    num_rounds=f.rounds - start_round)

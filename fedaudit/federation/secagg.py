@@ -32,7 +32,8 @@ from flwr.server.strategy import Strategy as LegacyStrategy
 
 from fedaudit.config import Scenario
 from fedaudit.errors import FedAuditError
-from fedaudit.federation.strategy import PARTITION_ID_KEY, RoundGrid, RoundUpdate, RunStopped, failed_partitions
+from fedaudit.federation.strategy import (PARTITION_ID_KEY, RoundGrid, RoundUpdate, RunStopped, failed_partitions,
+                                         seed_round_noise)
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +89,17 @@ class AuditedLegacyStrategy(LegacyStrategy):
     with their metrics) and the new global model. ``update.aggregate`` is the unmasked sum as the server computed
     it, when it differs from the new global model (central DP adds noise to it after the server has seen it).
 
-    ``round_offset``, ``stop``, ``current_round`` as in :class:`fedaudit.federation.strategy.AuditedStrategy`.
+    ``round_offset``, ``stop``, ``current_round``, ``noise_seed`` as in
+    :class:`fedaudit.federation.strategy.AuditedStrategy`.
     ``seen`` records every array list that reached ``aggregate_fit`` (tests check that none is a client's own).
     """
 
     def __init__(self, inner: LegacyStrategy, observer, *, round_offset: int = 0,
-                 stop: threading.Event | None = None, num_clients: int | None = None, active=None):
+                 stop: threading.Event | None = None, num_clients: int | None = None, active=None,
+                 noise_seed: int | None = None):
         super().__init__()
         self.inner = inner
+        self.noise_seed = noise_seed
         self.active = active     # the active server's SecureServerMoves (fedaudit.federation.active), or None
         self.observer = observer
         self.round_offset = int(round_offset)
@@ -155,6 +159,8 @@ class AuditedLegacyStrategy(LegacyStrategy):
         self.record_seen(server_round, sums)
         if self.active is not None and sums:
             self.active.recovered(update, sums[0])
+        if self.noise_seed is not None:
+            seed_round_noise(self.noise_seed, server_round)
         aggregated, metrics = self.inner.aggregate_fit(server_round, results, failures)
         if aggregated is not None:
             update.new = parameters_to_ndarrays(aggregated)

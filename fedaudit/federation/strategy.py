@@ -110,6 +110,17 @@ def draw_clients(seed: int, server_round: int, num_clients: int, k: int) -> list
     return sorted(int(p) for p in rng.choice(int(num_clients), size=int(k), replace=False))
 
 
+#: the stream tag of each round's central DP noise
+_NOISE_TAG = 0xD9
+
+
+def seed_round_noise(seed: int, server_round: int) -> None:
+    """Seed NumPy's global generator, from which Flower's DP strategies draw the central noise, for round
+    ``server_round`` from the scenario's ``seed``: the noise of a round is then the same whether the run got there
+    in one go or resumed (seeded once at the start, a resumed run drew other noise than an uninterrupted one)."""
+    np.random.seed([int(seed), int(server_round), _NOISE_TAG])
+
+
 def failed_partitions(nodes: list, node_to_partition: dict, num_clients: int | None) -> list:
     """Partition ids of the failed ``nodes``, given the partition each node that ever replied reported
     (``node_to_partition``). A node that never replied has no known partition; when every client was asked
@@ -273,11 +284,13 @@ class AuditedStrategy(Strategy):
     ``assign``: (seed, number of clients) in fedaudit's own simulation, whose nodes train as whichever client the
     server names: the inner strategy samples the nodes, and each round's clients are drawn with the seed
     (:func:`draw_clients`), one to a node, so that a run and its resumes train the same clients every round.
+    ``noise_seed``: the scenario's seed in fedaudit's own simulation: each round's central DP noise is drawn from
+    it and the round (:func:`seed_round_noise`), so that a resumed run adds the noise an uninterrupted one adds.
     """
 
     def __init__(self, inner: Strategy, observer: Callable[[RoundUpdate], None], *, round_offset: int = 0,
                  stop: threading.Event | None = None, num_clients: int | None = None, active=None,
-                 assign: tuple[int, int] | None = None):
+                 assign: tuple[int, int] | None = None, noise_seed: int | None = None):
         self.inner = inner
         self.active = active            # a deviating server's ServerMoves (fedaudit.federation.active), or None
         self.num_clients = num_clients
@@ -285,6 +298,7 @@ class AuditedStrategy(Strategy):
         self.round_offset = int(round_offset)
         self.stop = stop
         self.assign = assign
+        self.noise_seed = noise_seed
         self.current_round: int | None = None
         self._round: RoundUpdate | None = None
         self._node_to_partition: dict[int, int] = {}
@@ -362,6 +376,8 @@ class AuditedStrategy(Strategy):
         update.failed = failed_partitions(failed_nodes, self.node_partitions(), self.num_clients)
         if self.active is not None:
             replies = self.active.aggregated_replies(self, update, replies)
+        if self.noise_seed is not None:
+            seed_round_noise(self.noise_seed, server_round)
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         if arrays is not None:
             update.new = arrays.to_numpy_ndarrays()

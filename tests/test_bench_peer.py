@@ -97,3 +97,4 @@ def test_long_tail_draws_deal_every_class_count_and_wins_count_auc():
                    "auc": {"loss threshold": 0.80, "ART rf": 0.70, "rmia": 0.82}}]
     w = _wins(per_target)["rmia"]
     assert (w["targets"], w["ge_loss"], w["ge_art"], w["auc_ge_loss"]) == (2, 1, 1, 1)
+    assert w["mean_tpr"] == pytest.approx(0.05) and _wins(per_target)["ART rf"]["mean_tpr"] == pytest.approx(0.06)

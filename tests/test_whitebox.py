@@ -154,6 +154,19 @@ def test_attack_on_a_strongly_overfit_target_beats_chance(tutorial):
     assert result.auc > 0.6, result.auc
 
 
+def test_temperature_scaling_recovers_the_overconfidence_of_known_log_odds():
+    """Records whose membership is drawn from sigmoid(z / 3): the temperature fitted to their logits z is about 3;
+    without five records of each class it is 1."""
+    from fedaudit.attacks.nasr.training import calibrate_temperature
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0.0, 6.0, 4000)
+    member = rng.random(4000) < 1 / (1 + np.exp(-z / 3.0))
+    assert 2.7 < calibrate_temperature(z, member) < 3.3
+    assert 0.9 < calibrate_temperature(z / 3.0, member) < 1.1           # already calibrated
+    assert calibrate_temperature(z[:20], np.r_[np.ones(16, bool), np.zeros(4, bool)]) == 1.0
+
+
 def test_function_core_whitebox_and_blackbox(target):
     """What the federated auditor uses: features once, fit on known records, predict on others."""
     model, ds = target
@@ -170,9 +183,14 @@ def test_function_core_whitebox_and_blackbox(target):
         assert set(fitted.train_index).isdisjoint(fitted.val_index)
         assert len(fitted.train_index) + len(fitted.val_index) == 160 and len(fitted.val_index) == 32
         assert all("val_auc" in h for h in fitted.history)
-        probs = fitted.predict(make(ds.x[held], ds.y[held]))
+        held_feats = make(ds.x[held], ds.y[held])
+        probs = fitted.predict(held_feats)
         assert probs.shape == (160,)
         assert auc(probs[:80], probs[80:]) > 0.6
+        # calibrated on the validation split: the network's logits over the temperature, the same ranks
+        raw = fitted.network(fitted.preprocessor.transform(held_feats), training=False).numpy()[:, 0]
+        assert 0.05 <= fitted.temperature <= 50
+        np.testing.assert_allclose(fitted.log_odds(held_feats), raw / fitted.temperature, rtol=1e-5, atol=1e-6)
     again = [fit_attack(feats, membership, epochs=3, batch_size=32, min_steps=0, seed=7).predict(feats)
              for _ in range(2)]
     np.testing.assert_array_equal(again[0], again[1])  # seeded: the same network, split and batches

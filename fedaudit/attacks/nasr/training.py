@@ -19,7 +19,8 @@ from fedaudit.errors import AttackError
 
 @dataclass
 class FittedAttack:
-    """A trained attack network with the preprocessing fitted on its training split."""
+    """A trained attack network with the preprocessing fitted on its training split, and the temperature that
+    calibrates its log-odds (:func:`calibrate_temperature`, on the validation split; 1 without one)."""
 
     network: keras.Model
     preprocessor: Preprocessor
@@ -29,21 +30,29 @@ class FittedAttack:
     train_index: np.ndarray
     val_index: np.ndarray
     seconds: float = 0.0
+    temperature: float = 1.0
     _predict_fn: object = field(default=None, repr=False)
 
-    def predict(self, features: WhiteboxFeatures, batch_size: int = 1024) -> np.ndarray:
-        """Membership probability of each record, shape (n,)."""
+    def log_odds(self, features: WhiteboxFeatures, batch_size: int = 1024) -> np.ndarray:
+        """The calibrated log-odds of membership of each record (the network's output over the temperature),
+        shape (n,), float64."""
         if [(c.kind, c.shape) for c in features.components] != [(c.kind, c.shape) for c in self.preprocessor.components]:
             raise AttackError("predict: these features were extracted with other layers or gradients than the "
                               "attack was trained on; extract them with the same configuration")
         inputs = self.preprocessor.transform(features)
         if self._predict_fn is None:
             net = self.network
-            self._predict_fn = tf.function(lambda *xs: tf.sigmoid(net(list(xs), training=False))[:, 0],
+            self._predict_fn = tf.function(lambda *xs: net(list(xs), training=False)[:, 0],
                                            reduce_retracing=True, autograph=False)
         out = [self._predict_fn(*[tf.constant(x[s:s + batch_size]) for x in inputs]).numpy()
                for s in range(0, len(features), batch_size)]
-        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+        return np.concatenate(out).astype(np.float64) / self.temperature if out else np.zeros(0)
+
+    def predict(self, features: WhiteboxFeatures, batch_size: int = 1024) -> np.ndarray:
+        """Membership probability of each record, shape (n,): the sigmoid of :meth:`log_odds`."""
+        from scipy.special import expit
+
+        return expit(self.log_odds(features, batch_size))
 
     @property
     def parameters(self) -> int:
@@ -81,6 +90,34 @@ def _split_known(membership: np.ndarray, val_fraction: float, rng: np.random.Gen
         val.append(idx[:n_val])
         train.append(idx[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+#: the temperatures :func:`calibrate_temperature` chooses from (bounds)
+TEMPERATURE_RANGE = (0.05, 50.0)
+
+
+def calibrate_temperature(logit: np.ndarray, member: np.ndarray, min_per_class: int = 5) -> float:
+    """Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", 2017): the T in
+    :data:`TEMPERATURE_RANGE` that minimises the balanced binary cross-entropy of ``sigmoid(logit / T)`` on held-out
+    records of known membership; 1 with fewer than ``min_per_class`` members or non-members among them.
+
+    A network fitted to a few hundred records comes out over- or under-confident by a factor that differs from
+    target to target (0.9 to 1.6 on the tutorial-shaped targets of ``fedaudit bench attacks --peer art``): its
+    membership probabilities are then not probabilities, and its scores on two targets are not on one scale. T
+    changes no record's rank within a target."""
+    from scipy.optimize import minimize_scalar
+
+    logit, member = np.asarray(logit, np.float64), np.asarray(member).astype(bool)
+    if min(member.sum(), (~member).sum()) < min_per_class:
+        return 1.0
+    w = np.where(member, 0.5 / member.mean(), 0.5 / (1 - member.mean()))
+
+    def loss(log_t: float) -> float:
+        z = logit / np.exp(log_t)
+        return float(np.mean(w * (np.logaddexp(0, z) - member * z)))
+
+    low, high = np.log(TEMPERATURE_RANGE)
+    return float(np.exp(minimize_scalar(loss, bounds=(low, high), method="bounded").x))
 
 
 def _auc(member, nonmember) -> float:
@@ -133,13 +170,17 @@ class _Selection(keras.callbacks.Callback):
             self._predict = tf.function(lambda inputs: net(list(inputs), training=False)[:, 0],
                                         input_signature=[specs], autograph=False)
 
+    def val_logits(self) -> np.ndarray:
+        """The network's logits on the validation split, float64."""
+        return np.concatenate([self._predict([x[s:s + 4096] for x in self.x_val]).numpy()
+                               for s in range(0, len(self.y_val), 4096)]).astype(np.float64)
+
     def on_epoch_end(self, epoch, logs=None):
         epoch += 1
         record = {"epoch": epoch, "steps": epoch * self.steps_per_epoch, "train_loss": float(logs["loss"])}
         y_val = self.y_val
         if self.x_val is not None:
-            logit = np.concatenate([self._predict([x[s:s + 4096] for x in self.x_val]).numpy()
-                                    for s in range(0, len(y_val), 4096)]).astype(np.float64)
+            logit = self.val_logits()
             prob = 1 / (1 + np.exp(-logit))
             vw = np.where(y_val == 1, 0.5 / y_val.mean(), 0.5 / (1 - y_val.mean()))
             bce = np.logaddexp(0, logit) - y_val * logit
@@ -171,10 +212,12 @@ def fit_attack(features: WhiteboxFeatures, membership, *, epochs: int = 100, bat
     with ``select="auc"``) are kept. Training runs ``epochs`` passes, or more to reach ``min_steps``
     optimizer steps, but stops early, after at least ``epochs`` passes, once the best epoch lies
     ``patience`` steps back (None: never) and the validation loss has left its initial plateau (fallen
-    2% below its first value; N(0, 0.01) weights learn nothing for a while at small learning rates). Binary cross-entropy, classes weighted to balance. With
-    ``log_dir``, TensorBoard scalars of every epoch (train loss, validation loss/AUC/accuracy) go to an
-    event file in ``log_dir/run_name`` (see :func:`write_tensorboard`). ``on_epoch(record,
-    network)``, if given, is called after every epoch (progress reporting).
+    2% below its first value; N(0, 0.01) weights learn nothing for a while at small learning rates). Binary
+    cross-entropy, classes weighted to balance. The kept network's log-odds are then calibrated by a temperature
+    fitted on the validation split (:func:`calibrate_temperature`). With ``log_dir``, TensorBoard scalars of
+    every epoch (train loss, validation loss/AUC/accuracy) go to an event file in ``log_dir/run_name`` (see
+    :func:`write_tensorboard`). ``on_epoch(record, network)``, if given, is called after every epoch (progress
+    reporting).
     """
     membership = np.asarray(membership).astype(np.int64).ravel()
     if len(membership) != len(features):
@@ -230,6 +273,7 @@ def fit_attack(features: WhiteboxFeatures, membership, *, epochs: int = 100, bat
     if log_dir is not None:
         write_tensorboard(history, Path(log_dir) / run_name)
     net.set_weights(selection.best_weights)
+    temperature = calibrate_temperature(selection.val_logits(), y_val == 1) if x_val is not None else 1.0
     return FittedAttack(net, prep, history, best_epoch, steps, train_idx, val_idx,
-                        seconds=time.perf_counter() - started)
+                        seconds=time.perf_counter() - started, temperature=temperature)
 

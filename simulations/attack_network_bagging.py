@@ -11,14 +11,7 @@ and on how many targets each mix names at least as many members at 1% FPR as one
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
-
-
-def log_odds(fitted, features) -> np.ndarray:
-    p = np.clip(fitted.predict(features), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
 
 
 def target_log_odds(cfg: dict, networks: int, logs) -> tuple[list, np.ndarray]:
@@ -31,17 +24,14 @@ def target_log_odds(cfg: dict, networks: int, logs) -> tuple[list, np.ndarray]:
     out = []
     for k in range(networks):
         attack = meminf_attack(model, handler, cfg, t + 1000 * k, logs, *WHITEBOX, stack=None)
-        out.append(log_odds(attack.fitted, attack.features(model, held.x, held.y, "attack_datahandler")))
+        out.append(attack.fitted.log_odds(attack.features(model, held.x, held.y, "attack_datahandler")))
     return out, held.membership == 1
 
 
 def main(argv=None) -> dict:
-    from fedaudit.bench.peer_art import FAMILIES, compare_variants, draw_targets
+    from fedaudit.bench.peer_art import run_variants, variants_parser
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--targets", type=int, default=6)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--family", default="tutorial", choices=FAMILIES)
+    parser = variants_parser(__doc__.splitlines()[0], targets=6)
     parser.add_argument("--networks", type=int, default=3, help="networks per target (at least 2)")
     args = parser.parse_args(argv)
     if args.networks < 2:
@@ -52,9 +42,7 @@ def main(argv=None) -> dict:
         each, member = target_log_odds(cfg, args.networks, logs)
         return {name: np.mean(each[:k], axis=0) for k, name in enumerate(names, start=1)}, member
 
-    return compare_variants(draw_targets(args.targets, args.seed, args.family), scores_of, names,
-                            f"python simulations/attack_network_bagging.py --targets {args.targets} --seed {args.seed} "
-                            f"--family {args.family} --networks {args.networks}")
+    return run_variants(args, scores_of, names, "attack_network_bagging.py", f" --networks {args.networks}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ many targets each names at least as many members at 1% FPR as the uncalibrated n
 
 from __future__ import annotations
 
-import argparse
-
 NAMES = ["network, uncalibrated", "network, calibrated", "ART rf", "loss threshold"]
 
 
@@ -37,16 +35,10 @@ def scores_of(cfg: dict, logs) -> tuple[dict, object]:
 
 
 def main(argv=None) -> dict:
-    from fedaudit.bench.peer_art import FAMILIES, compare_variants, draw_targets
+    from fedaudit.bench.peer_art import run_variants, variants_parser
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--targets", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=112358)
-    parser.add_argument("--family", default="tutorial", choices=FAMILIES)
-    args = parser.parse_args(argv)
-    return compare_variants(draw_targets(args.targets, args.seed, args.family), scores_of, NAMES,
-                            f"python simulations/attack_network_calibration.py --targets {args.targets} --seed "
-                            f"{args.seed} --family {args.family}")
+    args = variants_parser(__doc__.splitlines()[0], seed=112358).parse_args(argv)
+    return run_variants(args, scores_of, NAMES, "attack_network_calibration.py")
 
 
 if __name__ == "__main__":

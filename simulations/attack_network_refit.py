@@ -12,10 +12,6 @@ least as many members at 1% FPR as the network.
 
 from __future__ import annotations
 
-import argparse
-
-from attack_network_bagging import log_odds
-
 NAMES = ["network", "refit on all known", "mean of both"]
 
 
@@ -33,22 +29,16 @@ def scores_of(cfg: dict, logs) -> tuple[dict, object]:
                        learning_rate=attack.learning_rate, seed=attack.seed, val_fraction=0.0, min_steps=0,
                        patience=None, optimizer=attack.optimizer, size=attack.size)
     test = attack.features(model, held.x, held.y, "attack_datahandler")
-    out = {NAMES[0]: log_odds(chosen, test), NAMES[1]: log_odds(refit, test)}
+    out = {NAMES[0]: chosen.log_odds(test), NAMES[1]: refit.log_odds(test)}
     out[NAMES[2]] = (out[NAMES[0]] + out[NAMES[1]]) / 2
     return out, held.membership == 1
 
 
 def main(argv=None) -> dict:
-    from fedaudit.bench.peer_art import FAMILIES, compare_variants, draw_targets
+    from fedaudit.bench.peer_art import run_variants, variants_parser
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--targets", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--family", default="tutorial", choices=FAMILIES)
-    args = parser.parse_args(argv)
-    return compare_variants(draw_targets(args.targets, args.seed, args.family), scores_of, NAMES,
-                            f"python simulations/attack_network_refit.py --targets {args.targets} --seed {args.seed} "
-                            f"--family {args.family}")
+    args = variants_parser(__doc__.splitlines()[0]).parse_args(argv)
+    return run_variants(args, scores_of, NAMES, "attack_network_refit.py")
 
 
 if __name__ == "__main__":

@@ -286,6 +286,26 @@ def compare_variants(configs: list[dict], scores_of, names: list[str], command: 
     return report(command, rows, {"attacks": attacks, "wins": wins}, None)
 
 
+def variants_parser(description: str, targets: int = 8, seed: int = 1):
+    """The command line the ``simulations/attack_network_*.py`` scripts share: ``--targets``, ``--seed``,
+    ``--family`` (see :func:`run_variants`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--targets", type=int, default=targets)
+    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument("--family", default="tutorial", choices=FAMILIES)
+    return parser
+
+
+def run_variants(args, scores_of, names: list[str], script: str, extra: str = "") -> dict:
+    """:func:`compare_variants` on the targets ``args`` (from :func:`variants_parser`) draws, titled with the
+    command that reruns ``simulations/<script>`` (``extra``: its own options)."""
+    return compare_variants(draw_targets(args.targets, args.seed, args.family), scores_of, names,
+                            f"python simulations/{script} --targets {args.targets} --seed {args.seed} "
+                            f"--family {args.family}{extra}")
+
+
 def _wins(per_target: list[dict]) -> dict:
     """Per attack, on how many targets its TPR at 1% FPR is at least the loss threshold's and at least the best
     ART attack's, and its AUC at least the loss threshold's (each target's own held-out records); and its mean TPR

@@ -12,7 +12,8 @@ and :class:`StackedAttack` adds scikit-learn's ``HistGradientBoostingClassifier`
   ``fedaudit bench attacks --peer art`` and lost to the even mix (4 targets pooled, TPR at 1% FPR 3.3% against
   5.2%): a hundred-odd validation records are too few to choose from. The validation split still reports
   each part's and the mix's balanced cross-entropy (:attr:`StackedAttack.validation`), with the boosted
-  model fitted on the network's training split only, so that all three are out of sample;
+  model fitted on the network's training split only, so that all three are out of sample (but for the network's
+  temperature, one number fitted on that split: :func:`fedaudit.attacks.nasr.training.calibrate_temperature`);
 - the boosted model that scores is fitted on all known records. Records the attack scores later were seen by
   neither model, so every score is out of sample.
 

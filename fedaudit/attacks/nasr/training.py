@@ -102,7 +102,7 @@ def calibrate_temperature(logit: np.ndarray, member: np.ndarray, min_per_class: 
     records of known membership; 1 with fewer than ``min_per_class`` members or non-members among them.
 
     A network fitted to a few hundred records comes out over- or under-confident by a factor that differs from
-    target to target (0.9 to 1.6 on the tutorial-shaped targets of ``fedaudit bench attacks --peer art``): its
+    target to target (0.8 to 1.6 on the tutorial-shaped targets of ``fedaudit bench attacks --peer art``): its
     membership probabilities are then not probabilities, and its scores on two targets are not on one scale. T
     changes no record's rank within a target."""
     from scipy.optimize import minimize_scalar

@@ -242,7 +242,9 @@ def _run_federation(prepared, run_dir, sink_factory, progress, start_round, star
         @server_app.main()
         def main(grid: Grid, context: Context) -> None:
             try:
-                np.random.seed([f.seed, start_round])   # Flower's DP noise comes from NumPy's global generator
+                # NumPy's global generator, for whatever in the server draws from it; the central DP noise is
+                # seeded again before each aggregation (strategy.seed_round_noise)
+                np.random.seed([f.seed, start_round])
                 weights = start_weights if start_weights is not None else prepared.initial_weights
                 if f.secure_aggregation:
                     _run_secure(grid, context, weights)

@@ -8,7 +8,8 @@ further non-members; the reference attacks' models train on the population recor
 audited). Scores are pooled over several targets (seeds) so that TPR at 0.1% FPR becomes measurable.
 ``meminf ... (network only)`` is ``meminf.initialize`` as ML Privacy Meter's tutorial calls it (layers [5],
 gradients [3, 4, 5] for the whitebox attack; the last layer only for the blackbox one; learning rate 1e-4, 30
-epochs, batch 64); ``(stacked)`` is the same attack with ``stack="boosting"`` (one training gives both).
+epochs, batch 64); ``(network + forest)`` is the same attack with ``stack="forest"`` (a random forest beside the
+network: :mod:`fedaudit.attacks.nasr.stacking`; one training gives both).
 
 Peer: ART's ``MembershipInferenceBlackBox`` (``attack_model_type`` "rf" and "gb": scikit-learn's random forest and
 gradient boosting with ART's default settings, seeded here), fed the target's softmax outputs (``pred=``) so that no
@@ -158,14 +159,15 @@ def train_target(w: dict, t: int, timings: dict | None = None):
     return d, model, handler, model_options
 
 
-def meminf_attack(model, handler, w: dict, seed: int, logs, layers, gradients, stack: str | None = "boosting"):
+def meminf_attack(model, handler, w: dict, seed: int, logs, layers, gradients, **options):
     """The meminf attack as the tutorial sets it up (learning rate 1e-4, batch 64, the workload's epochs),
-    trained on the handler's known records."""
+    trained on the handler's known records; ``options`` go to WhiteBoxAttack (``stack="forest"``: the forest
+    beside the network)."""
     from fedaudit.attacks.whitebox import WhiteBoxAttack
 
     attack = WhiteBoxAttack(model, model, handler, handler, layers_to_exploit=layers, gradients_to_exploit=gradients,
                             learning_rate=1e-4, epochs=w["attack_epochs"], batch_size=64,
-                            min_steps=w["attack_min_steps"], seed=seed, log_dir=logs, stack=stack)
+                            min_steps=w["attack_min_steps"], seed=seed, log_dir=logs, **options)
     attack.train_attack()
     return attack
 
@@ -212,12 +214,12 @@ def one_target(w: dict, t: int, timings: dict, logs) -> dict:
 
     for name, layers, grads in (("whitebox", *WHITEBOX), ("blackbox", [len(model.layers)], [])):
         def run_meminf(layers=layers, grads=grads):
-            attack = meminf_attack(model, handler, w, t, logs, layers, grads)
+            attack = meminf_attack(model, handler, w, t, logs, layers, grads, stack="forest")
             feats = attack.features(model, held.x, held.y, "attack_datahandler")
             return attack.predict(feats), attack.fitted.predict(feats)
 
-        stacked, network = timed(f"meminf {name} (stacked)", run_meminf)
-        out[f"meminf {name} (stacked)"] = stacked
+        stacked, network = timed(f"meminf {name} (network + forest)", run_meminf)
+        out[f"meminf {name} (network + forest)"] = stacked
         out[f"meminf {name} (network only)"] = network
     out["loss threshold"] = timed("loss threshold", lambda: loss_scores(zh, held.y))
     if w["reference_models"]:

@@ -15,15 +15,16 @@ Function-level core (what the federated auditor reuses, no data handler needed):
 - :func:`fit_attack` trains it on known members and non-members with binary cross-entropy (one traced
   training step on seeded batches, a callback that scores every epoch), choosing the epoch on a validation split
   carved from the known records; ``fitted.predict(features)`` scores;
-- :func:`~fedaudit.attacks.nasr.stacking.stack` adds a gradient-boosted model on compact statistics of the
-  same signals; the score is the mean of the two log-odds.
+- :func:`~fedaudit.attacks.nasr.stacking.stack` adds a second model on compact statistics of the same signals:
+  a random forest (the score: the mean of the two membership probabilities) or gradient-boosted trees (the mean
+  of the two log-odds).
 
 ML Privacy Meter's API on top: :class:`WhiteBoxAttack` (also :class:`fedaudit.attacks.meminf.initialize`)
-with ``train_attack()`` and ``test_attack()`` (``stack="boosting"`` adds the boosted model);
+with ``train_attack()`` and ``test_attack()`` (``stack="forest"`` or ``"boosting"`` adds the second model);
 test_attack writes the plots and arrays ML Privacy Meter wrote, for records the attack never trained on.
 
 Modules, one job each: ``features`` (signals), ``preprocess`` (standardisation), ``network`` (the attack
-network), ``training`` (fitting it), ``stacking`` (the boosted model beside it), ``api`` (``meminf``'s API).
+network), ``training`` (fitting it), ``stacking`` (the forest or boosted trees beside it), ``api`` (``meminf``'s API).
 
 How the network differs from ML Privacy Meter's 2021 code and Nasr et al. (2019): signals are computed
 once, not every epoch; the gradient convolution of a dense kernel gradient ``a (x) d`` is computed from

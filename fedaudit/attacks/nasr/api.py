@@ -88,9 +88,10 @@ class WhiteBoxAttack:
         seed: seeds the validation split, the shuffles and the network's initialisation.
         val_fraction: fraction of the known records held out to choose the epoch.
         size: attack network widths, 'auto' (sized to the data) or 'paper' (2021's widths).
-        stack: None (default): the network alone; 'boosting': the network stacked with a gradient-boosted model
-            on compact features of the same signals, the mean of their log-odds
-            (:mod:`fedaudit.attacks.nasr.stacking`).
+        stack: None (default): the network alone; 'forest': the network stacked with a random forest on the
+            softmax vector, the label and compact statistics of the same signals, the mean of their membership
+            probabilities; 'boosting': with gradient-boosted trees on the compact statistics, the mean of their
+            log-odds (:mod:`fedaudit.attacks.nasr.stacking`).
     """
 
     def __init__(self, target_train_model, target_attack_model, train_datahandler, attack_datahandler,
@@ -179,9 +180,9 @@ class WhiteBoxAttack:
                                      size=self.size,
                                      select=self.select, log_dir=self.log_dir / "tensorboard", run_name=self.model_name)
         self.seconds["train_fit"] = self.fitted.seconds
-        if self.stack == "boosting":
+        if self.stack is not None:
             t0 = time.perf_counter()
-            self.stacked = stack_attack(self.fitted, feats, split.membership, seed=self.seed)
+            self.stacked = stack_attack(self.fitted, feats, split.membership, seed=self.seed, kind=self.stack)
             self.seconds["train_stack"] = time.perf_counter() - t0
         self._train_hashes = set(record_hashes(split.x, split.y).tolist())
         best = self.fitted.history[self.fitted.best_epoch - 1]

@@ -1,8 +1,8 @@
 """Does a random forest beside the attack network (meminf's ``stack="forest"``) name more members than the network
-alone? The meminf whitebox attack (the tutorial's settings) on each target: the network, the forest on
-the softmax vector, the one-hot label and the compact statistics
-(:func:`fedaudit.attacks.nasr.stacking.forest_features`), and the mean of their probabilities, beside ART's random forest and gradient boosting and the loss threshold on the
-same held-out records:
+alone? The meminf whitebox attack (the tutorial's settings) on each target: the network, the forest on the softmax
+vector, the one-hot label and the compact statistics (:func:`fedaudit.attacks.nasr.stacking.forest_features`), and
+the mean of their probabilities, beside ART's random forest and gradient boosting and the loss threshold on the same
+held-out records:
 
     python simulations/attack_network_forest.py --targets 8 --seed 57721
 
@@ -27,7 +27,8 @@ def scores_of(cfg: dict, logs) -> tuple[dict, object]:
     held, known = handler.test_split(), handler.train_split()
     attack = meminf_attack(model, handler, cfg, t, logs, *WHITEBOX, stack="forest")
     feats = attack.features(model, held.x, held.y, "attack_datahandler")
-    zk, zh = logits_function(model)(known.x), logits_function(model)(held.x)
+    logits = logits_function(model)
+    zk, zh = logits(known.x), logits(held.x)
     out = {NAMES[0]: attack.fitted.log_odds(feats),
            NAMES[1]: attack.stacked.second.predict_proba(forest_features(feats))[:, 1],
            NAMES[2]: attack.stacked.log_odds(feats)}

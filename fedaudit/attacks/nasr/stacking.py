@@ -55,6 +55,7 @@ import numpy as np
 from scipy.special import expit
 
 from fedaudit.attacks.nasr.features import WhiteboxFeatures
+from fedaudit.attacks.scores import softmax
 from fedaudit.errors import AttackError
 
 #: WhiteBoxAttack's ``stack`` choices (None: the network alone)
@@ -107,10 +108,7 @@ def compact_features(f: WhiteboxFeatures) -> np.ndarray:
 def forest_features(f: WhiteboxFeatures) -> np.ndarray:
     """(n, C + C + k - 1) float64: the target's softmax vector, the one-hot label and :func:`compact_features`
     without its label column."""
-    z = np.asarray(f.logits, np.float64)
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    return np.column_stack([p, np.eye(z.shape[1])[f.labels], compact_features(f)[:, :-1]])
+    return np.column_stack([softmax(f.logits), np.eye(f.logits.shape[1])[f.labels], compact_features(f)[:, :-1]])
 
 
 def _forest(seed: int, n_features: int):
@@ -154,10 +152,6 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def _log_odds(model, x: np.ndarray) -> np.ndarray:
-    return _logit(_probability(model, x))
-
-
 def _mean_probability_log_odds(weight: float, log_odds: np.ndarray, p: np.ndarray) -> np.ndarray:
     """The log-odds of ``weight * sigmoid(log_odds) + (1 - weight) * p``, computed in logs: no clipping, so records
     that the forest calls members unanimously stay ordered by the network's log-odds, however large."""
@@ -168,12 +162,13 @@ def _mean_probability_log_odds(weight: float, log_odds: np.ndarray, p: np.ndarra
     return np.logaddexp(lw + log_expit(log_odds), lv + lp) - np.logaddexp(lw + log_expit(-log_odds), lv + lq)
 
 
-def _mix(kind: str, weight: float, network_log_odds: np.ndarray, model, x: np.ndarray) -> np.ndarray:
-    """The stacked log-odds: ``weight`` of the network's and the rest of the other model's log-odds ("boosting"),
-    or the log-odds of ``weight`` of the network's probability and the rest of the other model's ("forest")."""
+def _mix(kind: str, weight: float, network_log_odds: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """The stacked log-odds, from the network's log-odds and the other model's membership probability ``p``:
+    ``weight`` of the network's log-odds and the rest of the other model's ("boosting"), or the log-odds of
+    ``weight`` of the network's probability and the rest of ``p`` ("forest")."""
     if kind == "forest":
-        return _mean_probability_log_odds(weight, network_log_odds, _probability(model, x))
-    return weight * network_log_odds + (1 - weight) * _log_odds(model, x)
+        return _mean_probability_log_odds(weight, network_log_odds, p)
+    return weight * network_log_odds + (1 - weight) * _logit(p)
 
 
 def _balanced_bce(log_odds: np.ndarray, member: np.ndarray) -> float:
@@ -196,7 +191,7 @@ class StackedAttack:
         net = self.network.log_odds(features)
         if self.weight >= 1:
             return net
-        return _mix(self.kind, self.weight, net, self.second, SECOND[self.kind][0](features))
+        return _mix(self.kind, self.weight, net, _probability(self.second, SECOND[self.kind][0](features)))
 
     def predict(self, features: WhiteboxFeatures) -> np.ndarray:
         """Membership probability of each record, shape (n,)."""
@@ -216,10 +211,10 @@ def stack(fitted, features: WhiteboxFeatures, membership, seed: int = 0, kind: s
     tr, val = fitted.train_index, fitted.val_index
     validation = {}
     if len(val) and len(np.unique(membership[val])) == 2 and len(np.unique(membership[tr])) == 2:
-        held = _fit(build(seed, x.shape[1]), x[tr], membership[tr])
+        p = _probability(_fit(build(seed, x.shape[1]), x[tr], membership[tr]), x[val])
         net = fitted.log_odds(features.subset(val))
         validation = {"network": _balanced_bce(net, membership[val]),
-                      key: _balanced_bce(_log_odds(held, x[val]), membership[val]),
-                      "stacked": _balanced_bce(_mix(kind, WEIGHT, net, held, x[val]), membership[val])}
+                      key: _balanced_bce(_logit(p), membership[val]),
+                      "stacked": _balanced_bce(_mix(kind, WEIGHT, net, p), membership[val])}
     final = _fit(build(seed, x.shape[1]), x, membership)
     return StackedAttack(fitted, final, WEIGHT, validation, kind)

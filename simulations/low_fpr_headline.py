@@ -7,10 +7,11 @@ and seed, then per threat model, per round and across rounds, on the records the
 Columns: the best single attack on those records (which attack that is, is only known after the fact: it reads
 the scored records' membership), the attack :func:`fedaudit.auditor.results.low_fpr_choice` chose on the known
 records (the report's figure: a smoothed TPR at 2% FPR), the one a smoothed TPR at 1% FPR would choose, and the
-attack the former rule chose (the highest TPR at 1% FPR on the known
-records, at one false positive below 100 known non-members), and three mixes of every candidate's scores, each
-made rank-normal over the scored records (no membership read): their mean, the mean of the two with the highest
-smoothed TPR at 2% FPR on the known records, and their maximum. Per round the candidates are the view's attacks;
+attack the former rule chose (the highest TPR at 1% FPR on the known records, at one false positive below 100
+known non-members), and four mixes of every candidate's scores, each made rank-normal over the scored records (no
+membership read): their mean, the mean of the two with the highest smoothed TPR at 2% FPR on the known records,
+their maximum, and a logistic regression on them fitted on the known records (the per-round attacks' classifier,
+stacking the candidates). Per round the candidates are the view's attacks;
 across rounds the stacked attack and each attack's mean over the rounds. The last lines count how often each
 rule is at least the best single attack, and its mean shortfall in percentage points. Runs already finished
 under ``--out`` are not run again.
@@ -62,17 +63,20 @@ def rank_normal(score, eligible) -> np.ndarray:
 
 def mixes(scores: dict, member, pool, eligible) -> dict:
     """{mix: per-record score}: the mean, the mean of the two best on the known records and the maximum of the
-    candidates' rank-normal scores."""
+    candidates' rank-normal scores, and a logistic regression on them fitted on the known records."""
+    from fedaudit.auditor.attack import Logistic
     from fedaudit.auditor.results import tail_rate
 
     z = {a: rank_normal(s, eligible) for a, s in scores.items()}
     rate = {a: tail_rate(np.asarray(s, np.float64), member, pool) for a, s in scores.items()}
     top = sorted(z, key=lambda a: -rate[a])[:2]
+    rows = np.stack(list(z.values()), axis=1)
+    stacked = Logistic().fit(rows[pool], member[pool]).decision_function(rows)   # NaN imputed by the mean
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)         # all-NaN rows: records that no model scored
         return {"mean": np.nanmean(np.stack(list(z.values())), axis=0),
                 "mean of best 2": np.nanmean(np.stack([z[a] for a in top]), axis=0),
-                "max": np.nanmax(np.stack(list(z.values())), axis=0)}
+                "max": np.nanmax(np.stack(list(z.values())), axis=0), "logistic": stacked}
 
 
 def compare(scores: dict, member, known, eligible) -> dict:
@@ -147,10 +151,12 @@ def pct(value: float) -> str:
 
 def table(run_dirs) -> dict:
     """Print the comparison of every run; returns {rule: (at least the best single, comparisons, mean gap)}."""
-    gaps = {"choice": [], "smoothed at 1%": [], "former": [], "mean": [], "mean of best 2": [], "max": []}
+    gaps = {"choice": [], "smoothed at 1%": [], "former": [], "mean": [], "mean of best 2": [], "max": [],
+            "logistic": []}
     for run_dir in run_dirs:
         print(f"\n{run_dir}\n| where | threat model | best single attack | choice (2%) | smoothed at 1% | "
-              "former choice | mean | mean of best 2 | max | unknown m/n |\n|---|---|---|---|---|---|---|---|---|---|")
+              "former choice | mean | mean of best 2 | max | logistic | unknown m/n |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|")
         for where, tm, c in rows_of(Path(run_dir)):
             best = c["best single"][1]
             for rule in gaps:
@@ -167,29 +173,36 @@ def table(run_dirs) -> dict:
     return summary
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def finished_runs(scenarios, seeds, rounds: int, out) -> list:
+    """The run directories ``out/<scenario>-s<seed>``, each run first unless it finished before."""
+    from fedaudit.config import load_scenario
+    from fedaudit.run import run_scenario
+
+    run_dirs = []
+    for name in scenarios:
+        for seed in seeds:
+            run_dir = Path(out) / f"{name}-s{seed}"
+            if not (run_dir / "summary.json").exists():        # rerunning the script skips finished runs
+                scenario = load_scenario(REPO / "scenarios" / f"{name}.toml",
+                                         {"federation.rounds": rounds, "federation.seed": seed})
+                run_scenario(scenario, out=run_dir)
+            run_dirs.append(run_dir)
+    return run_dirs
+
+
+def arguments(description: str, argv=None):
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seeds", type=int, nargs="+", default=[7])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
     parser.add_argument("--out", default="runs/low-fpr", help="folder for the runs")
     parser.add_argument("--runs", nargs="+", help="finished run directories: print their table, run nothing")
     args = parser.parse_args(argv)
-    run_dirs = args.runs
-    if not run_dirs:
-        from fedaudit.config import load_scenario
-        from fedaudit.run import run_scenario
+    return args.runs or finished_runs(args.scenarios, args.seeds, args.rounds, args.out)
 
-        run_dirs = []
-        for name in args.scenarios:
-            for seed in args.seeds:
-                run_dir = Path(args.out) / f"{name}-s{seed}"
-                if not (run_dir / "summary.json").exists():        # rerunning the script skips finished runs
-                    scenario = load_scenario(REPO / "scenarios" / f"{name}.toml",
-                                             {"federation.rounds": args.rounds, "federation.seed": seed})
-                    run_scenario(scenario, out=run_dir)
-                run_dirs.append(run_dir)
-    return table(run_dirs)
+
+def main(argv=None) -> dict:
+    return table(arguments(__doc__.splitlines()[0], argv))
 
 
 if __name__ == "__main__":

@@ -140,6 +140,29 @@ def test_cross_fitting_scores_each_fold_with_an_attack_not_fitted_on_it():
     assert not np.allclose(again[fold != 0], scores[fold != 0])
 
 
+def test_cross_fitted_attack_is_at_chance_on_noise_and_finds_a_planted_leak_on_the_unknown_records():
+    """The per-round attack on the records and folds of a federation the size of purchase-small.toml (600
+    members, 200 population, 100 + 100 known): 19 features of pure noise give AUC 0.5 on the records the adversary
+    did not know, on average over draws (a single round of noise strays by about 0.03); a leak in one feature of
+    30% of the members is found."""
+    owner = np.r_[np.repeat(np.arange(5), 120), -np.ones(200, dtype=int), -2 * np.ones(200, dtype=int)]
+    labels = np.arange(owner.size) % 10
+    noise, planted = [], []
+    for seed in range(40):
+        rec = audit_records(owner, labels, 5, folds=5, attack_fraction=0.5, seed=seed)
+        rng = np.random.default_rng(100 + seed)
+        x = rng.normal(size=(len(rec), 19))
+        unknown = ~rec.known
+        s = cross_fit(x, rec.member, rec.fold, rec.known)
+        noise.append(summarize(s[rec.member & unknown], s[~rec.member & unknown]).auc)
+        x[:, 3] += 3.0 * (rec.member & (rng.random(len(rec)) < 0.3))
+        s = cross_fit(x, rec.member, rec.fold, rec.known)
+        planted.append(summarize(s[rec.member & unknown], s[~rec.member & unknown]).auc)
+    assert len(rec) == 800 and rec.known.sum() == 200
+    assert abs(np.mean(noise) - 0.5) < 0.015
+    assert np.mean(planted) > 0.58 and np.mean(np.array(planted) > np.array(noise)) > 0.9
+
+
 def test_cross_fitting_leaves_unavailable_rows_and_unfittable_folds_unscored():
     rng = np.random.default_rng(3)
     member = np.r_[np.ones(60, bool), np.zeros(60, bool)]

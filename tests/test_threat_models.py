@@ -69,6 +69,23 @@ def test_the_registry_lists_the_built_in_views_strongest_first():
         get_threat_model("nobody")
 
 
+def test_each_deviating_adversary_runs_the_attacks_of_its_passive_twin():
+    """An active adversary is compared with its passive twin on the same records: with fewer attacks it would
+    look weaker than it is (the active participant ran the loss threshold alone where the participant ran the
+    whitebox and blackbox attacks too)."""
+    from fedaudit.auditor.attack import view_attacks
+    from fedaudit.threat_model import threat_models
+
+    configured = ["whitebox", "blackbox", "loss", "fedmia"]
+    deviating = [get_threat_model(tm) for tm in threat_models() if getattr(get_threat_model(tm), "deviation", False)]
+    assert {t.name for t in deviating} == {"active-server", "isolating-server", "active-participant"}
+    for t in deviating:
+        twin = get_threat_model(t.passive_twin)
+        mine = view_attacks(configured, t.attack_view_for(False))
+        assert mine == view_attacks(configured, twin.attack_view_for(False)), t.name
+        assert "whitebox" in mine and "blackbox" in mine, t.name
+
+
 def test_an_unregistered_threat_model_is_a_config_error_naming_the_registered_ones():
     with pytest.raises(ConfigError, match="audit.threat_models.*first-client-snooper.*allowed: active-server, isolating-server, server"):
         tiny_scenario().with_overrides({"audit.threat_models": ["first-client-snooper"]})

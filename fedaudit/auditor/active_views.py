@@ -116,6 +116,7 @@ class ActiveParticipant(_Deviating, Participant):
     against = "Against an active participant"
     color = "#154360"
     strength = 12
+    attack_view = "participant"    # it reads the global models, as its passive twin does
 
 
 def _per_client(ctx: RoundContext) -> RoundContext:

@@ -74,9 +74,9 @@ def mixes(scores: dict, member, pool, eligible) -> dict:
     stacked = Logistic().fit(rows[pool], member[pool]).decision_function(rows)   # NaN imputed by the mean
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)         # all-NaN rows: records that no model scored
-        return {"mean": np.nanmean(np.stack(list(z.values())), axis=0),
+        return {"mean": np.nanmean(rows, axis=1),
                 "mean of best 2": np.nanmean(np.stack([z[a] for a in top]), axis=0),
-                "max": np.nanmax(np.stack(list(z.values())), axis=0), "logistic": stacked}
+                "max": np.nanmax(rows, axis=1), "logistic": stacked}
 
 
 def compare(scores: dict, member, known, eligible) -> dict:

@@ -128,11 +128,11 @@ def rows_of(run_dir: Path) -> list:
             out.append((f"round {r}", tm, compare(scores, rec.member, rec.known, eligible)))
     original = ag._aggregate_view
 
-    def across(view, attacks_, feature_names, round_clients, stack_name):   # the aggregation's own candidates
-        result = original(view, attacks_, feature_names, round_clients, stack_name)
+    def across(view, attacks_, feature_names, round_clients):   # the aggregation's own candidates
+        result = original(view, attacks_, feature_names, round_clients)
         means = {a: ag._nan_reduce(np.nanmean, np.stack([view.scores(t, a) for t in view.rounds], axis=1))
                  for a in attacks_ if all(round_key(view.tm, "score", a) in view.data[t] for t in view.rounds)}
-        scores = {stack_name: result["score"], **ranked_scores(means, view.head)}
+        scores = {result["stack_name"]: result["score"], **ranked_scores(means, view.head)}
         out.append(("across rounds", view.tm, compare(scores, view.records.member, view.records.known,
                                                       result["eligible"])))
         return result

@@ -358,6 +358,21 @@ def test_aggregate_run_writes_the_run_dir_files_and_rebuilds_them(federation, tm
     assert all((tmp_path / name).read_bytes() == data for name, data in saved.items())
 
 
+def test_each_view_names_its_stack_after_the_features_it_stacks(federation, tmp_path):
+    """FedMIA (server only) outranks the blackbox attack, whose features both views stack: the stack is the
+    blackbox attack's in both, whichever attack heads each view."""
+    prepared, rounds = federation
+    scenario = prepared.scenario.with_overrides({"audit.attacks": ["fedmia", "blackbox", "loss"]})
+    core = new_core(dataclasses.replace(prepared, scenario=scenario), tmp_path)
+    for rnd in rounds:
+        core.observe(*rnd)
+    summary = core.finish()
+    server, participant = summary["threat_models"]["server"], summary["threat_models"]["participant"]
+    assert server["headline"] == "fedmia" and participant["headline"] == "blackbox"
+    assert server["attack"] == participant["attack"] == summary["attack"] == "stacked-blackbox"
+    assert server["low_fpr_attack"] in ("stacked-blackbox", "fedmia", "blackbox", "loss")
+
+
 def test_participant_only_audit_with_score_attacks(federation, tmp_path):
     prepared, rounds = federation
     scenario = prepared.scenario.with_overrides({"audit.threat_models": ["participant"],

@@ -471,7 +471,7 @@ def test_across_rounds_under_client_sampling_no_signal_stays_at_chance():
     from fedaudit.metrics import summarize
 
     r, data, round_clients = _sampled_rounds_without_signal()
-    out = _aggregate_view(_View("server", data, r, "loss"), ["loss"], np.array([]), round_clients, "stacked-scores")
+    out = _aggregate_view(_View("server", data, r, "loss"), ["loss"], np.array([]), round_clients)
     for name in ("stacked", "mean", "max", "last"):
         s = out["aggregations"][name]
         assert 0.44 < s.auc < 0.56 and s.tpr_at_1pct < 0.04, (name, s.auc, s.tpr_at_1pct)

@@ -158,6 +158,8 @@ class _Stacked:
         rows = self._rows(slots, len(r), self._record_block)
         self.attack = fit_folds(rows, r.member, r.fold, r.known, c=STACK_C, eligible=view.eligible)
         self.score = self.attack.score(np.arange(len(r)), rows)
+        # named after what it stacks: the features of the view's best-ranked trained attack, or the scores
+        self.name = f"stacked-{headline(fitted)}" if self.fitted else "stacked-scores"
 
     def _block_width(self) -> int:
         return len(self.cols) if self.fitted else len(self.attacks)
@@ -250,7 +252,7 @@ def _own_rounds(view: _View, rounds: list) -> np.ndarray:
     return own
 
 
-def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: dict, stack_name: str) -> dict:
+def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: dict) -> dict:
     r = view.records
     member, eligible = r.member, view.scored          # the metrics' records (the stack is fitted on view.eligible)
     per_round = view.per_round_scores()
@@ -273,7 +275,7 @@ def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: di
             means[a] = _nan_reduce(np.nanmean, scores)
             across[a] = summary_or_none(means[a][m], means[a][n])
     # the attack reported at 1% FPR: the stack or one attack across rounds, chosen on the known records
-    candidates = {stack_name: stacked, **ranked_scores(means, view.head)}
+    candidates = {stacker.name: stacked, **ranked_scores(means, view.head)}
     low_name, unknown = low_fpr_choice(candidates, member, r.known, eligible)
     low = candidates[low_name]
     low_summary = summary_or_none(low[member & unknown], low[~member & unknown])
@@ -312,7 +314,7 @@ def _aggregate_view(view: _View, attacks: list, feature_names, round_clients: di
             "across_rounds": across, "head": view.head, "low_fpr_attack": low_name, "low_fpr": low_summary,
             "last_loss": view.latest("loss"), "last_correct": view.latest("correct").astype(bool) if view.rounds
             else np.zeros(len(r), dtype=bool), "rounds": view.rounds, "eligible": eligible, "per_client": view.server,
-            "stacked_rounds": stacker.rounds}
+            "stacked_rounds": stacker.rounds, "stack_name": stacker.name}
 
 
 def _participation(view: _View, round_clients: dict) -> dict:
@@ -441,7 +443,6 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
     round_clients = _round_clients(run_dir, data, records)
     views = {}
     secagg = bool(scenario.federation.secure_aggregation)
-    stack_name = f"stacked-{head}" if trained_attacks(attacks) else "stacked-scores"
     for tm in audited_here(scenario):
         view = _View(tm, data, records, head)
         if view.rounds:
@@ -449,12 +450,15 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
             mine = view_attacks(attacks, get_threat_model(tm).attack_view_for(secagg))
             saved = [a for a in mine if all(round_key(tm, "score", a) in view.data[t] for t in view.rounds)]
             view.head = headline(saved or mine)
-            views[tm] = _aggregate_view(view, saved or mine, feature_names, round_clients, stack_name)
+            views[tm] = _aggregate_view(view, saved or mine, feature_names, round_clients)
     probs = {tm: sigmoid(v["score"]) for tm, v in views.items()}
     risk_view = strongest(probs)
     risk = probs[risk_view] if risk_view else np.full(len(records), np.nan)
     eligible = views[risk_view]["eligible"] if risk_view else np.ones(len(records), dtype=bool)
     trained = _rounds_trained(round_clients, records)
+    # the run's attack: the stack of the view its risk is read from
+    stack_name = (views[risk_view]["stack_name"] if risk_view else
+                  f"stacked-{head}" if trained_attacks(attacks) else "stacked-scores")
     summary: dict = {"threat_models": {}, "rounds": sorted(data), "attack": stack_name,
                      "records": {"members": int(member.sum()), "nonmembers": int((~member).sum()),
                                  "known_of_each": int(records.known[member].sum()), "folds": records.folds,
@@ -465,7 +469,7 @@ def aggregate_run(run_dir, *, write: bool = True) -> dict:
     for tm, v in views.items():
         s = v["aggregations"]["stacked"]
         entry = s.to_dict() if s is not None else {}
-        entry["attack"] = summary["attack"]
+        entry["attack"] = v["stack_name"]
         entry["rounds"] = v["rounds"]
         entry["aggregations"] = {k: (x.to_dict() if x is not None else None) for k, x in v["aggregations"].items()}
         entry["headline"] = v["head"]

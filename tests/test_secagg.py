@@ -230,3 +230,30 @@ def test_auditor_under_secure_aggregation_attacks_the_sum_the_server_computed(tm
     assert summary["secure_aggregation"]["server_view"] == "aggregate-only"
     assert summary["threat_models"]["server"]["view"] == "aggregate-only" and summary["source_inference"] is None
     assert (tmp_path / "clients.csv").read_text().count("\n") == 1 + len(clients)
+
+
+def test_a_clients_quantised_reply_does_not_depend_on_what_drew_from_numpys_generator_before(monkeypatch):
+    """SecAgg+ quantises each reply by stochastic rounding from NumPy's global generator; the client seeds it from
+    the run's seed, the round and its partition, so a run of one seed sums the same integers every time."""
+    from types import SimpleNamespace
+
+    from flwr.common.secure_aggregation.quantization import quantize
+
+    from fedaudit.federation import secagg, task
+
+    trained = [np.linspace(-1, 1, 500).reshape(20, 25), np.linspace(0, 0.3, 7)]
+    monkeypatch.setattr(task, "local_train", lambda *a: ([w.copy() for w in trained],
+                                                          {"train_loss": 0.1, "num-examples": 10}))
+
+    def reply(seed, partition, round_, before):
+        np.random.seed(before)              # whatever drew from the global generator before
+        client = secagg._Client(SimpleNamespace(seed=seed), partition, False, 10.0, 8.0)
+        weights, _, _ = client.fit([np.zeros_like(w) for w in trained], {"server-round": round_})
+        return np.concatenate([q.ravel() for q in quantize(weights, 8.0, 2 ** 10)])
+
+    first = reply(0, 1, 2, before=1)
+    assert np.array_equal(first, reply(0, 1, 2, before=2))
+    # the rounding is stochastic (not the same integers for another round, partition or seed)
+    assert not np.array_equal(first, reply(0, 1, 3, before=1))
+    assert not np.array_equal(first, reply(0, 2, 2, before=1))
+    assert not np.array_equal(first, reply(1, 1, 2, before=1))

@@ -14,8 +14,9 @@ mod clears the reply's plaintext arrays. The workflow unmasks only the sum, dequ
 ``sum_k w_k theta_k / sum_k w_k`` and sets that one array list as *every* reply's ``FitRes.parameters`` before
 calling ``Strategy.aggregate_fit``: the strategy never holds an individual client's weights. The reply's metrics
 (partition id, training loss, example count) travel in plain text. Quantisation: stochastic rounding of each
-weight in ``[-clipping_range, clipping_range]`` to ``quantization_range`` integers, with NumPy's global (unseeded)
-generator, so a SecAgg run is reproducible only up to the quantisation noise.
+weight in ``[-clipping_range, clipping_range]`` to ``quantization_range`` integers, with NumPy's global generator,
+which each client seeds from the run's seed, the round and its partition before its reply is quantised: the masks
+cancel exactly in the modular sum, so a SecAgg run of one seed is reproducible.
 """
 
 from __future__ import annotations
@@ -237,6 +238,8 @@ class _Client(NumPyClient):
         ratio = n / self.weight_bound
         clipped = int(sum(np.count_nonzero(np.abs(np.asarray(w, dtype=np.float64) * ratio) > self.clipping_range)
                           for w in weights))
+        # secaggplus_mod quantises this reply next, by stochastic rounding from NumPy's global generator
+        np.random.seed([self.spec.seed, int(config["server-round"]), self.partition_id])
         return weights, n, {"train_loss": float(metrics["train_loss"]), PARTITION_ID_KEY: self.partition_id,
                             "num-examples": int(metrics["num-examples"]), CLIPPED_KEY: clipped}
 

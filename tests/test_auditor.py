@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fedaudit.auditor import AuditCore, aggregate_run, audit_records
-from fedaudit.auditor.attack import Logistic, cross_fit, sigmoid
+from fedaudit.auditor.attack import ROUND_C, Logistic, cross_fit, sigmoid
 from fedaudit.auditor.core import light_metrics, threshold_scores
 from fedaudit.auditor.sources import source_inference
 from fedaudit.auditor.state import merge_round, round_path
@@ -141,7 +141,8 @@ def test_cross_fitting_scores_each_fold_with_an_attack_not_fitted_on_it():
 
 
 def test_cross_fitted_attack_is_at_chance_on_noise_and_finds_a_planted_leak_on_the_unknown_records():
-    """The per-round attack on the records and folds of a federation the size of purchase-small.toml (600
+    """The per-round attack (its penalty chosen on the known records) on the records and folds of a federation the
+    size of purchase-small.toml (600
     members, 200 population, 100 + 100 known): 19 features of pure noise give AUC 0.5 on the records the adversary
     did not know, on average over draws (a single round of noise strays by about 0.03); a leak in one feature of
     30% of the members is found."""
@@ -153,14 +154,37 @@ def test_cross_fitted_attack_is_at_chance_on_noise_and_finds_a_planted_leak_on_t
         rng = np.random.default_rng(100 + seed)
         x = rng.normal(size=(len(rec), 19))
         unknown = ~rec.known
-        s = cross_fit(x, rec.member, rec.fold, rec.known)
+        s = cross_fit(x, rec.member, rec.fold, rec.known, c=ROUND_C)
         noise.append(summarize(s[rec.member & unknown], s[~rec.member & unknown]).auc)
         x[:, 3] += 3.0 * (rec.member & (rng.random(len(rec)) < 0.3))
-        s = cross_fit(x, rec.member, rec.fold, rec.known)
+        s = cross_fit(x, rec.member, rec.fold, rec.known, c=ROUND_C)
         planted.append(summarize(s[rec.member & unknown], s[~rec.member & unknown]).auc)
     assert len(rec) == 800 and rec.known.sum() == 200
     assert abs(np.mean(noise) - 0.5) < 0.015
     assert np.mean(planted) > 0.58 and np.mean(np.array(planted) > np.array(noise)) > 0.9
+
+
+def test_the_per_round_penalty_is_chosen_on_the_known_records_alone():
+    """A strong signal gets the weakest penalty, pure noise the strongest; the records the adversary does not know
+    are never read by the choice (changing their rows changes neither the penalty nor the known records' scores)."""
+    from fedaudit.auditor.attack import fit_folds
+
+    owner = np.r_[np.repeat(np.arange(5), 120), -np.ones(200, dtype=int), -2 * np.ones(200, dtype=int)]
+    rec = audit_records(owner, np.arange(owner.size) % 10, 5, folds=5, attack_fraction=0.5, seed=0)
+    rng = np.random.default_rng(7)
+    noise = rng.normal(size=(len(rec), 19))
+    strong = noise + 2.0 * rec.member[:, None] * rng.uniform(0.5, 1.0, 19)
+    chosen = {name: fit_folds(x, rec.member, rec.fold, rec.known, c=ROUND_C).c
+              for name, x in (("noise", noise), ("strong", strong))}
+    assert chosen == {"noise": min(ROUND_C), "strong": max(ROUND_C)}
+    attack = fit_folds(strong, rec.member, rec.fold, rec.known, c=ROUND_C)
+    altered = strong.copy()
+    altered[~rec.known] = rng.normal(size=((~rec.known).sum(), 19)) * 10
+    again = fit_folds(altered, rec.member, rec.fold, rec.known, c=ROUND_C)
+    everyone = np.arange(len(rec))
+    assert again.c == attack.c
+    np.testing.assert_array_equal(again.score(everyone, strong), attack.score(everyone, strong))
+    assert fit_folds(strong, rec.member, rec.fold, rec.known, c=0.3).c == 0.3       # one penalty: no choice
 
 
 def test_cross_fitting_leaves_unavailable_rows_and_unfittable_folds_unscored():

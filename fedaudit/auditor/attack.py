@@ -142,10 +142,11 @@ def clean_rows(x: np.ndarray) -> np.ndarray:
 
 class FoldAttack:
     """One classifier per cross-fitting fold: record i's rows are scored by the classifier fitted on the known
-    records outside ``fold[i]`` (None where that fold had no known member or no known non-member)."""
+    records outside ``fold[i]`` (None where that fold had no known member or no known non-member), all with
+    the penalty ``c``."""
 
-    def __init__(self, models: dict, fold: np.ndarray, f_dim: int):
-        self.models, self.fold, self.f_dim = models, np.asarray(fold), int(f_dim)
+    def __init__(self, models: dict, fold: np.ndarray, f_dim: int, c: float | None = None):
+        self.models, self.fold, self.f_dim, self.c = models, np.asarray(fold), int(f_dim), c
 
     def score(self, positions: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Log-odds of ``rows`` (m, ..., F), row group j belonging to record ``positions[j]``; NaN where a row is
@@ -167,30 +168,60 @@ class FoldAttack:
         return out
 
 
-def fit_folds(fit_rows: np.ndarray, member: np.ndarray, fold: np.ndarray, known: np.ndarray, *, c: float = 1.0,
-              eligible: np.ndarray | None = None) -> FoldAttack:
+#: the penalties (``C``) a per-round attack chooses among, by its fold models' out-of-fold deviance on the known
+#: records (a ranking of features that carry a strong signal gains from a weak penalty, one of weak signals from a
+#: strong penalty)
+ROUND_C = (100.0, 10.0, 1.0, 0.1, 0.01)
+
+
+def fit_folds(fit_rows: np.ndarray, member: np.ndarray, fold: np.ndarray, known: np.ndarray, *,
+              c: float | tuple = 1.0, eligible: np.ndarray | None = None) -> FoldAttack:
     """Fit one :class:`Logistic` per fold on the known records outside it (rows that are all NaN, and records
-    not ``eligible`` to be fitted on, are left out)."""
+    not ``eligible`` to be fitted on, are left out).
+
+    ``c``: the penalty, or several: then the fold models of the one under which the known records' out-of-fold
+    log-odds have the lowest mean deviance (each known record scored by the model its fold left it out of; the
+    other records are never read, so the choice is made before any of them is scored).
+    """
     fit_rows = clean_rows(fit_rows)
-    n, f_dim = fit_rows.shape
+    f_dim = fit_rows.shape[1]
     available = ~np.isnan(fit_rows).all(axis=1)
     if eligible is not None:
         available &= np.asarray(eligible, dtype=bool)
-    models = {}
+    trains = {}
     for f in np.unique(fold):
         train = known & (fold != f) & available
         ys = member[train]
         if ys.all() or not ys.any():
             log.warning("fold %d: no known %s outside the fold; its records get no score", f,
                         "non-member" if ys.all() else "member")
-            models[int(f)] = None
+            trains[int(f)] = None
             continue
-        models[int(f)] = Logistic(c).fit(fit_rows[train], ys)
-    return FoldAttack(models, fold, f_dim)
+        trains[int(f)] = train
+    best, best_deviance = None, np.inf
+    scored = known & available
+    for penalty in np.atleast_1d(np.asarray(c, dtype=np.float64)):
+        models = {f: None if train is None else Logistic(penalty).fit(fit_rows[train], member[train])
+                  for f, train in trains.items()}
+        attack = FoldAttack(models, fold, f_dim, float(penalty))
+        if np.ndim(c) == 0:
+            return attack
+        log_odds = attack.score(np.flatnonzero(scored), fit_rows[scored])
+        ok = np.isfinite(log_odds)
+        deviance = _deviance(log_odds[ok], member[scored][ok]) if ok.any() else np.inf
+        if best is None or deviance < best_deviance:
+            best, best_deviance = attack, deviance
+    return best
+
+
+def _deviance(log_odds: np.ndarray, y: np.ndarray) -> float:
+    """Mean binary cross-entropy of log-odds against labels (stable for any log-odds)."""
+    z = np.asarray(log_odds, dtype=np.float64)
+    return float(np.mean(np.logaddexp(0.0, z) - np.asarray(y, dtype=np.float64) * z))
 
 
 def cross_fit(fit_rows: np.ndarray, member: np.ndarray, fold: np.ndarray, known: np.ndarray,
-              score_rows: np.ndarray | None = None, *, c: float = 1.0) -> np.ndarray:
+              score_rows: np.ndarray | None = None, *, c: float | tuple = 1.0) -> np.ndarray:
     """Cross-fitted log-odds of membership.
 
     fit_rows: (n, F) the features each record is fitted on (NaN rows: not available, never fitted on).

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedaudit.auditor.attack import (audit_attacks, fit_folds, headline, job_attacks, ranked_scores, spec,
+from fedaudit.auditor.attack import (ROUND_C, audit_attacks, fit_folds, headline, job_attacks, ranked_scores, spec,
                                      trained_attacks, view_attacks)
 from fedaudit.auditor.executors import InlineExecutor
 from fedaudit.auditor.records import AuditRecords, scenario_records
@@ -330,7 +330,7 @@ class AuditCore:
         out = {}
         for name in trained_attacks(self.view_attacks[tm]):
             cols = spec(name).columns(self.feature_names)
-            attack = fit_folds(features[:, cols], r.member, r.fold, r.known, eligible=eligible)
+            attack = fit_folds(features[:, cols], r.member, r.fold, r.known, c=ROUND_C, eligible=eligible)
             out[name] = (attack.score(np.arange(len(r)), features[:, cols]),
                          [attack.score(pos, rows[..., cols]) for pos, rows in blocks])
         return out

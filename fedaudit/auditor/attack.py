@@ -198,26 +198,24 @@ def fit_folds(fit_rows: np.ndarray, member: np.ndarray, fold: np.ndarray, known:
             trains[int(f)] = None
             continue
         trains[int(f)] = train
-    best, best_deviance = None, np.inf
-    scored = known & available
-    for penalty in np.atleast_1d(np.asarray(c, dtype=np.float64)):
-        models = {f: None if train is None else Logistic(penalty).fit(fit_rows[train], member[train])
-                  for f, train in trains.items()}
-        attack = FoldAttack(models, fold, f_dim, float(penalty))
-        if np.ndim(c) == 0:
-            return attack
-        log_odds = attack.score(np.flatnonzero(scored), fit_rows[scored])
-        ok = np.isfinite(log_odds)
-        deviance = _deviance(log_odds[ok], member[scored][ok]) if ok.any() else np.inf
-        if best is None or deviance < best_deviance:
-            best, best_deviance = attack, deviance
-    return best
 
+    def fitted(penalty: float) -> FoldAttack:
+        return FoldAttack({f: None if train is None else Logistic(penalty).fit(fit_rows[train], member[train])
+                           for f, train in trains.items()}, fold, f_dim, penalty)
 
-def _deviance(log_odds: np.ndarray, y: np.ndarray) -> float:
-    """Mean binary cross-entropy of log-odds against labels (stable for any log-odds)."""
-    z = np.asarray(log_odds, dtype=np.float64)
-    return float(np.mean(np.logaddexp(0.0, z) - np.asarray(y, dtype=np.float64) * z))
+    if np.ndim(c) == 0:
+        return fitted(float(c))
+    scored = np.flatnonzero(known & available)
+
+    def out_of_fold_deviance(attack: FoldAttack) -> float:
+        z = attack.score(scored, fit_rows[scored])
+        ok = np.isfinite(z)
+        if not ok.any():
+            return np.inf
+        z, y = z[ok], member[scored][ok].astype(np.float64)
+        return float(np.mean(np.logaddexp(0.0, z) - y * z))     # binary cross-entropy of the log-odds
+
+    return min((fitted(float(p)) for p in c), key=out_of_fold_deviance)     # ties: the first
 
 
 def cross_fit(fit_rows: np.ndarray, member: np.ndarray, fold: np.ndarray, known: np.ndarray,

@@ -3,11 +3,10 @@ partition) and evaluates on its own partition."""
 
 from __future__ import annotations
 
-import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedaudit.federation.task import TrainSpec, client_of, local_evaluate, local_train
+from fedaudit.federation.task import TrainSpec, client_of, local_evaluate, local_train, seed_reply_mods
 
 
 def make_client_app(spec: TrainSpec, clip_updates: bool = False, local_dp=None) -> ClientApp:
@@ -30,8 +29,8 @@ def make_client_app(spec: TrainSpec, clip_updates: bool = False, local_dp=None) 
         new_weights, metrics = local_train(spec, partition_id, weights, int(config["server-round"]),
                                            float(config.get("proximal-mu", 0.0)))
         metrics["uniform-weight"] = 1.0   # lets a DP strategy average updates uniformly (strategy.UNIFORM_WEIGHT_KEY)
-        if local_dp is not None:          # LocalDpMod draws its noise from NumPy's global generator: seed it per message
-            np.random.seed([spec.seed, int(config["server-round"]), partition_id])
+        if local_dp is not None:          # LocalDpMod draws its noise from NumPy's global generator
+            seed_reply_mods(spec, partition_id, int(config["server-round"]))
         content = RecordDict({"arrays": ArrayRecord(new_weights), "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
 

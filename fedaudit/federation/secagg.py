@@ -225,7 +225,7 @@ class _Client(NumPyClient):
         self.weight_bound, self.clipping_range = weight_bound, clipping_range
 
     def fit(self, parameters, config: dict[str, Scalar]):
-        from fedaudit.federation.task import local_train
+        from fedaudit.federation.task import local_train, seed_reply_mods
 
         weights, metrics = local_train(self.spec, self.partition_id, parameters, int(config["server-round"]),
                                        float(config.get("proximal-mu", 0.0)))
@@ -238,8 +238,7 @@ class _Client(NumPyClient):
         ratio = n / self.weight_bound
         clipped = int(sum(np.count_nonzero(np.abs(np.asarray(w, dtype=np.float64) * ratio) > self.clipping_range)
                           for w in weights))
-        # secaggplus_mod quantises this reply next, by stochastic rounding from NumPy's global generator
-        np.random.seed([self.spec.seed, int(config["server-round"]), self.partition_id])
+        seed_reply_mods(self.spec, self.partition_id, int(config["server-round"]))   # secaggplus_mod rounds it next
         return weights, n, {"train_loss": float(metrics["train_loss"]), PARTITION_ID_KEY: self.partition_id,
                             "num-examples": int(metrics["num-examples"]), CLIPPED_KEY: clipped}
 

@@ -100,6 +100,12 @@ def local_train(spec: TrainSpec, partition_id: int, weights: list, server_round:
     return trained, {"train_loss": result.loss, "num-examples": int(len(idx)), "partition-id": int(partition_id)}
 
 
+def seed_reply_mods(spec: TrainSpec, partition_id: int, server_round: int) -> None:
+    """Seed NumPy's global generator for one client's reply: the Flower mods that wrap it draw from that generator
+    (``LocalDpMod``'s noise, ``secaggplus_mod``'s stochastic rounding), and draw the same in every run of a seed."""
+    np.random.seed([spec.seed, int(server_round), int(partition_id)])
+
+
 def _deviate(spec: TrainSpec, plan, weights: list, x, y) -> list:
     """The active participant: gradient ascent on the target records in its own update (Nasr et al. 2019)."""
     from fedaudit.federation.active import ascent_for
